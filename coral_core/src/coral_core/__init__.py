@@ -1,0 +1,82 @@
+"""Coral: git for neural-network weights. The versioning engine, framework-free."""
+
+__version__ = "0.1.0"
+
+from coral_core.config import FORMAT_VERSION, RepoConfig
+from coral_core.diff import ChangeStats, CommitDiff, TensorDiff
+from coral_core.dtypes import SUPPORTED_DTYPES, bit_view, dtype_name, numpy_dtype
+from coral_core.errors import (
+    AmbiguousRefError,
+    BranchInUseError,
+    ConfigError,
+    CoralError,
+    CorruptObjectError,
+    DirtyIndexError,
+    InvalidKeyError,
+    InvalidMetricError,
+    InvalidRefNameError,
+    LockTimeoutError,
+    MissingObjectError,
+    NothingToCommitError,
+    ReadOnlyStoreError,
+    RefExistsError,
+    RefNotFoundError,
+    RepositoryNotFoundError,
+    TensorMismatchError,
+    TensorNotFoundError,
+    UnsupportedDtypeError,
+    UnsupportedFormatError,
+)
+from coral_core.maintenance import GCResult, Problem, VerifyReport
+from coral_core.model import Branch, Commit, CommitMetadata, Tag, TreeEntry
+from coral_core.refs import ReflogEntry
+from coral_core.repository import Repository
+from coral_core.store import LocalStore, MemoryStore, WeightStore
+from coral_core.tensor import WeightMetadata, WeightTensor
+
+__all__ = [
+    "FORMAT_VERSION",
+    "SUPPORTED_DTYPES",
+    "AmbiguousRefError",
+    "Branch",
+    "BranchInUseError",
+    "ChangeStats",
+    "Commit",
+    "CommitDiff",
+    "CommitMetadata",
+    "ConfigError",
+    "CoralError",
+    "CorruptObjectError",
+    "DirtyIndexError",
+    "GCResult",
+    "InvalidKeyError",
+    "InvalidMetricError",
+    "InvalidRefNameError",
+    "LocalStore",
+    "LockTimeoutError",
+    "MemoryStore",
+    "MissingObjectError",
+    "NothingToCommitError",
+    "Problem",
+    "ReadOnlyStoreError",
+    "RefExistsError",
+    "RefNotFoundError",
+    "ReflogEntry",
+    "RepoConfig",
+    "Repository",
+    "RepositoryNotFoundError",
+    "Tag",
+    "TensorDiff",
+    "TensorMismatchError",
+    "TensorNotFoundError",
+    "TreeEntry",
+    "UnsupportedDtypeError",
+    "UnsupportedFormatError",
+    "VerifyReport",
+    "WeightMetadata",
+    "WeightStore",
+    "WeightTensor",
+    "bit_view",
+    "dtype_name",
+    "numpy_dtype",
+]

@@ -1,0 +1,107 @@
+"""``.coral/config``: format version and settings, as JSON with dotted keys."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from coral_core.errors import ConfigError, CorruptObjectError, UnsupportedFormatError
+from coral_core.objects import DEFAULT_CHUNK_SIZE
+from coral_core.store.local import write_file_atomic
+
+#: The on-disk format this Coral writes; it reads this and every older one.
+FORMAT_VERSION = 1
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "core": {
+        "format_version": FORMAT_VERSION,
+        "hash": "xxh3-128",
+        "chunk_size": DEFAULT_CHUNK_SIZE,
+        "compression_level": 1,
+        "fsync": True,
+    },
+    "user": {"name": None, "email": None},
+}
+
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "core.format_version": int,
+    "core.hash": str,
+    "core.chunk_size": int,
+    "core.compression_level": int,
+    "core.fsync": bool,
+    "user.name": (str, type(None)),
+    "user.email": (str, type(None)),
+}
+
+
+class RepoConfig:
+    """Settings of one repository; ``get("core.chunk_size")``, ``set("user.name", "ada")``."""
+
+    def __init__(self, path: Path, values: dict[str, dict[str, Any]]) -> None:
+        self.path = path
+        self._values = values
+
+    @classmethod
+    def create(cls, path: Path, **core: Any) -> RepoConfig:
+        values = copy.deepcopy(DEFAULTS)
+        config = cls(path, values)
+        for key, value in core.items():
+            if value is not None:
+                config._check(f"core.{key}", value)
+                values["core"][key] = value
+        config.save()
+        return config
+
+    @classmethod
+    def load(cls, path: Path) -> RepoConfig:
+        """Read the config and refuse formats newer than this Coral.
+
+        Raises:
+            UnsupportedFormatError: for a repository written by a newer Coral.
+            CorruptObjectError: for a config that is not valid JSON.
+        """
+        try:
+            stored = json.loads(path.read_text())
+        except ValueError as exc:
+            raise CorruptObjectError(f"{path} is not valid JSON: {exc}") from None
+        version = stored.get("core", {}).get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise UnsupportedFormatError(
+                f"{path.parent} uses repository format {version}; this Coral reads formats up "
+                f"to {FORMAT_VERSION}. Upgrade coral-core to open it."
+            )
+        values = copy.deepcopy(DEFAULTS)
+        for section, items in stored.items():
+            values.setdefault(section, {}).update(items)
+        return cls(path, values)
+
+    def save(self) -> None:
+        write_file_atomic(self.path, json.dumps(self._values, indent=2).encode() + b"\n")
+
+    def _check(self, key: str, value: Any) -> None:
+        expected = _TYPES.get(key)
+        if expected is None:
+            raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(_TYPES)}")
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ConfigError(f"config {key} must be {expected}, got {value!r}")
+
+    def get(self, key: str) -> Any:
+        section, _, name = key.partition(".")
+        if key not in _TYPES:
+            raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(_TYPES)}")
+        return self._values[section][name]
+
+    def set(self, key: str, value: Any) -> None:
+        """Change a setting and save; ``core.format_version`` cannot be changed."""
+        if key == "core.format_version":
+            raise ConfigError("core.format_version is set by Coral, not by hand")
+        self._check(key, value)
+        section, _, name = key.partition(".")
+        self._values[section][name] = value
+        self.save()
+
+    def items(self) -> dict[str, Any]:
+        """Every setting by dotted key."""
+        return {key: self.get(key) for key in _TYPES}

@@ -1,0 +1,92 @@
+"""Every error Coral raises.
+
+Each error subclasses :class:`CoralError` and the builtin it behaves like, so
+``except LookupError`` keeps working for callers who do not know Coral. Messages
+name what the user gave and say what to do next; the CLI prints them as one
+line.
+"""
+
+from __future__ import annotations
+
+
+class CoralError(Exception):
+    """Base class of every error raised by Coral."""
+
+    def __str__(self) -> str:  # KeyError would quote the message otherwise
+        return str(self.args[0]) if self.args else self.__class__.__name__
+
+
+class RepositoryNotFoundError(CoralError, FileNotFoundError):
+    """No ``.coral`` folder where one was expected."""
+
+
+class UnsupportedFormatError(CoralError, RuntimeError):
+    """The repository was written by a newer Coral than this one."""
+
+
+class InvalidRefNameError(CoralError, ValueError):
+    """A branch or tag name that is not allowed (``..``, spaces, ...)."""
+
+
+class RefNotFoundError(CoralError, LookupError):
+    """A branch, tag or commit id that does not exist."""
+
+
+class AmbiguousRefError(CoralError, LookupError):
+    """A commit id prefix that matches more than one commit."""
+
+
+class RefExistsError(CoralError, FileExistsError):
+    """A branch or tag that already exists."""
+
+
+class MissingObjectError(CoralError, LookupError):
+    """An object a commit needs is not in the store."""
+
+
+class CorruptObjectError(CoralError, OSError):
+    """An object failed its integrity check; its data is never returned."""
+
+
+class InvalidKeyError(CoralError, ValueError):
+    """A store key outside the allowed alphabet or escaping the store."""
+
+
+class ReadOnlyStoreError(CoralError, PermissionError):
+    """A write to a store opened read-only."""
+
+
+class UnsupportedDtypeError(CoralError, TypeError):
+    """A dtype Coral cannot store."""
+
+
+class TensorMismatchError(CoralError, ValueError):
+    """Data that does not match its metadata (shape, dtype) or a bad tensor."""
+
+
+class TensorNotFoundError(CoralError, KeyError):
+    """A tensor name that is not in the commit."""
+
+
+class NothingToCommitError(CoralError, RuntimeError):
+    """``commit`` with nothing staged."""
+
+
+class DirtyIndexError(CoralError, RuntimeError):
+    """An operation that would discard staged changes."""
+
+
+class LockTimeoutError(CoralError, TimeoutError):
+    """Another process held a repository lock for too long."""
+
+
+class BranchInUseError(CoralError, RuntimeError):
+    """Deleting the branch HEAD points at."""
+
+
+class InvalidMetricError(CoralError, ValueError):
+    """A metric that is not a number, string or bool, or a bad metric filter."""
+
+
+class ConfigError(CoralError, ValueError):
+    """An unknown configuration key or a value of the wrong type."""

@@ -1,0 +1,191 @@
+"""Garbage collection and integrity checks (``gc``, ``verify``)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, TypeVar
+
+from coral_core.errors import CoralError
+from coral_core.locks import file_lock
+from coral_core.objects import ObjectKind, decode_object, object_key
+from coral_core.refs import HEADS, TAGS
+from coral_core.store.local import LocalStore
+
+if TYPE_CHECKING:
+    from coral_core.repository import Repository
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class GCResult:
+    """What ``gc`` removed (or would remove, with ``dry_run``)."""
+
+    removed_objects: int
+    freed_bytes: int
+    kept_objects: int
+    temp_files_removed: int
+    dry_run: bool
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A missing or damaged object and where it is used."""
+
+    object_id: str
+    message: str
+    used_by: tuple[str, ...] = ()  # "commit <id>: tensor <name>", "tag <name>", ...
+    commits: tuple[str, ...] = ()  # commits that cannot be restored in full because of it
+
+
+@dataclass
+class VerifyReport:
+    """Result of ``verify``: every object read, decoded and checked against its id."""
+
+    objects_checked: int = 0
+    commits_checked: int = 0
+    tensors_checked: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def affected_commits(self) -> list[str]:
+        """Commits that cannot be restored in full."""
+        return sorted({commit for problem in self.problems for commit in problem.commits})
+
+
+def _roots(repo: Repository) -> list[tuple[str, ObjectKind]]:
+    roots = [(c, ObjectKind.COMMIT) for c in repo.refs.list_refs(HEADS).values()]
+    roots += [(t, repo.objects.kind_of(t)) for t in repo.refs.list_refs(TAGS).values()]
+    head = repo.refs.head().commit
+    if head:
+        roots.append((head, ObjectKind.COMMIT))
+    roots += [(e.tensor, ObjectKind.TENSOR) for e in repo.index.read().entries.values()]
+    return roots
+
+
+def reachable_objects(repo: Repository) -> set[str]:
+    """Every object reachable from a branch, tag, HEAD or the index.
+
+    Raises:
+        MissingObjectError, CorruptObjectError: when a reachable object cannot be
+            read, since what it references would be unknown.
+    """
+    marked: set[str] = set()
+    stack = _roots(repo)
+    while stack:
+        object_id, kind = stack.pop()
+        if object_id in marked:
+            continue
+        marked.add(object_id)
+        stack.extend(repo.objects.references(object_id, kind))
+    return marked
+
+
+def collect_garbage(repo: Repository, dry_run: bool = False) -> GCResult:
+    """Delete every object nothing references, and leftovers of interrupted writes.
+
+    Runs under the exclusive gc lock, so no commit is writing objects meanwhile;
+    a commit waits for ``gc`` to finish and the other way round.
+    """
+    with file_lock(repo.coral_dir / "locks" / "gc.lock"), repo.refs.lock():
+        keep = reachable_objects(repo)
+        removed = freed = kept = 0
+        for object_id in list(repo.objects.iter_ids()):
+            if object_id in keep:
+                kept += 1
+                continue
+            freed += repo.objects.stored_size(object_id)
+            removed += 1
+            if not dry_run:
+                repo.objects.delete(object_id)
+        temps = 0
+        store = repo.objects.store
+        if isinstance(store, LocalStore):
+            for temp in list(store.temp_files()):
+                temps += 1
+                if not dry_run:
+                    with contextlib.suppress(FileNotFoundError):
+                        temp.unlink()
+    return GCResult(removed, freed, kept, temps, dry_run)
+
+
+def verify_repository(repo: Repository) -> VerifyReport:
+    """Read every object once, check it against its id, and name what each problem affects."""
+    report = VerifyReport()
+    problems: dict[str, str] = {}
+    users: dict[str, list[str]] = {}
+    commits: dict[str, set[str]] = {}
+    checked: set[str] = set()
+
+    def use(object_id: str, user: str, commit: str | None = None) -> None:
+        users.setdefault(object_id, []).append(user)
+        if commit:
+            commits.setdefault(object_id, set()).add(commit)
+
+    def attempt(
+        object_id: str, user: str, read: Callable[[], T], commit: str | None = None
+    ) -> T | None:
+        """Run ``read`` once per object; None (and a problem) when it fails."""
+        use(object_id, user, commit)
+        checked.add(object_id)
+        if object_id in problems:
+            return None
+        try:
+            return read()
+        except CoralError as exc:
+            problems[object_id] = str(exc)
+            return None
+
+    stack = list(repo.refs.list_refs(HEADS).values())
+    for name, tag_id in repo.refs.list_refs(TAGS).items():
+        target = attempt(tag_id, f"tag {name}", partial(repo.peel, tag_id))
+        if target is not None:
+            stack.append(target)
+    if repo.refs.head().commit:
+        stack.append(repo.refs.head().commit)  # type: ignore[arg-type]
+    tensors_seen: dict[str, dict[str, str]] = {}
+    seen: set[str] = set()
+    while stack:
+        commit_id = stack.pop()
+        if commit_id in seen:
+            continue
+        seen.add(commit_id)
+        user = f"commit {commit_id}"
+        commit = attempt(commit_id, user, partial(repo.read_commit, commit_id), commit_id)
+        if commit is None:
+            continue
+        report.commits_checked += 1
+        stack.extend(commit.parent_hashes)
+        tree = attempt(commit.tree_hash, user, partial(repo.read_tree, commit.tree_hash), commit_id)
+        for name, entry in (tree or {}).items():
+            if entry.tensor not in tensors_seen:
+                tensors_seen[entry.tensor] = repo.objects.check_tensor(entry.tensor)
+                checked.add(entry.tensor)
+                with contextlib.suppress(CoralError):
+                    checked.update(repo.objects.tensor_descriptor(entry.tensor).chunks)
+            for object_id, message in tensors_seen[entry.tensor].items():
+                problems[object_id] = message
+                use(object_id, f"{user}: tensor {name}", commit_id)
+    report.tensors_checked = len(tensors_seen)
+    for object_id in repo.objects.iter_ids():  # unreferenced objects must be sound too
+        if object_id not in checked:
+            blob = partial(repo.objects.store.get, object_key(object_id))
+            attempt(object_id, "unreferenced", lambda: decode_object(object_id, blob()))  # noqa: B023
+    report.objects_checked = len(checked)
+    report.problems = [
+        Problem(
+            object_id,
+            message,
+            tuple(dict.fromkeys(users.get(object_id, ()))),
+            tuple(sorted(commits.get(object_id, ()))),
+        )
+        for object_id, message in problems.items()
+    ]
+    return report

@@ -1,0 +1,171 @@
+"""Branches, tags, HEAD and the reflog, as small files under ``.coral``.
+
+Layout (as git): ``HEAD`` holds ``ref: refs/heads/<branch>`` or a commit id
+(detached); ``refs/heads/<name>`` and ``refs/tags/<name>`` hold one id each;
+``logs/<ref>`` is an append-only JSON-lines reflog. Every file is replaced
+atomically; callers hold :meth:`RefDatabase.lock` around read-modify-write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from coral_core.errors import CorruptObjectError, RefExistsError
+from coral_core.hashing import is_object_id
+from coral_core.locks import file_lock
+from coral_core.store.local import TEMP_PREFIX, write_file_atomic
+
+HEADS = "refs/heads/"
+TAGS = "refs/tags/"
+_SYMREF = "ref: "
+
+
+@dataclass(frozen=True)
+class Head:
+    """Where HEAD points: a branch (maybe with no commit yet) or a detached commit."""
+
+    branch: str | None
+    commit: str | None
+
+    @property
+    def detached(self) -> bool:
+        return self.branch is None
+
+
+@dataclass(frozen=True)
+class ReflogEntry:
+    """One move of a ref: from ``old`` to ``new`` (None for created/deleted)."""
+
+    ref: str
+    old: str | None
+    new: str | None
+    author: str
+    timestamp: float
+    message: str
+
+
+class RefDatabase:
+    """Reads and writes refs under ``coral_dir``."""
+
+    def __init__(self, coral_dir: Path, fsync: bool = True) -> None:
+        self.root = coral_dir
+        self.fsync = fsync
+
+    @contextmanager
+    def lock(self, timeout: float = 60.0) -> Iterator[None]:
+        """Exclusive lock for every ref, HEAD, index and reflog update."""
+        with file_lock(self.root / "locks" / "refs.lock", timeout=timeout):
+            yield
+
+    def _write(self, path: Path, text: str) -> None:
+        write_file_atomic(path, text.encode(), fsync=self.fsync)
+
+    # -- HEAD ----------------------------------------------------------------------
+
+    def head(self) -> Head:
+        text = (self.root / "HEAD").read_text().strip()
+        if text.startswith(_SYMREF):
+            ref = text[len(_SYMREF) :]
+            return Head(branch=ref.removeprefix(HEADS), commit=self.read(ref))
+        if not is_object_id(text):
+            raise CorruptObjectError(f"{self.root / 'HEAD'} holds {text!r}, not a ref or commit id")
+        return Head(branch=None, commit=text)
+
+    def set_head(self, branch: str | None = None, commit: str | None = None) -> None:
+        """Point HEAD at ``branch``, or detach it at ``commit``."""
+        self._write(self.root / "HEAD", f"{_SYMREF}{HEADS}{branch}\n" if branch else f"{commit}\n")
+
+    # -- refs ----------------------------------------------------------------------
+
+    def read(self, ref: str) -> str | None:
+        """Id a full ref name (``refs/heads/main``) points at, or None."""
+        path = self.root / ref
+        try:
+            text = path.read_text().strip()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+        if not is_object_id(text):
+            raise CorruptObjectError(f"ref file {path} holds {text!r}, not an object id")
+        return text
+
+    def write(self, ref: str, object_id: str) -> None:
+        path = self.root / ref
+        self._check_no_clash(ref)
+        self._write(path, object_id + "\n")
+
+    def delete(self, ref: str) -> None:
+        path = self.root / ref
+        path.unlink(missing_ok=True)
+        top = self.root / ref.split("/")[0] / ref.split("/")[1]
+        parent = path.parent
+        while parent != top and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
+
+    def _check_no_clash(self, ref: str) -> None:
+        """``a`` and ``a/b`` cannot both exist: one would be a file and a folder."""
+        path = self.root / ref
+        if path.is_dir():
+            raise RefExistsError(
+                f"cannot create {ref}: refs named {ref}/... exist; pick another name"
+            )
+        for parent in path.relative_to(self.root).parents:
+            if (self.root / parent).is_file():
+                raise RefExistsError(f"cannot create {ref}: {parent.as_posix()} exists")
+
+    def list_refs(self, prefix: str) -> dict[str, str]:
+        """Every ref under ``prefix`` (``refs/heads/``), by short name."""
+        base = self.root / prefix
+        refs: dict[str, str] = {}
+        if not base.is_dir():
+            return refs
+        for dirpath, _, filenames in os.walk(base):
+            for filename in filenames:
+                if filename.startswith(TEMP_PREFIX):
+                    continue
+                path = Path(dirpath) / filename
+                object_id = self.read(path.relative_to(self.root).as_posix())
+                if object_id:
+                    refs[path.relative_to(base).as_posix()] = object_id
+        return dict(sorted(refs.items()))
+
+    # -- reflog --------------------------------------------------------------------
+
+    def log_move(
+        self, ref: str, old: str | None, new: str | None, author: str, message: str
+    ) -> None:
+        """Append one line to the reflog of ``ref``."""
+        path = self.root / "logs" / ref
+        path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(
+            {"old": old, "new": new, "author": author, "time": time.time(), "message": message}
+        )
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+            if self.fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
+
+    def reflog(self, ref: str = "HEAD") -> list[ReflogEntry]:
+        """Moves of ``ref``, newest first; a torn last line (crash) is skipped."""
+        path = self.root / "logs" / ref
+        if not path.is_file():
+            return []
+        entries = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                item = json.loads(line)
+                entries.append(
+                    ReflogEntry(
+                        ref, item["old"], item["new"], item["author"], item["time"], item["message"]
+                    )
+                )
+            except (ValueError, KeyError, TypeError):
+                continue
+        return entries[::-1]

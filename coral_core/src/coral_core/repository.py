@@ -1,0 +1,702 @@
+"""``Repository``: git for weights — staging, commits, branches, tags, history.
+
+Every writer (the Python API, the CLI, the training callbacks) goes through
+these methods. Objects are written first, without any lock (they are
+content-addressed, so concurrent writers agree); then refs, HEAD, the index and
+the reflog change under one inter-process lock, so two processes committing at
+once lose nothing. Writers also hold the shared side of the gc lock until their
+new objects are referenced, so ``gc`` never deletes a commit in the making.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import getpass
+import heapq
+import os
+import platform
+import re
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from coral_core import __version__
+from coral_core.config import RepoConfig
+from coral_core.diff import CommitDiff, diff_trees
+from coral_core.errors import (
+    AmbiguousRefError,
+    BranchInUseError,
+    CoralError,
+    DirtyIndexError,
+    NothingToCommitError,
+    RefExistsError,
+    RefNotFoundError,
+    RepositoryNotFoundError,
+    TensorMismatchError,
+    TensorNotFoundError,
+)
+from coral_core.hashing import is_id_prefix, is_object_id
+from coral_core.index import Staged, StagingIndex
+from coral_core.locks import file_lock
+from coral_core.maintenance import GCResult, VerifyReport, collect_garbage, verify_repository
+from coral_core.model import (
+    Branch,
+    Commit,
+    CommitMetadata,
+    Tag,
+    TreeEntry,
+    clean_metrics,
+    compare_metric,
+)
+from coral_core.objects import ObjectDatabase, ObjectKind
+from coral_core.refnames import validate_ref_name
+from coral_core.refs import HEADS, TAGS, Head, RefDatabase, ReflogEntry
+from coral_core.store.base import WeightStore
+from coral_core.store.local import LocalStore
+from coral_core.tensor import WeightMetadata, WeightTensor
+
+CORAL_DIR = ".coral"
+DEFAULT_BRANCH = "main"
+_ANCESTRY = re.compile(r"^(.*?)((?:[~^]\d*)*)$")
+
+
+def default_author() -> str:
+    """``CORAL_AUTHOR``, else the login name."""
+    try:
+        return os.environ.get("CORAL_AUTHOR") or getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+class Repository:
+    """A Coral repository: a ``.coral`` folder beside the user's files.
+
+    Args:
+        path: the folder holding ``.coral`` (or the ``.coral`` folder itself).
+        init: create the repository if it does not exist yet.
+        chunk_size: bytes per chunk for new repositories (default 4 MiB).
+        store: keep objects in this store instead of ``.coral/objects``.
+
+    Raises:
+        RepositoryNotFoundError: when there is no repository and ``init`` is False.
+        UnsupportedFormatError: when a newer Coral wrote the repository.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = ".",
+        init: bool = False,
+        *,
+        chunk_size: int | None = None,
+        store: WeightStore | None = None,
+    ) -> None:
+        root = Path(path).absolute()
+        if root.name == CORAL_DIR and (root / "config").is_file():
+            root = root.parent
+        self.path = root
+        self.coral_dir = root / CORAL_DIR
+        config_path = self.coral_dir / "config"
+        if not config_path.is_file():
+            if not init:
+                raise RepositoryNotFoundError(
+                    f"no Coral repository at {root}; create one with "
+                    f"Repository({str(root)!r}, init=True) or `coral-ml init`"
+                )
+            self._create(chunk_size)
+        self.config = RepoConfig.load(config_path)
+        fsync = bool(self.config.get("core.fsync"))
+        self.objects = ObjectDatabase(
+            store or LocalStore(self.coral_dir / "objects", fsync=fsync),
+            chunk_size=self.config.get("core.chunk_size"),
+            compression_level=self.config.get("core.compression_level"),
+        )
+        self.refs = RefDatabase(self.coral_dir, fsync=fsync)
+        self.index = StagingIndex(self.coral_dir / "index", fsync=fsync)
+
+    def _create(self, chunk_size: int | None) -> None:
+        self.coral_dir.mkdir(parents=True, exist_ok=True)
+        for folder in ("objects", "refs/heads", "refs/tags", "logs", "locks"):
+            (self.coral_dir / folder).mkdir(parents=True, exist_ok=True)
+        RefDatabase(self.coral_dir).set_head(branch=DEFAULT_BRANCH)
+        RepoConfig.create(self.coral_dir / "config", chunk_size=chunk_size)  # last: marks it done
+
+    def __repr__(self) -> str:
+        return f"Repository({str(self.path)!r})"
+
+    # -- locks ---------------------------------------------------------------------
+
+    @contextmanager
+    def writing_objects(self) -> Iterator[None]:
+        """Hold off ``gc`` while new objects are not yet referenced by a ref or the index."""
+        with file_lock(self.coral_dir / "locks" / "gc.lock", shared=True):
+            yield
+
+    def _author(self, author: str | None) -> str:
+        return author or self.config.get("user.name") or default_author()
+
+    # -- reading -------------------------------------------------------------------
+
+    @property
+    def head(self) -> Head:
+        """Where HEAD points."""
+        return self.refs.head()
+
+    @property
+    def current_branch(self) -> str | None:
+        """The checked-out branch, or None when HEAD is detached."""
+        return self.refs.head().branch
+
+    def resolve(self, ref: str | None = None) -> str:
+        """Turn a ref into a commit id.
+
+        Accepts ``HEAD``, branch and tag names, ``refs/...`` names, full commit
+        ids or unique prefixes (4+ hex digits), each optionally followed by
+        ``~N`` or ``^`` (first parent).
+
+        Raises:
+            RefNotFoundError: when nothing has that name.
+            AmbiguousRefError: when a prefix matches several commits.
+        """
+        ref = ref or "HEAD"
+        match = _ANCESTRY.match(ref)
+        base, suffix = (match.group(1), match.group(2)) if match else (ref, "")
+        commit = self._resolve_name(base or ref)
+        for step in re.findall(r"[~^]\d*", suffix):
+            count = int(step[1:]) if len(step) > 1 else 1
+            for _ in range(count):
+                parents = self.read_commit(commit).parent_hashes
+                if not parents:
+                    raise RefNotFoundError(f"{ref!r}: commit {commit[:12]} has no parent")
+                commit = parents[0]
+        return commit
+
+    def _resolve_name(self, name: str) -> str:
+        if name == "HEAD":
+            head = self.refs.head()
+            if head.commit is None:
+                raise RefNotFoundError(
+                    f"branch {head.branch!r} has no commits yet; stage weights and commit first"
+                )
+            return head.commit
+        for full in (name, HEADS + name, TAGS + name):
+            if full.startswith("refs/") and ".." not in full:
+                target = self.refs.read(full)
+                if target is not None:
+                    return self.peel(target)
+        if is_id_prefix(name.lower()):
+            return self._commit_by_prefix(name.lower())
+        raise RefNotFoundError(
+            f"no branch, tag or commit named {name!r}; "
+            "see `coral-ml branch --list`, `coral-ml tag --list` or `coral-ml log`"
+        )
+
+    def peel(self, object_id: str) -> str:
+        """Follow an annotated tag to its commit."""
+        if self.objects.kind_of(object_id) == ObjectKind.TAG:
+            return str(self.objects.read_document(ObjectKind.TAG, object_id)["object"])
+        return object_id
+
+    def _commit_by_prefix(self, prefix: str) -> str:
+        if is_object_id(prefix):
+            candidates = [prefix] if self.objects.has(prefix) else []
+        else:
+            candidates = list(self.objects.iter_ids(prefix))
+        commits = [c for c in candidates if self.objects.kind_of(c) == ObjectKind.COMMIT]
+        if not commits:
+            raise RefNotFoundError(f"no commit, branch or tag matches {prefix!r}")
+        if len(commits) > 1:
+            shown = ", ".join(c[:12] for c in commits)
+            raise AmbiguousRefError(
+                f"{prefix!r} matches {len(commits)} commits ({shown}); give more digits"
+            )
+        return commits[0]
+
+    def read_commit(self, commit_hash: str) -> Commit:
+        """The commit with this exact id."""
+        return Commit.from_document(
+            commit_hash, self.objects.read_document(ObjectKind.COMMIT, commit_hash)
+        )
+
+    def read_tree(self, tree_hash: str) -> dict[str, TreeEntry]:
+        document = self.objects.read_document(ObjectKind.TREE, tree_hash)
+        return {name: TreeEntry.from_dict(e) for name, e in document["entries"].items()}
+
+    def show(self, ref: str | None = None) -> Commit:
+        """The commit a ref names (HEAD by default)."""
+        return self.read_commit(self.resolve(ref))
+
+    def ls_tree(self, ref: str | None = None) -> dict[str, TreeEntry]:
+        """Every tensor of a commit, by name, without loading data."""
+        return self.read_tree(self.show(ref).tree_hash)
+
+    def get_weight(self, name: str, ref: str | None = None) -> WeightTensor:
+        """Load one tensor of a commit (HEAD by default), verified bitwise.
+
+        Raises:
+            TensorNotFoundError: when the commit has no tensor of that name.
+            CorruptObjectError: when its stored data is damaged.
+        """
+        commit = self.resolve(ref)
+        tree = self.read_tree(self.read_commit(commit).tree_hash)
+        if name not in tree:
+            raise TensorNotFoundError(
+                f"commit {commit[:12]} has no tensor {name!r} ({len(tree)} tensors; "
+                "see `coral-ml ls-tree`)"
+            )
+        return self._load(name, tree[name], commit)
+
+    def _load(self, name: str, entry: TreeEntry, commit: str) -> WeightTensor:
+        try:
+            data = self.objects.read_tensor(entry.tensor)
+        except CoralError as exc:
+            raise type(exc)(f"tensor {name!r} of commit {commit[:12]}: {exc}") from exc
+        metadata = WeightMetadata(
+            name=name,
+            shape=entry.shape,
+            dtype=data.dtype,
+            layer_type=entry.layer_type,
+            model_name=entry.model_name,
+            compression_info=entry.compression_info,
+        )
+        return WeightTensor(data, metadata)
+
+    def iter_weights(self, ref: str | None = None) -> Iterator[WeightTensor]:
+        """Yield a commit's tensors one at a time (memory of one tensor)."""
+        commit = self.resolve(ref)
+        for name, entry in self.read_tree(self.read_commit(commit).tree_hash).items():
+            yield self._load(name, entry, commit)
+
+    def get_all_weights(self, ref: str | None = None) -> dict[str, WeightTensor]:
+        """Every tensor of a commit (HEAD by default), by name."""
+        return {weight.name: weight for weight in self.iter_weights(ref)}
+
+    # -- staging and committing ----------------------------------------------------
+
+    def _write_weights(
+        self, weights: Mapping[str, WeightTensor | np.ndarray]
+    ) -> dict[str, TreeEntry]:
+        entries = {}
+        for name, weight in weights.items():
+            if not isinstance(name, str) or not name:
+                raise TensorMismatchError(f"tensor names must be non-empty strings, got {name!r}")
+            if not isinstance(weight, WeightTensor):
+                weight = WeightTensor(np.asarray(weight), name=name)
+            result = self.objects.write_tensor(weight)
+            meta = weight.metadata
+            entries[name] = TreeEntry(
+                tensor=result.tensor_id,
+                dtype=meta.dtype_name,
+                shape=weight.shape,
+                nbytes=weight.nbytes,
+                layer_type=meta.layer_type,
+                model_name=meta.model_name,
+                compression_info=meta.compression_info,
+            )
+        return entries
+
+    def stage_weights(
+        self, weights: Mapping[str, WeightTensor | np.ndarray], replace: bool = False
+    ) -> dict[str, str]:
+        """Store tensors and stage them for the next commit; return name -> content id.
+
+        Args:
+            weights: tensors by name (arrays are wrapped in ``WeightTensor``).
+            replace: the next commit holds exactly the staged tensors, instead of
+                the parent's tensors updated by them.
+        """
+        with self.writing_objects():
+            entries = self._write_weights(weights)
+            with self.refs.lock():
+                staged = self.index.read()
+                staged.entries.update(entries)
+                staged.removed -= set(entries)
+                staged.replace = staged.replace or replace
+                self.index.write(staged)
+        return {name: entry.tensor for name, entry in entries.items()}
+
+    def remove_weights(self, names: Sequence[str]) -> None:
+        """Stage the removal of tensors from the next commit.
+
+        Raises:
+            TensorNotFoundError: for a name neither staged nor in HEAD.
+        """
+        with self.refs.lock():
+            staged = self.index.read()
+            head = self.refs.head().commit
+            current = staged.apply(self.read_tree(self.read_commit(head).tree_hash) if head else {})
+            for name in names:
+                if name not in current:
+                    raise TensorNotFoundError(f"no tensor {name!r} is staged or in HEAD")
+                staged.entries.pop(name, None)
+                staged.removed.add(name)
+            self.index.write(staged)
+
+    def staged(self) -> Staged:
+        """What the next commit will change."""
+        return self.index.read()
+
+    def reset(self) -> None:
+        """Drop everything staged (the stored objects stay until ``gc``)."""
+        with self.refs.lock():
+            self.index.clear()
+
+    def commit(
+        self,
+        message: str,
+        author: str | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        tags: Sequence[str] = (),
+        weights: Mapping[str, WeightTensor | np.ndarray] | None = None,
+        branch: str | None = None,
+        allow_empty: bool = False,
+    ) -> Commit:
+        """Record a commit and move the branch to it.
+
+        Without ``weights``, commits what is staged. With ``weights``, commits
+        exactly those tensors (a full snapshot) without touching the index — the
+        way training callbacks and concurrent processes commit.
+
+        Args:
+            message: what this version is.
+            author: defaults to ``user.name`` from the config, then the login.
+            metrics: numbers (or strings) this version scored.
+            metadata: any JSON-serializable details.
+            tags: labels for :meth:`find_commits` (``["production-ready"]``).
+            weights: a full snapshot to commit instead of the index.
+            branch: commit onto this branch instead of HEAD's (created from
+                HEAD if new); HEAD itself does not move.
+            allow_empty: commit even when nothing is staged.
+
+        Raises:
+            NothingToCommitError: when nothing is staged and ``allow_empty`` is False.
+        """
+        clean = clean_metrics(metrics)
+        if branch is not None:
+            validate_ref_name(branch)
+        with self.writing_objects():
+            snapshot = None if weights is None else self._write_weights(weights)
+            with self.refs.lock():
+                head = self.refs.head()
+                target = branch if branch is not None else head.branch
+                if target is None:
+                    parent = head.commit
+                else:
+                    parent = self.refs.read(HEADS + target)
+                    if parent is None and branch is not None:
+                        parent = head.commit
+                staged = self.index.read() if snapshot is None else Staged(snapshot, replace=True)
+                if snapshot is None and staged.empty and not allow_empty:
+                    raise NothingToCommitError(
+                        "nothing staged to commit; stage weights first (or allow_empty=True)"
+                    )
+                parent_tree = self.read_tree(self.read_commit(parent).tree_hash) if parent else {}
+                tree = staged.apply(parent_tree)
+                tree_hash = self.objects.write_document(
+                    ObjectKind.TREE, {"entries": {n: e.to_dict() for n, e in tree.items()}}
+                )
+                commit = Commit(
+                    commit_hash="",
+                    tree_hash=tree_hash,
+                    parent_hashes=(parent,) if parent else (),
+                    metadata=CommitMetadata(
+                        message=message,
+                        author=self._author(author),
+                        timestamp=time.time(),
+                        metrics=clean,
+                        tags=tuple(tags),
+                        metadata=dict(metadata or {}),
+                        environment=_environment(),
+                    ),
+                )
+                commit_hash = self.objects.write_document(ObjectKind.COMMIT, commit.to_document())
+                reflog_message = f"commit: {message.splitlines()[0] if message else ''}"
+                self._move(target, parent, commit_hash, commit.author, reflog_message, head)
+                if snapshot is None:
+                    self.index.clear()
+        return self.read_commit(commit_hash)
+
+    def _move(
+        self, branch: str | None, old: str | None, new: str, author: str, message: str, head: Head
+    ) -> None:
+        """Move a branch (or a detached HEAD) and log it; HEAD's log too when it follows."""
+        if branch is None:
+            self.refs.set_head(commit=new)
+        else:
+            self.refs.write(HEADS + branch, new)
+            self.refs.log_move(HEADS + branch, old, new, author, message)
+        if branch is None or head.branch == branch:
+            self.refs.log_move("HEAD", old, new, author, message)
+
+    # -- branches ------------------------------------------------------------------
+
+    def create_branch(self, name: str, start: str | None = None) -> Branch:
+        """Create a branch at ``start`` (HEAD by default); HEAD does not move.
+
+        Raises:
+            RefExistsError: when the branch exists.
+            InvalidRefNameError: for a name such as ``../x``.
+        """
+        validate_ref_name(name)
+        commit = self.resolve(start)
+        with self.refs.lock():
+            if self.refs.read(HEADS + name) is not None:
+                raise RefExistsError(f"branch {name!r} already exists")
+            self.refs.write(HEADS + name, commit)
+            self.refs.log_move(
+                HEADS + name,
+                None,
+                commit,
+                self._author(None),
+                f"branch: created from {start or 'HEAD'}",
+            )
+        return Branch(name, commit, current=False)
+
+    def delete_branch(self, name: str) -> None:
+        """Delete a branch; its commits stay until ``gc`` finds nothing else uses them.
+
+        Raises:
+            RefNotFoundError: when there is no such branch.
+            BranchInUseError: when HEAD is on it.
+        """
+        with self.refs.lock():
+            commit = self.refs.read(HEADS + validate_ref_name(name))
+            if commit is None:
+                raise RefNotFoundError(f"no branch named {name!r}")
+            if self.refs.head().branch == name:
+                raise BranchInUseError(
+                    f"branch {name!r} is checked out; check out another branch first"
+                )
+            self.refs.delete(HEADS + name)
+            self.refs.log_move(HEADS + name, commit, None, self._author(None), "branch: deleted")
+
+    def list_branches(self) -> list[Branch]:
+        """Every branch, sorted by name; the current one has ``current=True``."""
+        head = self.refs.head()
+        branches = [
+            Branch(name, commit, name == head.branch)
+            for name, commit in self.refs.list_refs(HEADS).items()
+        ]
+        if head.branch and head.commit is None:  # unborn current branch
+            branches.append(Branch(head.branch, None, True))
+        return sorted(branches, key=lambda b: b.name)
+
+    def checkout(self, ref: str, force: bool = False) -> Commit:
+        """Point HEAD at a branch, or detach it at a tag or commit.
+
+        Raises:
+            DirtyIndexError: when changes are staged (``force=True`` drops them).
+            RefNotFoundError: when ``ref`` names nothing.
+        """
+        commit = self.resolve(ref)
+        is_branch = self.refs.read(HEADS + ref) is not None if ref != "HEAD" else False
+        with self.refs.lock():
+            if not self.index.read().empty:
+                if not force:
+                    raise DirtyIndexError(
+                        f"changes are staged; commit them, reset, or checkout {ref!r} with force"
+                    )
+                self.index.clear()
+            head = self.refs.head()
+            if is_branch:
+                self.refs.set_head(branch=ref)
+            else:
+                self.refs.set_head(commit=commit)
+            source = head.branch or (head.commit or "")[:12]
+            self.refs.log_move(
+                "HEAD",
+                head.commit,
+                commit,
+                self._author(None),
+                f"checkout: moving from {source} to {ref}",
+            )
+        return self.read_commit(commit)
+
+    # -- tags ----------------------------------------------------------------------
+
+    def tag_version(
+        self,
+        name: str,
+        description: str | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        ref: str | None = None,
+        force: bool = False,
+    ) -> Tag:
+        """Tag a commit (HEAD by default) with a description and metrics.
+
+        Raises:
+            RefExistsError: when the tag exists and ``force`` is False.
+        """
+        validate_ref_name(name, "tag")
+        commit = self.resolve(ref)
+        tag = Tag(
+            name, commit, description, clean_metrics(metrics), self._author(None), time.time()
+        )
+        document = {
+            "object": commit,
+            "name": name,
+            "description": description,
+            "metrics": tag.metrics,
+            "tagger": tag.tagger,
+            "timestamp": tag.timestamp,
+        }
+        with self.writing_objects():
+            tag_id = self.objects.write_document(ObjectKind.TAG, document)
+            with self.refs.lock():
+                if self.refs.read(TAGS + name) is not None and not force:
+                    raise RefExistsError(f"tag {name!r} already exists (use force to move it)")
+                self.refs.write(TAGS + name, tag_id)
+        return tag
+
+    def delete_tag(self, name: str) -> None:
+        """Delete a tag.
+
+        Raises:
+            RefNotFoundError: when there is no such tag.
+        """
+        with self.refs.lock():
+            if self.refs.read(TAGS + validate_ref_name(name, "tag")) is None:
+                raise RefNotFoundError(f"no tag named {name!r}")
+            self.refs.delete(TAGS + name)
+
+    def list_tags(self, pattern: str | None = None) -> list[Tag]:
+        """Tags sorted by name, optionally filtered by a glob (``"production_*"``)."""
+        tags = []
+        for name, object_id in self.refs.list_refs(TAGS).items():
+            if pattern and not fnmatch.fnmatchcase(name, pattern):
+                continue
+            if self.objects.kind_of(object_id) != ObjectKind.TAG:
+                tags.append(Tag(name, object_id))
+                continue
+            doc = self.objects.read_document(ObjectKind.TAG, object_id)
+            tags.append(
+                Tag(
+                    name,
+                    doc["object"],
+                    doc.get("description"),
+                    dict(doc.get("metrics") or {}),
+                    doc.get("tagger"),
+                    doc.get("timestamp"),
+                )
+            )
+        return tags
+
+    # -- history -------------------------------------------------------------------
+
+    def iter_commits(self, starts: Sequence[str]) -> Iterator[Commit]:
+        """Commits reachable from ``starts`` (commit ids), newest first, each once."""
+        seen: set[str] = set()
+        queue: list[tuple[float, str, Commit]] = []
+        for start in starts:
+            if start not in seen:
+                seen.add(start)
+                commit = self.read_commit(start)
+                heapq.heappush(queue, (-commit.timestamp, start, commit))
+        while queue:
+            _, _, commit = heapq.heappop(queue)
+            yield commit
+            for parent in commit.parent_hashes:
+                if parent not in seen:
+                    seen.add(parent)
+                    parent_commit = self.read_commit(parent)
+                    heapq.heappush(queue, (-parent_commit.timestamp, parent, parent_commit))
+
+    def log(
+        self, ref: str | None = None, max_count: int | None = None, all_refs: bool = False
+    ) -> list[Commit]:
+        """History from ``ref`` (HEAD by default; every branch and tag with
+        ``all_refs``), newest first. An empty branch has an empty log."""
+        if all_refs:
+            starts = self._ref_commits()
+        else:
+            if ref is None and self.refs.head().commit is None:
+                return []
+            starts = [self.resolve(ref)]
+        commits: list[Commit] = []
+        for commit in self.iter_commits(starts):
+            if max_count is not None and len(commits) >= max_count:
+                break
+            commits.append(commit)
+        return commits
+
+    def _ref_commits(self) -> list[str]:
+        """Commits every branch, tag and HEAD point at."""
+        starts = list(self.refs.list_refs(HEADS).values())
+        starts += [self.peel(t) for t in self.refs.list_refs(TAGS).values()]
+        if self.refs.head().commit:
+            starts.append(self.refs.head().commit)  # type: ignore[arg-type]
+        return list(dict.fromkeys(starts))
+
+    def find_commits(
+        self,
+        metric_filter: Mapping[str, tuple[str, Any]] | None = None,
+        tag_filter: Sequence[str] | None = None,
+        ref: str | None = None,
+    ) -> list[Commit]:
+        """Commits whose metrics pass every filter and that carry every tag.
+
+        Args:
+            metric_filter: ``{"val_accuracy": (">", 0.92)}``; ops > >= < <= == !=.
+            tag_filter: labels given at commit time or names of tags on the commit.
+            ref: search history from this ref only (default: every branch and tag).
+        """
+        tags_by_commit: dict[str, set[str]] = {}
+        for tag in self.list_tags():
+            tags_by_commit.setdefault(tag.commit, set()).add(tag.name)
+        starts = [self.resolve(ref)] if ref else self._ref_commits()
+        found = []
+        for commit in self.iter_commits(starts):
+            labels = set(commit.metadata.tags) | tags_by_commit.get(commit.commit_hash, set())
+            if tag_filter and not set(tag_filter) <= labels:
+                continue
+            if all(
+                key in commit.metrics and compare_metric(commit.metrics[key], op, target)
+                for key, (op, target) in (metric_filter or {}).items()
+            ):
+                found.append(commit)
+        return found
+
+    def reflog(self, ref: str = "HEAD") -> list[ReflogEntry]:
+        """Every move of ``ref`` (``HEAD`` or a branch name), newest first."""
+        full = ref if ref == "HEAD" or ref.startswith("refs/") else HEADS + validate_ref_name(ref)
+        return self.refs.reflog(full)
+
+    def diff(self, ref_a: str, ref_b: str | None = None, stats: bool = True) -> CommitDiff:
+        """Per-tensor status (added, removed, modified, unchanged) from ``ref_a`` to
+        ``ref_b`` (HEAD by default), with change statistics for modified tensors."""
+        commit_a, commit_b = self.resolve(ref_a), self.resolve(ref_b)
+        tensors = diff_trees(
+            self.read_tree(self.read_commit(commit_a).tree_hash),
+            self.read_tree(self.read_commit(commit_b).tree_hash),
+            self.objects.read_tensor,
+            with_stats=stats,
+        )
+        return CommitDiff(commit_a, commit_b, tensors)
+
+    # -- maintenance ---------------------------------------------------------------
+
+    def gc(self, dry_run: bool = False) -> GCResult:
+        """Delete objects no branch, tag, HEAD or staged entry references; frees disk.
+
+        The reflog does not keep commits alive: after a branch is deleted and
+        ``gc`` runs, its unique commits are gone.
+        """
+        return collect_garbage(self, dry_run=dry_run)
+
+    def verify(self) -> VerifyReport:
+        """Check every object against its id (fsck); the report names what is affected."""
+        return verify_repository(self)
+
+
+def _environment() -> dict[str, str]:
+    return {
+        "coral_core": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "platform": platform.platform(terse=True),
+    }

@@ -1,0 +1,116 @@
+"""``WeightStore``: the small key -> bytes surface every backend implements.
+
+Everything clever (chunking, dedup, deltas, verification) sits above the store,
+so a new backend only has to move bytes. Keys are ``/``-separated names made of
+``[A-Za-z0-9._-]``; no segment is empty, ``.`` or ``..``, or starts with a dot.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from types import TracebackType
+
+from coral_core.errors import InvalidKeyError, ReadOnlyStoreError
+
+_SEGMENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+MAX_KEY_LENGTH = 1024
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` if it is a valid store key.
+
+    Raises:
+        InvalidKeyError: for empty keys, absolute paths, ``..`` or odd characters.
+    """
+    if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH:
+        raise InvalidKeyError(f"invalid store key {key!r}")
+    for segment in key.split("/"):
+        if not _SEGMENT.fullmatch(segment):
+            raise InvalidKeyError(
+                f"invalid store key {key!r}: segment {segment!r} is empty, hidden, "
+                "or has characters outside [A-Za-z0-9._-]"
+            )
+    return key
+
+
+class WeightStore(ABC):
+    """Immutable objects by key: put, get (optionally a byte range), has, delete, list.
+
+    Writes are atomic: a reader sees the whole old value or the whole new one.
+    """
+
+    read_only: bool = False
+
+    @abstractmethod
+    def get(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
+        """Return the value, or ``value[start:end]`` when ``byte_range=(start, end)``.
+
+        Raises:
+            MissingObjectError: when ``key`` is not in the store.
+        """
+
+    @abstractmethod
+    def put(self, key: str, data: bytes | memoryview) -> None:
+        """Store ``data`` under ``key`` atomically, replacing any old value."""
+
+    @abstractmethod
+    def has(self, key: str) -> bool:
+        """True when ``key`` is in the store."""
+
+    @abstractmethod
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; return False when it was not there."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Yield every key starting with ``prefix`` (in no particular order)."""
+
+    @abstractmethod
+    def size(self, key: str) -> int:
+        """Bytes stored under ``key``.
+
+        Raises:
+            MissingObjectError: when ``key`` is not in the store.
+        """
+
+    def put_if_absent(self, key: str, data: bytes | memoryview) -> bool:
+        """Store ``data`` unless ``key`` exists; return True when it was written.
+
+        Backends with an atomic create override this; the default is check-then-put,
+        which is enough for content-addressed objects (the same key, the same bytes).
+        """
+        if self.has(key):
+            return False
+        self.put(key, data)
+        return True
+
+    def close(self) -> None:  # noqa: B027 (a no-op hook for backends that hold resources)
+        """Release resources; the default holds none."""
+
+    def _check_writable(self, key: str) -> None:
+        validate_key(key)
+        if self.read_only:
+            raise ReadOnlyStoreError(f"{self!r} is read-only; cannot write {key!r}")
+
+    def __enter__(self) -> WeightStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def slice_range(data: bytes, byte_range: tuple[int, int] | None) -> bytes:
+    """Apply a ``(start, end)`` byte range to ``data`` (shared by simple backends)."""
+    if byte_range is None:
+        return data
+    start, end = byte_range
+    if start < 0 or end < start:
+        raise ValueError(f"invalid byte range {byte_range!r}")
+    return data[start:end]

@@ -1,0 +1,156 @@
+"""The default store: one file per object under a folder (``.coral/objects``)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from coral_core.errors import MissingObjectError
+from coral_core.store.base import WeightStore, validate_key
+
+TEMP_PREFIX = ".tmp-"
+
+
+def write_file_atomic(path: Path, data: bytes | memoryview, fsync: bool = True) -> None:
+    """Write ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    A crash leaves either the old file or the new one, never half of one; a file
+    someone has memory-mapped is replaced, not rewritten.
+    """
+    tmp = write_temp_file(path.parent, data, fsync)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    if fsync:
+        fsync_dir(path.parent)
+
+
+def write_temp_file(folder: Path, data: bytes | memoryview, fsync: bool) -> Path:
+    """Write ``data`` to a new hidden temporary file in ``folder`` and return its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"{TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
+    try:
+        with open(tmp, "xb") as handle:
+            handle.write(data)
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    return tmp
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalStore(WeightStore):
+    """Objects as files under ``root``; the key ``ab/cdef`` is the file ``root/ab/cdef``.
+
+    Args:
+        root: the folder; created on first write.
+        read_only: refuse every write.
+        fsync: flush each object to disk before it becomes visible.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], read_only: bool = False, fsync: bool = True):
+        self.root = Path(root)
+        self.read_only = read_only
+        self.fsync = fsync
+
+    def _path(self, key: str) -> Path:
+        return self.root / validate_key(key)
+
+    def get(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as handle:
+                if byte_range is None:
+                    return handle.read()
+                start, end = byte_range
+                if start < 0 or end < start:
+                    raise ValueError(f"invalid byte range {byte_range!r}")
+                handle.seek(start)
+                return handle.read(end - start)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise MissingObjectError(f"object {key!r} is not in {self.root}") from None
+
+    def put(self, key: str, data: bytes | memoryview) -> None:
+        self._check_writable(key)
+        write_file_atomic(self._path(key), data, fsync=self.fsync)
+
+    def put_if_absent(self, key: str, data: bytes | memoryview) -> bool:
+        self._check_writable(key)
+        path = self._path(key)
+        if path.exists():
+            return False
+        tmp = write_temp_file(path.parent, data, self.fsync)
+        try:
+            try:
+                os.link(tmp, path)  # atomic exclusive create
+            except FileExistsError:
+                return False
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        if self.fsync:
+            fsync_dir(path.parent)
+        return True
+
+    def has(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> bool:
+        self._check_writable(key)
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        folder, _, _ = prefix.rpartition("/")
+        start = self.root / folder if folder else self.root
+        if not start.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(start):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            base = "" if rel == "." else rel + "/"
+            for name in filenames:
+                key = base + name
+                if not name.startswith(".") and key.startswith(prefix):
+                    yield key
+
+    def size(self, key: str) -> int:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            raise MissingObjectError(f"object {key!r} is not in {self.root}") from None
+
+    def temp_files(self) -> Iterator[Path]:
+        """Leftover temporary files of interrupted writes."""
+        if self.root.is_dir():
+            yield from self.root.rglob(f"{TEMP_PREFIX}*")
+
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.root)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LocalStore) and other.root == self.root
+
+    def __hash__(self) -> int:
+        return hash(self.root)

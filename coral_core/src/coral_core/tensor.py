@@ -1,0 +1,123 @@
+"""``WeightTensor`` and ``WeightMetadata``: an array with its name and identity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from coral_core.dtypes import dtype_name, numpy_dtype
+from coral_core.errors import TensorMismatchError
+from coral_core.hashing import tensor_hasher
+
+
+@dataclass
+class WeightMetadata:
+    """What Coral knows about a tensor besides its values.
+
+    ``dtype`` accepts numpy dtypes and names (``np.float32``, ``"bfloat16"``);
+    it is kept as a numpy dtype, and :attr:`dtype_name` gives Coral's name.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: Any
+    layer_type: str | None = None
+    model_name: str | None = None
+    compression_info: dict[str, Any] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        self.shape = tuple(int(d) for d in self.shape)
+        if any(d < 0 for d in self.shape):
+            raise TensorMismatchError(f"tensor {self.name!r}: negative dimension in {self.shape}")
+        self.dtype = numpy_dtype(self.dtype)
+
+    @property
+    def dtype_name(self) -> str:
+        """Coral's canonical dtype name, such as ``"bfloat16"``."""
+        return dtype_name(self.dtype)
+
+
+class WeightTensor:
+    """An array plus its metadata; the unit Coral versions.
+
+    Args:
+        data: the values. Non-contiguous arrays are made contiguous once.
+        metadata: name, shape and dtype. Inferred from ``data`` when omitted;
+            when given, it must agree with ``data``.
+
+    Raises:
+        TensorMismatchError: when ``data`` does not match ``metadata``.
+    """
+
+    __slots__ = ("_data", "metadata")
+
+    def __init__(
+        self,
+        data: np.ndarray,
+        metadata: WeightMetadata | None = None,
+        *,
+        name: str = "",
+    ) -> None:
+        array = np.asarray(data)
+        if metadata is None:
+            metadata = WeightMetadata(name=name, shape=array.shape, dtype=array.dtype)
+        if array.shape != metadata.shape:
+            raise TensorMismatchError(
+                f"tensor {metadata.name!r}: data has shape {array.shape}, "
+                f"metadata says {metadata.shape}"
+            )
+        if array.dtype != metadata.dtype:
+            raise TensorMismatchError(
+                f"tensor {metadata.name!r}: data has dtype {array.dtype}, "
+                f"metadata says {metadata.dtype}; cast the data or fix the metadata"
+            )
+        dtype_name(array.dtype)  # refuse unsupported dtypes early
+        self._data = array if array.flags.c_contiguous else array.copy(order="C")
+        self.metadata = metadata
+
+    @property
+    def data(self) -> np.ndarray:
+        """The values (C-contiguous)."""
+        return self._data
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.metadata.shape
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return self._data.dtype
+
+    @property
+    def size(self) -> int:
+        """Number of elements."""
+        return int(self._data.size)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._data.nbytes)
+
+    def raw_bytes(self) -> memoryview:
+        """The tensor's bytes in C order, without a copy."""
+        return self._data.reshape(-1).view(np.uint8).data
+
+    def compute_hash(self) -> str:
+        """Content id: xxh3-128 over dtype, shape and bytes.
+
+        Not cached, so it stays right if the array is changed in place.
+        """
+        hasher = tensor_hasher(self.metadata.dtype_name, self.shape)
+        hasher.update(self.raw_bytes())
+        return hasher.hexdigest()
+
+    def __repr__(self) -> str:
+        return (
+            f"WeightTensor(name={self.name!r}, shape={self.shape}, "
+            f"dtype={self.metadata.dtype_name})"
+        )
