@@ -200,6 +200,11 @@ def test_branches(repo: Repository) -> None:
         with pytest.raises(InvalidRefNameError):
             repo.create_branch(bad)
     assert not (repo.coral_dir.parent / "escape").exists()
+    for outside in ("../config", "refs/../../x", "../../etc/passwd"):
+        with pytest.raises((RefNotFoundError, InvalidRefNameError)):
+            repo.checkout(outside)
+        with pytest.raises(InvalidRefNameError):
+            repo.reflog(outside)
     assert [(b.name, b.current) for b in repo.list_branches()] == [
         ("exp/lr-0.1", False),
         ("main", True),

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from coral_core.errors import CorruptObjectError, RefExistsError
+from coral_core.errors import CorruptObjectError, InvalidRefNameError, RefExistsError
 from coral_core.hashing import is_object_id
 from coral_core.locks import file_lock
 from coral_core.store.local import TEMP_PREFIX, write_file_atomic
@@ -63,6 +63,12 @@ class RefDatabase:
         with file_lock(self.root / "locks" / "refs.lock", timeout=timeout):
             yield
 
+    def _path(self, ref: str) -> Path:
+        """The file of a full ref name; names that could leave ``.coral`` are refused."""
+        if not ref.startswith("refs/") or ".." in ref or "\\" in ref or "//" in ref:
+            raise InvalidRefNameError(f"{ref!r} is not a ref under refs/")
+        return self.root / ref
+
     def _write(self, path: Path, text: str) -> None:
         write_file_atomic(path, text.encode(), fsync=self.fsync)
 
@@ -85,7 +91,7 @@ class RefDatabase:
 
     def read(self, ref: str) -> str | None:
         """Id a full ref name (``refs/heads/main``) points at, or None."""
-        path = self.root / ref
+        path = self._path(ref)
         try:
             text = path.read_text().strip()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
@@ -95,12 +101,12 @@ class RefDatabase:
         return text
 
     def write(self, ref: str, object_id: str) -> None:
-        path = self.root / ref
+        path = self._path(ref)
         self._check_no_clash(ref)
         self._write(path, object_id + "\n")
 
     def delete(self, ref: str) -> None:
-        path = self.root / ref
+        path = self._path(ref)
         path.unlink(missing_ok=True)
         top = self.root / ref.split("/")[0] / ref.split("/")[1]
         parent = path.parent
@@ -110,7 +116,7 @@ class RefDatabase:
 
     def _check_no_clash(self, ref: str) -> None:
         """``a`` and ``a/b`` cannot both exist: one would be a file and a folder."""
-        path = self.root / ref
+        path = self._path(ref)
         if path.is_dir():
             raise RefExistsError(
                 f"cannot create {ref}: refs named {ref}/... exist; pick another name"
@@ -137,11 +143,16 @@ class RefDatabase:
 
     # -- reflog --------------------------------------------------------------------
 
+    def _log_path(self, ref: str) -> Path:
+        if ref != "HEAD":
+            self._path(ref)  # validates
+        return self.root / "logs" / ref
+
     def log_move(
         self, ref: str, old: str | None, new: str | None, author: str, message: str
     ) -> None:
         """Append one line to the reflog of ``ref``."""
-        path = self.root / "logs" / ref
+        path = self._log_path(ref)
         path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps(
             {"old": old, "new": new, "author": author, "time": time.time(), "message": message}
@@ -154,7 +165,7 @@ class RefDatabase:
 
     def reflog(self, ref: str = "HEAD") -> list[ReflogEntry]:
         """Moves of ``ref``, newest first; a torn last line (crash) is skipped."""
-        path = self.root / "logs" / ref
+        path = self._log_path(ref)
         if not path.is_file():
             return []
         entries = []
