@@ -389,3 +389,10 @@ def test_importing_the_core_imports_no_framework() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_public_names_are_importable() -> None:
+    import coral_core
+
+    missing = [name for name in coral_core.__all__ if not hasattr(coral_core, name)]
+    assert missing == []

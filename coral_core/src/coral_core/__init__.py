@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from coral_core.config import FORMAT_VERSION, RepoConfig
+from coral_core.delta import Delta, DeltaConfig, DeltaEncoder, DeltaType
 from coral_core.diff import ChangeStats, CommitDiff, TensorDiff
 from coral_core.dtypes import SUPPORTED_DTYPES, bit_view, dtype_name, numpy_dtype
 from coral_core.errors import (
@@ -31,6 +32,7 @@ from coral_core.maintenance import GCResult, Problem, VerifyReport
 from coral_core.model import Branch, Commit, CommitMetadata, Tag, TreeEntry
 from coral_core.refs import ReflogEntry
 from coral_core.repository import Repository
+from coral_core.similarity import Deduplicator, LSHIndex, simhash
 from coral_core.store import LocalStore, MemoryStore, WeightStore
 from coral_core.tensor import WeightMetadata, WeightTensor
 
@@ -51,11 +53,13 @@ __all__ = [
     "DeltaConfig",
     "DeltaEncoder",
     "DeltaType",
+    "Deduplicator",
     "DirtyIndexError",
     "GCResult",
     "InvalidKeyError",
     "InvalidMetricError",
     "InvalidRefNameError",
+    "LSHIndex",
     "LocalStore",
     "LockTimeoutError",
     "MemoryStore",
@@ -83,4 +87,5 @@ __all__ = [
     "bit_view",
     "dtype_name",
     "numpy_dtype",
+    "simhash",
 ]
