@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from coral_core.delta import DeltaConfig, DeltaType
 from coral_core.errors import ConfigError, CorruptObjectError, UnsupportedFormatError
 from coral_core.objects import DEFAULT_CHUNK_SIZE
 from coral_core.store.local import write_file_atomic
@@ -23,6 +24,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "fsync": True,
     },
     "user": {"name": None, "email": None},
+    "delta": {
+        "type": DeltaConfig().delta_type.value,
+        "max_chain_length": DeltaConfig().max_chain_length,
+    },
 }
 
 _TYPES: dict[str, type | tuple[type, ...]] = {
@@ -33,6 +38,8 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "core.fsync": bool,
     "user.name": (str, type(None)),
     "user.email": (str, type(None)),
+    "delta.type": str,
+    "delta.max_chain_length": int,
 }
 
 
@@ -100,6 +107,38 @@ class RepoConfig:
         self._check(key, value)
         section, _, name = key.partition(".")
         self._values[section][name] = value
+        self.save()
+
+    def delta_config(self) -> DeltaConfig:
+        """The delta settings this repository writes with.
+
+        Raises:
+            ConfigError: for an unknown or lossy strategy, or a bad chain length.
+        """
+        try:
+            config = DeltaConfig(
+                delta_type=DeltaType(self.get("delta.type")),
+                compression_level=self.get("core.compression_level"),
+                max_chain_length=self.get("delta.max_chain_length"),
+            )
+        except ValueError as exc:
+            raise ConfigError(f"bad delta settings in {self.path}: {exc}") from None
+        if not config.delta_type.is_lossless:
+            raise ConfigError(
+                f"delta.type {config.delta_type.value} is lossy; a repository stores only "
+                f"lossless deltas ({', '.join(t.value for t in DeltaType if t.is_lossless)})"
+            )
+        return config
+
+    def set_delta_config(self, config: DeltaConfig) -> None:
+        """Save delta settings (lossless strategies only)."""
+        if not config.delta_type.is_lossless:
+            raise ConfigError(
+                f"{config.delta_type.name} is lossy; a repository stores only lossless deltas"
+            )
+        self._values["delta"]["type"] = config.delta_type.value
+        self._values["delta"]["max_chain_length"] = config.max_chain_length
+        self._values["core"]["compression_level"] = config.compression_level
         self.save()
 
     def items(self) -> dict[str, Any]:

@@ -23,6 +23,7 @@ Lossy strategies are opt-in; each :class:`Delta` they make records
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -90,7 +91,7 @@ class DeltaConfig:
     delta_type: DeltaType = DeltaType.XOR_FLOAT32
     similarity_threshold: float = 0.98
     compression_level: int = 1
-    max_chain_length: int = 8
+    max_chain_length: int = 1
     sparse_threshold: float = 1e-6
 
     def __post_init__(self) -> None:
@@ -155,12 +156,7 @@ class DeltaEncoder:
 
     def supports(self, dtype: str) -> bool:
         """True when the configured strategy can encode tensors of ``dtype``."""
-        kind = self.config.delta_type
-        if kind == DeltaType.XOR_BFLOAT16:
-            return dtype == "bfloat16"
-        if kind == DeltaType.EXPONENT_MANTISSA or not kind.is_lossless:
-            return dtype in FLOAT_DTYPES
-        return True
+        return supports(self.config.delta_type, dtype)
 
     def can_encode_as_delta(self, current: WeightTensor, reference: WeightTensor) -> bool:
         """Same shape and dtype, a supported dtype, and cosine similarity at or
@@ -188,8 +184,8 @@ class DeltaEncoder:
             raise TensorMismatchError(
                 f"{self.config.delta_type.name} cannot encode {dtype} tensor {current.name!r}"
             )
-        data, metadata = _ENCODERS[self.config.delta_type](
-            current.data, reference.data, self.config
+        data, metadata = encode_arrays(
+            self.config.delta_type, current.data, reference.data, self.config
         )
         return Delta(
             delta_type=self.config.delta_type,
@@ -213,7 +209,7 @@ class DeltaEncoder:
                 f"delta was made against tensor {delta.reference_hash}, "
                 f"not {reference.compute_hash()} ({reference.name!r})"
             )
-        array = _DECODERS[delta.delta_type](delta, reference.data)
+        array = decode_arrays(delta.delta_type, delta.data, delta.metadata, reference.data)
         name = reference.name
         metadata = WeightMetadata(name, delta.original_shape, numpy_dtype(delta.original_dtype))
         return WeightTensor(array.reshape(delta.original_shape), metadata)
@@ -225,6 +221,38 @@ class DeltaEncoder:
     def decode(self, delta: Delta, reference: WeightTensor) -> WeightTensor:
         """Same as :meth:`decode_delta`."""
         return self.decode_delta(delta, reference)
+
+
+def supports(kind: DeltaType, dtype: str) -> bool:
+    """True when strategy ``kind`` can encode tensors of ``dtype``."""
+    if kind == DeltaType.XOR_BFLOAT16:
+        return dtype == "bfloat16"
+    if kind == DeltaType.EXPONENT_MANTISSA or not kind.is_lossless:
+        return dtype in FLOAT_DTYPES
+    return True
+
+
+def encode_arrays(
+    kind: DeltaType, current: np.ndarray, reference: np.ndarray, config: DeltaConfig
+) -> tuple[bytes, dict[str, Any]]:
+    """Encode ``current`` against ``reference`` (same shape and dtype) with ``kind``;
+    returns the payload and the metadata needed to decode it."""
+    return _ENCODERS[kind](current, reference, config)
+
+
+def decode_arrays(
+    kind: DeltaType, data: bytes, metadata: dict[str, Any], reference: np.ndarray
+) -> np.ndarray:
+    """Inverse of :func:`encode_arrays`.
+
+    Raises:
+        CorruptObjectError: when the payload is damaged.
+    """
+    delta = Delta(kind, data, "", reference.shape, dtype_name(reference.dtype), metadata)
+    try:
+        return _DECODERS[kind](delta, reference)
+    except (ValueError, KeyError, struct.error, zstandard.ZstdError) as exc:
+        raise CorruptObjectError(f"{kind.value} delta is malformed: {exc}") from None
 
 
 def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
@@ -462,7 +490,7 @@ def _decode_per_axis(delta: Delta, reference: np.ndarray) -> np.ndarray:
     return rebuilt.astype(reference.dtype).reshape(reference.shape)
 
 
-_ENCODERS = {
+_ENCODERS: dict[DeltaType, Callable[[np.ndarray, np.ndarray, DeltaConfig], Encoded]] = {
     DeltaType.FLOAT32_RAW: _encode_raw_difference,
     DeltaType.COMPRESSED: _encode_compressed_difference,
     DeltaType.XOR_FLOAT32: _encode_xor,
@@ -474,7 +502,7 @@ _ENCODERS = {
     DeltaType.PER_AXIS_SCALED: _encode_per_axis,
 }
 
-_DECODERS = {
+_DECODERS: dict[DeltaType, Callable[[Delta, np.ndarray], np.ndarray]] = {
     DeltaType.FLOAT32_RAW: _decode_raw_difference,
     DeltaType.COMPRESSED: _decode_compressed_difference,
     DeltaType.XOR_FLOAT32: _decode_xor,

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from coral_core.errors import CoralError
 from coral_core.locks import file_lock
-from coral_core.objects import ObjectKind, decode_object, object_key
+from coral_core.objects import ObjectKind
 from coral_core.refs import HEADS, TAGS
 from coral_core.store.local import LocalStore
 
@@ -176,8 +176,7 @@ def verify_repository(repo: Repository) -> VerifyReport:
     report.tensors_checked = len(tensors_seen)
     for object_id in repo.objects.iter_ids():  # unreferenced objects must be sound too
         if object_id not in checked:
-            blob = partial(repo.objects.store.get, object_key(object_id))
-            attempt(object_id, "unreferenced", lambda: decode_object(object_id, blob()))  # noqa: B023
+            attempt(object_id, "unreferenced", partial(repo.objects.check_object, object_id))
     report.objects_checked = len(checked)
     report.problems = [
         Problem(

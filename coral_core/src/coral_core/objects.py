@@ -16,19 +16,23 @@ stays bounded and unchanged regions are stored once.
 from __future__ import annotations
 
 import json
+import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import xxhash
 import zstandard
 
-from coral_core.dtypes import numpy_dtype
-from coral_core.errors import CorruptObjectError, MissingObjectError
+from coral_core.delta import DeltaConfig, DeltaType, decode_arrays, encode_arrays, supports
+from coral_core.dtypes import FLOAT_DTYPES, numpy_dtype
+from coral_core.errors import CoralError, CorruptObjectError, MissingObjectError
 from coral_core.hashing import chunk_id, document_id, is_object_id, tensor_hasher
+from coral_core.planes import decode_planes, encode_planes
 from coral_core.store.base import WeightStore
 from coral_core.tensor import WeightTensor
 
@@ -37,6 +41,9 @@ _HEADER = struct.Struct("<4sBBHQQQ")
 HEADER_SIZE = _HEADER.size
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 _MIN_SAVING = 0.98  # keep the compressed form only when it saves at least 2%
+_DELTA_GOOD_ENOUGH = 0.6  # a delta this small is kept without trying the standalone codec
+_MAX_DECODE_DEPTH = 64  # longer chains can only come from damaged parameters
+T = TypeVar("T")
 
 
 class ObjectKind(IntEnum):
@@ -54,6 +61,8 @@ class Codec(IntEnum):
 
     RAW = 0
     ZSTD = 1
+    PLANES = 2  # byte planes, each zstd-compressed (planes.py)
+    DELTA = 3  # a lossless delta against another chunk (delta.py); params name the base
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,17 @@ class TensorDescriptor:
     shape: tuple[int, ...]
     nbytes: int
     chunks: tuple[str, ...]
+    chunk_size: int
+
+
+@dataclass(frozen=True)
+class _Base:
+    """A chunk a delta is made against, with its raw bytes and chain position."""
+
+    chunk_id: str
+    raw: bytes
+    depth: int  # deltas decoded to rebuild it (0 for a keyframe)
+    root: str  # the keyframe at the bottom of its chain
 
 
 @dataclass(frozen=True)
@@ -93,22 +113,31 @@ def object_key(object_id: str) -> str:
     return f"{object_id[:2]}/{object_id[2:]}"
 
 
-def encode_object(
-    kind: ObjectKind, raw: bytes | memoryview, level: int = 1, params: dict[str, Any] | None = None
+def pack_object(
+    kind: ObjectKind,
+    codec: Codec,
+    payload: bytes | memoryview,
+    raw_size: int,
+    params: dict[str, Any] | None = None,
 ) -> bytes:
+    """Frame an encoded payload as an object: header, parameters, payload."""
+    params_bytes = json.dumps(params, sort_keys=True).encode() if params else b""
+    checksum = xxhash.xxh3_64(params_bytes)
+    checksum.update(payload)
+    header = _HEADER.pack(
+        MAGIC, kind, codec, len(params_bytes), raw_size, len(payload), checksum.intdigest()
+    )
+    return b"".join((header, params_bytes, payload))
+
+
+def encode_object(kind: ObjectKind, raw: bytes | memoryview, level: int = 1) -> bytes:
     """Encode ``raw`` as an object, compressed with zstd when that saves space."""
     codec, payload = Codec.RAW, raw
     if len(raw) > 64:
         compressed = zstandard.ZstdCompressor(level=level).compress(raw)
         if len(compressed) < _MIN_SAVING * len(raw):
             codec, payload = Codec.ZSTD, compressed
-    params_bytes = json.dumps(params, sort_keys=True).encode() if params else b""
-    checksum = xxhash.xxh3_64(params_bytes)
-    checksum.update(payload)
-    header = _HEADER.pack(
-        MAGIC, kind, codec, len(params_bytes), len(raw), len(payload), checksum.intdigest()
-    )
-    return b"".join((header, params_bytes, payload))
+    return pack_object(kind, codec, payload, len(raw))
 
 
 def parse_header(object_id: str, blob: bytes) -> ObjectHeader:
@@ -136,11 +165,11 @@ def parse_header(object_id: str, blob: bytes) -> ObjectHeader:
     return header
 
 
-def decode_object(object_id: str, blob: bytes) -> tuple[ObjectHeader, bytes]:
-    """Check an encoded object and return its header and raw (decoded) bytes.
+def unpack_object(object_id: str, blob: bytes) -> tuple[ObjectHeader, dict[str, Any], memoryview]:
+    """Check an object's header, size and checksum; return header, params and payload.
 
     Raises:
-        CorruptObjectError: on a bad header, wrong size, checksum or payload.
+        CorruptObjectError: on a bad header, wrong size or checksum.
     """
     header = parse_header(object_id, blob)
     expected = HEADER_SIZE + header.params_size + header.payload_size
@@ -151,19 +180,42 @@ def decode_object(object_id: str, blob: bytes) -> tuple[ObjectHeader, bytes]:
     body = memoryview(blob)[HEADER_SIZE:]
     if xxhash.xxh3_64_intdigest(body) != header.checksum:
         raise CorruptObjectError(f"object {object_id} fails its checksum (bit rot or tampering)")
-    payload = body[header.params_size :]
+    params: dict[str, Any] = {}
+    if header.params_size:
+        try:
+            params = json.loads(bytes(body[: header.params_size]))
+        except ValueError as exc:
+            raise CorruptObjectError(
+                f"object {object_id} has unreadable parameters: {exc}"
+            ) from None
+    return header, params, body[header.params_size :]
+
+
+def decode_payload(object_id: str, header: ObjectHeader, payload: memoryview) -> bytes:
+    """Decode a payload that needs no other object (every codec but DELTA).
+
+    Raises:
+        CorruptObjectError: when it does not decode to ``header.raw_size`` bytes.
+    """
     if header.codec == Codec.ZSTD:
         try:
             raw = zstandard.ZstdDecompressor().decompress(payload, max_output_size=header.raw_size)
         except zstandard.ZstdError as exc:
             raise CorruptObjectError(f"object {object_id} does not decompress: {exc}") from None
-    else:
+    elif header.codec == Codec.PLANES:
+        try:
+            raw = decode_planes(payload, header.raw_size)
+        except CorruptObjectError as exc:
+            raise CorruptObjectError(f"object {object_id}: {exc}") from None
+    elif header.codec == Codec.RAW:
         raw = bytes(payload)
+    else:
+        raise CorruptObjectError(f"object {object_id}: codec {header.codec.name} needs its base")
     if len(raw) != header.raw_size:
         raise CorruptObjectError(
             f"object {object_id} decodes to {len(raw)} bytes, its header says {header.raw_size}"
         )
-    return header, raw
+    return raw
 
 
 def canonical_json(document: dict[str, Any]) -> bytes:
@@ -176,18 +228,45 @@ class ObjectDatabase:
 
     Args:
         store: where the encoded objects go.
-        chunk_size: tensors larger than this are split into chunks of this size.
+        chunk_size: tensors larger than this are split into chunks of this size
+            (a multiple of 16 bytes, so chunks hold whole elements).
         compression_level: zstd level for chunks and documents.
+        delta_config: the lossless strategy for chunks stored as deltas, and
+            ``max_chain_length``, the most deltas any chunk read decodes.
+        threads: chunks encoded or decoded at once.
     """
 
     def __init__(
-        self, store: WeightStore, chunk_size: int = DEFAULT_CHUNK_SIZE, compression_level: int = 1
+        self,
+        store: WeightStore,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        compression_level: int = 1,
+        delta_config: DeltaConfig | None = None,
+        threads: int | None = None,
     ) -> None:
-        if chunk_size < 1024:
-            raise ValueError(f"chunk_size must be at least 1024 bytes, got {chunk_size}")
+        if chunk_size < 1024 or chunk_size % 16:
+            raise ValueError(
+                f"chunk_size must be a multiple of 16, at least 1024; got {chunk_size}"
+            )
         self.store = store
         self.chunk_size = chunk_size
         self.compression_level = compression_level
+        self.delta_config = delta_config or DeltaConfig(compression_level=compression_level)
+        if not self.delta_config.delta_type.is_lossless:
+            raise ValueError(
+                f"{self.delta_config.delta_type.name} is lossy; the object store keeps only "
+                "lossless deltas"
+            )
+        self.threads = threads or min(2, os.cpu_count() or 1)
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _map(self, function: Callable[[Any], T], items: Sequence[Any]) -> list[T]:
+        """Run ``function`` over ``items`` on the pool (in order), or inline for one item."""
+        if len(items) <= 1 or self.threads == 1:
+            return [function(item) for item in items]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="coral-codec")
+        return list(self._pool.map(function, items))
 
     # -- raw objects -------------------------------------------------------------
 
@@ -209,14 +288,16 @@ class ObjectDatabase:
                 yield object_id
 
     def _put(self, object_id: str, kind: ObjectKind, raw: bytes | memoryview) -> int:
-        """Store an object unless present; return the bytes written."""
+        """Store a document unless present; return the bytes written."""
         key = object_key(object_id)
         if self.store.has(key):
             return 0
         blob = encode_object(kind, raw, self.compression_level)
         return len(blob) if self.store.put_if_absent(key, blob) else 0
 
-    def _get(self, object_id: str, kind: ObjectKind) -> bytes:
+    def _read(
+        self, object_id: str, kind: ObjectKind
+    ) -> tuple[ObjectHeader, dict[str, Any], memoryview]:
         try:
             blob = self.store.get(object_key(object_id))
         except MissingObjectError:
@@ -224,12 +305,16 @@ class ObjectDatabase:
                 f"object {object_id} ({kind.name.lower()}) is missing from the store; "
                 "run `coral-ml verify` to see what it affects"
             ) from None
-        header, raw = decode_object(object_id, blob)
+        header, params, payload = unpack_object(object_id, blob)
         if header.kind != kind:
             raise CorruptObjectError(
                 f"object {object_id} is a {header.kind.name.lower()}, expected {kind.name.lower()}"
             )
-        return raw
+        return header, params, payload
+
+    def _get(self, object_id: str, kind: ObjectKind) -> bytes:
+        header, _, payload = self._read(object_id, kind)
+        return decode_payload(object_id, header, payload)
 
     def kind_of(self, object_id: str) -> ObjectKind:
         """Read only the header of an object and return its kind."""
@@ -267,30 +352,139 @@ class ObjectDatabase:
 
     # -- tensors -----------------------------------------------------------------
 
-    def write_tensor(self, tensor: WeightTensor) -> WriteResult:
-        """Store a tensor's chunks, then its descriptor; skip what is already stored.
+    def write_tensor(self, tensor: WeightTensor, reference: str | None = None) -> WriteResult:
+        """Store one tensor; see :meth:`write_tensors`."""
+        return self.write_tensors([(tensor, reference)])[0]
 
-        Chunks go first, so a stored descriptor always has its chunks.
+    def write_tensors(self, items: Sequence[tuple[WeightTensor, str | None]]) -> list[WriteResult]:
+        """Store tensors: their chunks first (all on the thread pool), then descriptors.
+
+        Each new chunk is stored as the smallest of a lossless delta against
+        the same chunk of its reference (a tensor id, typically the same-named
+        tensor of the parent commit), its byte planes, and its raw bytes.
+        Tensors and chunks already stored are skipped. A stored descriptor
+        always has its chunks.
         """
-        tensor_id = tensor.compute_hash()
-        if self.has(tensor_id):
-            return WriteResult(tensor_id, 0, deduplicated=True)
-        raw = tensor.raw_bytes()
-        new_bytes = 0
-        chunks = []
-        for offset in range(0, len(raw), self.chunk_size):
-            piece = raw[offset : offset + self.chunk_size]
-            piece_id = chunk_id(piece)
-            new_bytes += self._put(piece_id, ObjectKind.CHUNK, piece)
-            chunks.append(piece_id)
-        descriptor = {
-            "dtype": tensor.metadata.dtype_name,
-            "shape": list(tensor.shape),
-            "nbytes": tensor.nbytes,
-            "chunks": chunks,
-        }
-        new_bytes += self._put(tensor_id, ObjectKind.TENSOR, canonical_json(descriptor))
-        return WriteResult(tensor_id, new_bytes, deduplicated=False)
+        plans: list[tuple[WeightTensor, str, range | None]] = []
+        tasks: list[tuple[memoryview, str, str | None]] = []
+        for tensor, reference in items:
+            tensor_id = tensor.compute_hash()
+            if self.has(tensor_id):
+                plans.append((tensor, tensor_id, None))
+                continue
+            raw = tensor.raw_bytes()
+            dtype = tensor.metadata.dtype_name
+            offsets = range(0, len(raw), self.chunk_size)
+            bases = self._reference_chunks(reference, dtype, len(raw), len(offsets))
+            first = len(tasks)
+            for index, offset in enumerate(offsets):
+                piece = raw[offset : offset + self.chunk_size]
+                tasks.append((piece, dtype, bases[index] if bases else None))
+            plans.append((tensor, tensor_id, range(first, len(tasks))))
+        stored = self._map(self._store_chunk, tasks)
+        results = []
+        for tensor, tensor_id, span in plans:
+            if span is None:
+                results.append(WriteResult(tensor_id, 0, deduplicated=True))
+                continue
+            descriptor = {
+                "dtype": tensor.metadata.dtype_name,
+                "shape": list(tensor.shape),
+                "nbytes": tensor.nbytes,
+                "chunk_size": self.chunk_size,
+                "chunks": [stored[i][0] for i in span],
+            }
+            written = sum(stored[i][1] for i in span)
+            written += self._put(tensor_id, ObjectKind.TENSOR, canonical_json(descriptor))
+            results.append(WriteResult(tensor_id, written, deduplicated=False))
+        return results
+
+    def _store_chunk(self, task: tuple[memoryview, str, str | None]) -> tuple[str, int]:
+        """Encode and store one chunk unless present; return its id and bytes written."""
+        piece, dtype, base = task
+        piece_id = chunk_id(piece)
+        key = object_key(piece_id)
+        if self.store.has(key):
+            return piece_id, 0
+        blob = self._encode_chunk(piece, dtype, base if base != piece_id else None)
+        return piece_id, len(blob) if self.store.put_if_absent(key, blob) else 0
+
+    def _reference_chunks(
+        self, reference: str | None, dtype: str, nbytes: int, count: int
+    ) -> list[str] | None:
+        """The chunks of ``reference`` when they line up with the new tensor's."""
+        if reference is None:
+            return None
+        try:
+            descriptor = self.tensor_descriptor(reference)
+        except CoralError:
+            return None  # a reference is only a hint
+        if descriptor.dtype != dtype or descriptor.nbytes != nbytes:
+            return None
+        if len(descriptor.chunks) != count or descriptor.chunk_size != self.chunk_size:
+            return None
+        return list(descriptor.chunks)
+
+    def _encode_chunk(self, piece: memoryview, dtype: str, base_id: str | None) -> bytes:
+        """The smallest of: a delta against ``base_id``, byte planes, raw bytes."""
+        np_dtype = numpy_dtype(dtype)
+        candidates: list[tuple[int, Codec, bytes | memoryview, dict[str, Any] | None]] = []
+        base = self._delta_base(base_id) if base_id else None
+        if base is not None:
+            kind = self.delta_config.delta_type
+            if not supports(kind, dtype):
+                kind = DeltaType.XOR_FLOAT32
+            data, meta = encode_arrays(
+                kind,
+                np.frombuffer(piece, np_dtype),
+                np.frombuffer(base.raw, np_dtype),
+                self.delta_config,
+            )
+            params: dict[str, Any] = {
+                "base": base.chunk_id,
+                "root": base.root,
+                "depth": base.depth + 1,
+                "type": kind.value,
+                "dtype": dtype,
+                "meta": meta,
+            }
+            if len(data) <= _DELTA_GOOD_ENOUGH * len(piece):  # no need to try the rest
+                return pack_object(ObjectKind.CHUNK, Codec.DELTA, data, len(piece), params)
+            candidates.append((len(data), Codec.DELTA, data, params))
+        itemsize = min(np_dtype.itemsize, 8)
+        planes = encode_planes(piece, itemsize, self.compression_level, dtype in FLOAT_DTYPES)
+        candidates.append((len(planes), Codec.PLANES, planes, None))
+        candidates.append((len(piece), Codec.RAW, piece, None))
+        _, codec, payload, chosen = min(candidates, key=lambda c: c[0])
+        return pack_object(ObjectKind.CHUNK, codec, payload, len(piece), chosen)
+
+    def _chunk_params(self, object_id: str) -> tuple[Codec, dict[str, Any]]:
+        """A chunk's codec and parameters, read without its payload."""
+        key = object_key(object_id)
+        header = parse_header(object_id, self.store.get(key, byte_range=(0, HEADER_SIZE)))
+        if header.codec != Codec.DELTA:
+            return header.codec, {}
+        raw = self.store.get(key, byte_range=(HEADER_SIZE, HEADER_SIZE + header.params_size))
+        try:
+            params: dict[str, Any] = json.loads(raw)
+        except ValueError as exc:
+            raise CorruptObjectError(
+                f"chunk {object_id} has unreadable parameters: {exc}"
+            ) from None
+        return header.codec, params
+
+    def _delta_base(self, reference_chunk: str) -> _Base | None:
+        """The chunk a new delta should be made against: the reference chunk, or
+        its keyframe when the chain below it is already ``max_chain_length`` long."""
+        try:
+            _, params = self._chunk_params(reference_chunk)
+            depth = int(params.get("depth", 0))
+            root = str(params.get("root", reference_chunk))
+            if depth >= self.delta_config.max_chain_length:
+                return _Base(root, self.read_chunk(root), 0, root)
+            return _Base(reference_chunk, self.read_chunk(reference_chunk), depth, root)
+        except CoralError:
+            return None  # an unreadable reference: store the chunk without it
 
     def tensor_descriptor(self, tensor_id: str) -> TensorDescriptor:
         """Read a tensor's descriptor (dtype, shape, chunk ids) without its data."""
@@ -303,40 +497,73 @@ class ObjectDatabase:
                 shape=tuple(int(d) for d in document["shape"]),
                 nbytes=int(document["nbytes"]),
                 chunks=tuple(str(c) for c in document["chunks"]),
+                chunk_size=int(document["chunk_size"]),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptObjectError(f"tensor object {tensor_id} is malformed: {exc}") from None
 
-    def read_chunk(self, object_id: str) -> bytes:
-        """Read and verify one chunk."""
-        raw = self._get(object_id, ObjectKind.CHUNK)
-        if chunk_id(raw) != object_id:
+    def read_chunk(self, object_id: str, _depth: int = 0) -> bytes:
+        """Read one chunk (decoding its delta chain) and verify it against its id."""
+        header, params, payload = self._read(object_id, ObjectKind.CHUNK)
+        if header.codec == Codec.DELTA:
+            if _depth > _MAX_DECODE_DEPTH:
+                raise CorruptObjectError(f"chunk {object_id}: delta chain loops or is too long")
+            try:
+                np_dtype = numpy_dtype(params["dtype"])
+                base = np.frombuffer(self.read_chunk(params["base"], _depth + 1), np_dtype)
+                kind = DeltaType(params["type"])
+                meta = params.get("meta", {})
+            except (KeyError, ValueError, TypeError) as exc:
+                raise CorruptObjectError(
+                    f"chunk {object_id} has bad delta parameters: {exc}"
+                ) from None
+            raw = decode_arrays(kind, bytes(payload), meta, base).tobytes()
+        else:
+            raw = decode_payload(object_id, header, payload)
+        if len(raw) != header.raw_size or chunk_id(raw) != object_id:
             raise CorruptObjectError(f"chunk {object_id} does not match its id")
         return raw
 
     def read_tensor(self, tensor_id: str) -> np.ndarray:
-        """Rebuild a tensor's array, verifying every chunk and the whole content id.
+        """Rebuild one tensor; see :meth:`read_tensors`."""
+        return self.read_tensors([tensor_id])[0]
+
+    def read_tensors(self, tensor_ids: Sequence[str]) -> list[np.ndarray]:
+        """Rebuild tensors, decoding all their chunks on the thread pool straight
+        into the results, and verify each against its content id.
 
         Raises:
-            MissingObjectError: when an object it needs is gone.
-            CorruptObjectError: when any of its objects is damaged.
+            MissingObjectError: when an object they need is gone.
+            CorruptObjectError: when any of their objects is damaged.
         """
-        descriptor = self.tensor_descriptor(tensor_id)
-        buffer = np.empty(descriptor.nbytes, dtype=np.uint8)
-        hasher = tensor_hasher(descriptor.dtype, descriptor.shape)
-        offset = 0
-        for piece_id in descriptor.chunks:
-            piece = self.read_chunk(piece_id)
-            end = offset + len(piece)
-            if end > descriptor.nbytes:
-                raise CorruptObjectError(f"tensor {tensor_id}: chunks hold more bytes than it has")
-            buffer[offset:end] = np.frombuffer(piece, dtype=np.uint8)
-            hasher.update(piece)
-            offset = end
-        if offset != descriptor.nbytes or hasher.hexdigest() != tensor_id:
-            raise CorruptObjectError(f"tensor {tensor_id} does not match its id")
-        dtype = numpy_dtype(descriptor.dtype)
-        return buffer.view(dtype).reshape(descriptor.shape)
+        descriptors = [self.tensor_descriptor(t) for t in tensor_ids]
+        buffers = [np.empty(d.nbytes, dtype=np.uint8) for d in descriptors]
+        tasks = [(t, i) for t, d in enumerate(descriptors) for i in range(len(d.chunks))]
+
+        def load(task: tuple[int, int]) -> int:
+            which, index = task
+            descriptor, buffer = descriptors[which], buffers[which]
+            piece = self.read_chunk(descriptor.chunks[index])
+            start = index * descriptor.chunk_size
+            if start + len(piece) > descriptor.nbytes:
+                raise CorruptObjectError(
+                    f"tensor {descriptor.tensor_id}: chunks hold more bytes than it has"
+                )
+            buffer[start : start + len(piece)] = np.frombuffer(piece, dtype=np.uint8)
+            return len(piece)
+
+        loaded = self._map(load, tasks)
+        totals = [0] * len(descriptors)
+        for (which, _), size in zip(tasks, loaded, strict=True):
+            totals[which] += size
+        arrays = []
+        for descriptor, buffer, total in zip(descriptors, buffers, totals, strict=True):
+            hasher = tensor_hasher(descriptor.dtype, descriptor.shape)
+            hasher.update(buffer.data)
+            if total != descriptor.nbytes or hasher.hexdigest() != descriptor.tensor_id:
+                raise CorruptObjectError(f"tensor {descriptor.tensor_id} does not match its id")
+            arrays.append(buffer.view(numpy_dtype(descriptor.dtype)).reshape(descriptor.shape))
+        return arrays
 
     def check_tensor(self, tensor_id: str) -> dict[str, str]:
         """Read a tensor's objects once each; return problems by object id (empty: sound)."""
@@ -359,12 +586,27 @@ class ObjectDatabase:
             problems[tensor_id] = f"tensor {tensor_id} does not match its id"
         return problems
 
+    def check_object(self, object_id: str) -> None:
+        """Read and verify any object by itself (chunks with their delta bases).
+
+        Raises:
+            MissingObjectError, CorruptObjectError: naming the object.
+        """
+        kind = self.kind_of(object_id)
+        if kind == ObjectKind.CHUNK:
+            self.read_chunk(object_id)
+        elif kind == ObjectKind.TENSOR:
+            self.tensor_descriptor(object_id)
+        else:
+            self.read_document(kind, object_id)
+
     # -- graph -------------------------------------------------------------------
 
     def references(self, object_id: str, kind: ObjectKind) -> list[tuple[str, ObjectKind]]:
         """Objects this one points to, with their kinds (a commit's tree and parents, ...)."""
         if kind == ObjectKind.CHUNK:
-            return []
+            codec, params = self._chunk_params(object_id)
+            return [(str(params["base"]), ObjectKind.CHUNK)] if codec == Codec.DELTA else []
         if kind == ObjectKind.TENSOR:
             return [(c, ObjectKind.CHUNK) for c in self.tensor_descriptor(object_id).chunks]
         document = self.read_document(kind, object_id)

@@ -26,6 +26,7 @@ import numpy as np
 
 from coral_core import __version__
 from coral_core.config import RepoConfig
+from coral_core.delta import DeltaConfig
 from coral_core.diff import CommitDiff, diff_trees
 from coral_core.errors import (
     AmbiguousRefError,
@@ -80,6 +81,9 @@ class Repository:
         init: create the repository if it does not exist yet.
         chunk_size: bytes per chunk for new repositories (default 4 MiB).
         store: keep objects in this store instead of ``.coral/objects``.
+        delta_config: how chunks are delta-encoded against the parent commit's
+            (lossless strategies only). Saved in the config of a new repository;
+            for an existing one it applies to this instance.
 
     Raises:
         RepositoryNotFoundError: when there is no repository and ``init`` is False.
@@ -93,6 +97,7 @@ class Repository:
         *,
         chunk_size: int | None = None,
         store: WeightStore | None = None,
+        delta_config: DeltaConfig | None = None,
     ) -> None:
         root = Path(path).absolute()
         if root.name == CORAL_DIR and (root / "config").is_file():
@@ -106,23 +111,26 @@ class Repository:
                     f"no Coral repository at {root}; create one with "
                     f"Repository({str(root)!r}, init=True) or `coral-ml init`"
                 )
-            self._create(chunk_size)
+            self._create(chunk_size, delta_config)
         self.config = RepoConfig.load(config_path)
         fsync = bool(self.config.get("core.fsync"))
         self.objects = ObjectDatabase(
             store or LocalStore(self.coral_dir / "objects", fsync=fsync),
             chunk_size=self.config.get("core.chunk_size"),
             compression_level=self.config.get("core.compression_level"),
+            delta_config=delta_config or self.config.delta_config(),
         )
         self.refs = RefDatabase(self.coral_dir, fsync=fsync)
         self.index = StagingIndex(self.coral_dir / "index", fsync=fsync)
 
-    def _create(self, chunk_size: int | None) -> None:
+    def _create(self, chunk_size: int | None, delta_config: DeltaConfig | None) -> None:
         self.coral_dir.mkdir(parents=True, exist_ok=True)
         for folder in ("objects", "refs/heads", "refs/tags", "logs", "locks"):
             (self.coral_dir / folder).mkdir(parents=True, exist_ok=True)
         RefDatabase(self.coral_dir).set_head(branch=DEFAULT_BRANCH)
-        RepoConfig.create(self.coral_dir / "config", chunk_size=chunk_size)  # last: marks it done
+        config = RepoConfig.create(self.coral_dir / "config", chunk_size=chunk_size)
+        if delta_config is not None:
+            config.set_delta_config(delta_config)  # the config's presence marks the repo done
 
     def __repr__(self) -> str:
         return f"Repository({str(self.path)!r})"
@@ -247,45 +255,68 @@ class Repository:
                 f"commit {commit[:12]} has no tensor {name!r} ({len(tree)} tensors; "
                 "see `coral-ml ls-tree`)"
             )
-        return self._load(name, tree[name], commit)
+        return self._load({name: tree[name]}, commit)[0]
 
-    def _load(self, name: str, entry: TreeEntry, commit: str) -> WeightTensor:
+    def _load(self, tree: Mapping[str, TreeEntry], commit: str) -> list[WeightTensor]:
+        """Load the tensors of ``tree`` together (chunks decoded in parallel)."""
         try:
-            data = self.objects.read_tensor(entry.tensor)
+            arrays = self.objects.read_tensors([entry.tensor for entry in tree.values()])
         except CoralError as exc:
+            if len(tree) > 1:  # find the damaged one, so the error can name it
+                for name, entry in tree.items():
+                    self._load({name: entry}, commit)
+            name = next(iter(tree))
             raise type(exc)(f"tensor {name!r} of commit {commit[:12]}: {exc}") from exc
-        metadata = WeightMetadata(
-            name=name,
-            shape=entry.shape,
-            dtype=data.dtype,
-            layer_type=entry.layer_type,
-            model_name=entry.model_name,
-            compression_info=entry.compression_info,
-        )
-        return WeightTensor(data, metadata)
+        weights = []
+        for (name, entry), data in zip(tree.items(), arrays, strict=True):
+            metadata = WeightMetadata(
+                name=name,
+                shape=entry.shape,
+                dtype=data.dtype,
+                layer_type=entry.layer_type,
+                model_name=entry.model_name,
+                compression_info=entry.compression_info,
+            )
+            weights.append(WeightTensor(data, metadata))
+        return weights
 
     def iter_weights(self, ref: str | None = None) -> Iterator[WeightTensor]:
         """Yield a commit's tensors one at a time (memory of one tensor)."""
         commit = self.resolve(ref)
         for name, entry in self.read_tree(self.read_commit(commit).tree_hash).items():
-            yield self._load(name, entry, commit)
+            yield from self._load({name: entry}, commit)
 
     def get_all_weights(self, ref: str | None = None) -> dict[str, WeightTensor]:
-        """Every tensor of a commit (HEAD by default), by name."""
-        return {weight.name: weight for weight in self.iter_weights(ref)}
+        """Every tensor of a commit (HEAD by default), by name, decoded in parallel."""
+        commit = self.resolve(ref)
+        tree = self.read_tree(self.read_commit(commit).tree_hash)
+        return {weight.name: weight for weight in self._load(tree, commit)} if tree else {}
 
     # -- staging and committing ----------------------------------------------------
 
     def _write_weights(
-        self, weights: Mapping[str, WeightTensor | np.ndarray]
+        self, weights: Mapping[str, WeightTensor | np.ndarray], previous: Mapping[str, TreeEntry]
     ) -> dict[str, TreeEntry]:
-        entries = {}
+        """Store tensors, each delta-encoded against its namesake in ``previous``."""
+        tensors: dict[str, WeightTensor] = {}
+        references: list[str | None] = []
         for name, weight in weights.items():
             if not isinstance(name, str) or not name:
                 raise TensorMismatchError(f"tensor names must be non-empty strings, got {name!r}")
             if not isinstance(weight, WeightTensor):
                 weight = WeightTensor(np.asarray(weight), name=name)
-            result = self.objects.write_tensor(weight)
+            tensors[name] = weight
+            before, reference = previous.get(name), None
+            if (
+                before
+                and before.shape == weight.shape
+                and before.dtype == weight.metadata.dtype_name
+            ):
+                reference = before.tensor
+            references.append(reference)
+        results = self.objects.write_tensors(list(zip(tensors.values(), references, strict=True)))
+        entries = {}
+        for (name, weight), result in zip(tensors.items(), results, strict=True):
             meta = weight.metadata
             entries[name] = TreeEntry(
                 tensor=result.tensor_id,
@@ -309,7 +340,7 @@ class Repository:
                 the parent's tensors updated by them.
         """
         with self.writing_objects():
-            entries = self._write_weights(weights)
+            entries = self._write_weights(weights, self._tree_of(None, with_staged=True))
             with self.refs.lock():
                 staged = self.index.read()
                 staged.entries.update(entries)
@@ -380,7 +411,9 @@ class Repository:
         if branch is not None:
             validate_ref_name(branch)
         with self.writing_objects():
-            snapshot = None if weights is None else self._write_weights(weights)
+            snapshot = None
+            if weights is not None:
+                snapshot = self._write_weights(weights, self._tree_of(branch))
             with self.refs.lock():
                 head = self.refs.head()
                 target = branch if branch is not None else head.branch
@@ -420,6 +453,16 @@ class Repository:
                 if snapshot is None:
                     self.index.clear()
         return self.read_commit(commit_hash)
+
+    def _tree_of(self, branch: str | None, with_staged: bool = False) -> dict[str, TreeEntry]:
+        """Tensors at the tip of ``branch`` (HEAD when None), plus what is staged;
+        used to pick delta references, so a stale answer only costs compression."""
+        head = self.refs.head()
+        tip = self.refs.read(HEADS + branch) if branch else head.commit
+        tree = self.read_tree(self.read_commit(tip).tree_hash) if tip else {}
+        if with_staged:
+            tree.update(self.index.read().entries)
+        return tree
 
     def _move(
         self, branch: str | None, old: str | None, new: str, author: str, message: str, head: Head

@@ -1,0 +1,135 @@
+"""Chunks stored as deltas against the parent commit: smaller, exact, bounded, gc-safe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from coral_core import (
+    ConfigError,
+    CorruptObjectError,
+    DeltaConfig,
+    DeltaType,
+    MemoryStore,
+    Repository,
+    WeightTensor,
+    bit_view,
+)
+from coral_core.objects import Codec, ObjectDatabase, object_key
+from coral_core.testing.strategies import arrays
+
+LOSSLESS = [t for t in DeltaType if t.is_lossless]
+
+
+def exact(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(bit_view(a), bit_view(b))
+
+
+def training_run(steps: int, size: int = 8192, seed: int = 0) -> list[np.ndarray]:
+    """Weights of a run: small updates on a fixed initialization."""
+    rng = np.random.default_rng(seed)
+    weights = [(rng.standard_normal(size) * 0.05).astype(np.float32)]
+    for _ in range(steps - 1):
+        update = rng.standard_normal(size).astype(np.float32) * np.float32(2e-5)
+        weights.append(weights[-1] + update)
+    return weights
+
+
+def stored_bytes(repo: Repository) -> int:
+    return sum(f.stat().st_size for f in (repo.coral_dir / "objects").rglob("*") if f.is_file())
+
+
+def chunk_codecs(objects: ObjectDatabase, tensor_id: str) -> list[tuple[Codec, int]]:
+    """(codec, depth) of each chunk of a tensor."""
+    found = []
+    for chunk in objects.tensor_descriptor(tensor_id).chunks:
+        codec, params = objects._chunk_params(chunk)
+        found.append((codec, int(params.get("depth", 0))))
+    return found
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    kind=st.sampled_from(LOSSLESS),
+    data=st.data(),
+)
+def test_chunks_round_trip_against_any_reference(kind: DeltaType, data: st.DataObject) -> None:
+    current = data.draw(arrays(max_side=12))
+    name = current.dtype.name if current.dtype.names is None else "x"
+    reference = data.draw(
+        arrays(dtype=WeightTensor(current, name=name).metadata.dtype_name, shape=current.shape)
+    )
+    objects = ObjectDatabase(
+        MemoryStore(), chunk_size=1024, delta_config=DeltaConfig(delta_type=kind)
+    )
+    ref_id = objects.write_tensor(WeightTensor(reference)).tensor_id
+    tensor_id = objects.write_tensor(WeightTensor(current), reference=ref_id).tensor_id
+    assert exact(objects.read_tensor(tensor_id), current)
+
+
+def test_fine_tuning_steps_are_stored_as_small_deltas(tmp_path: Path) -> None:
+    repo = Repository(tmp_path, init=True, chunk_size=4096)
+    versions = training_run(6)
+    sizes = []
+    for i, weights in enumerate(versions):
+        before = stored_bytes(repo)
+        repo.commit(f"step {i}", weights={"w": weights})
+        sizes.append(stored_bytes(repo) - before)
+    assert max(sizes[1:]) < 0.8 * sizes[0]  # a step costs well under a standalone copy
+    entry = repo.ls_tree()["w"]
+    assert {codec for codec, _ in chunk_codecs(repo.objects, entry.tensor)} == {Codec.DELTA}
+    for i, weights in enumerate(versions):
+        assert exact(repo.get_weight("w", f"HEAD~{len(versions) - 1 - i}").data, weights)
+    assert repo.verify().ok
+
+
+@pytest.mark.parametrize("chain", [1, 3])
+def test_delta_chains_are_bounded(tmp_path: Path, chain: int) -> None:
+    repo = Repository(
+        tmp_path, init=True, chunk_size=4096, delta_config=DeltaConfig(max_chain_length=chain)
+    )
+    for i, weights in enumerate(training_run(8)):
+        repo.commit(f"step {i}", weights={"w": weights})
+        depths = [depth for _, depth in chunk_codecs(repo.objects, repo.ls_tree()["w"].tensor)]
+        assert max(depths) <= chain
+    assert Repository(tmp_path).config.get("delta.max_chain_length") == chain
+
+
+def test_gc_keeps_the_bases_of_deltas(tmp_path: Path) -> None:
+    repo = Repository(tmp_path, init=True, chunk_size=4096)
+    base, tuned = training_run(2)
+    base_id = repo.objects.write_tensor(WeightTensor(base)).tensor_id  # in no commit
+    repo.objects.write_tensor(WeightTensor(tuned), reference=base_id)
+    repo.commit("only the tuned tensor", weights={"w": tuned})
+    result = repo.gc()
+    assert result.removed_objects == 1  # the base's descriptor; its chunks are still needed
+    assert exact(repo.get_weight("w").data, tuned)
+    assert repo.verify().ok
+
+
+def test_a_damaged_keyframe_is_reported_through_its_deltas(tmp_path: Path) -> None:
+    repo = Repository(tmp_path, init=True, chunk_size=4096)
+    first, second = training_run(2)
+    repo.commit("keyframe", weights={"w": first})
+    later = repo.commit("delta", weights={"w": second})
+    keyframe = repo.objects.tensor_descriptor(repo.ls_tree("HEAD~1")["w"].tensor).chunks[0]
+    path = repo.coral_dir / "objects" / object_key(keyframe)
+    blob = bytearray(path.read_bytes())
+    blob[-5] ^= 0x10
+    path.write_bytes(bytes(blob))
+    with pytest.raises(CorruptObjectError):
+        repo.get_weight("w")
+    report = repo.verify()
+    assert later.commit_hash in report.affected_commits
+    assert any(keyframe in p.message for p in report.problems)
+
+
+def test_lossy_strategies_are_refused_by_the_repository(tmp_path: Path) -> None:
+    with pytest.raises((ConfigError, ValueError), match="lossy"):
+        Repository(
+            tmp_path, init=True, delta_config=DeltaConfig(delta_type=DeltaType.INT8_QUANTIZED)
+        )
