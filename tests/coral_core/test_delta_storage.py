@@ -133,3 +133,12 @@ def test_lossy_strategies_are_refused_by_the_repository(tmp_path: Path) -> None:
         Repository(
             tmp_path, init=True, delta_config=DeltaConfig(delta_type=DeltaType.INT8_QUANTIZED)
         )
+
+
+def test_a_new_branch_deltas_against_where_it_starts(tmp_path: Path) -> None:
+    repo = Repository(tmp_path, init=True, chunk_size=4096)
+    base, tuned = training_run(2)
+    repo.commit("base", weights={"w": base})
+    repo.commit("fine-tune", weights={"w": tuned}, branch="task-a")
+    codecs = {codec for codec, _ in chunk_codecs(repo.objects, repo.ls_tree("task-a")["w"].tensor)}
+    assert codecs == {Codec.DELTA}

@@ -457,8 +457,8 @@ class Repository:
     def _tree_of(self, branch: str | None, with_staged: bool = False) -> dict[str, TreeEntry]:
         """Tensors at the tip of ``branch`` (HEAD when None), plus what is staged;
         used to pick delta references, so a stale answer only costs compression."""
-        head = self.refs.head()
-        tip = self.refs.read(HEADS + branch) if branch else head.commit
+        tip = self.refs.read(HEADS + branch) if branch else None
+        tip = tip or self.refs.head().commit  # a new branch starts at HEAD
         tree = self.read_tree(self.read_commit(tip).tree_hash) if tip else {}
         if with_staged:
             tree.update(self.index.read().entries)

