@@ -1,6 +1,6 @@
 """A process killed with SIGKILL at any moment never damages the repository.
 
-A child commits (or runs gc) in a loop and reports each commit id only after
+A child commits (or runs gc, or repacks) in a loop and reports each commit id only after
 ``commit()`` returned; the parent kills it at random moments. After every kill
 the repository verifies, every reported commit restores bit for bit, and the
 next commit succeeds (locks die with their process).
@@ -48,16 +48,20 @@ while True:
         os.fsync(handle.fileno())
     if seed % 7 == 0:
         repo.gc()
+    if mode == "repack":
+        repo.repack(max_chain_length=1 + seed % 3)
 """
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def weights_for(seed: int) -> dict[str, np.ndarray]:
-    """Deterministic weights; ``big`` spans several 4 KiB chunks."""
+    """Deterministic weights; ``big`` spans several 4 KiB chunks and is close to its
+    versions for other seeds, so most of its chunks are stored as deltas."""
     rng = np.random.default_rng(seed)
+    base = np.random.default_rng(0).standard_normal(3000)  # shared, so chunks become deltas
     return {
-        "big": rng.standard_normal(3000).astype(np.float32),
+        "big": (base + rng.standard_normal(3000) * 1e-3).astype(np.float32),
         "small": rng.standard_normal(7).astype(np.float16),
         "step": np.array(seed, dtype=np.int64),
     }
@@ -95,7 +99,7 @@ def check(repo_path: Path, report: Path) -> int:
 def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
     repo_path, report = tmp_path / "repo", tmp_path / "report.txt"
     rng = random.Random(1234)
-    modes = ["commit"] * 8 + ["gc"] * 3
+    modes = ["commit"] * 7 + ["gc"] * 3 + ["repack"] * 3
     rng.shuffle(modes)
     survived = 0
     for mode in modes:
@@ -103,7 +107,7 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
         survived += 1
         check(repo_path, report)
     assert survived == len(modes)
-    assert check(repo_path, report) >= 8  # commits were really made between kills
+    assert check(repo_path, report) >= 10  # commits were really made between kills
 
 
 def test_torn_reflog_line_and_leftover_temp_file(tmp_path: Path) -> None:

@@ -47,7 +47,7 @@ def chunk_codecs(objects: ObjectDatabase, tensor_id: str) -> list[tuple[Codec, i
     """(codec, depth) of each chunk of a tensor."""
     found = []
     for chunk in objects.tensor_descriptor(tensor_id).chunks:
-        codec, params = objects._chunk_params(chunk)
+        codec, params = objects.chunk_params(chunk)
         found.append((codec, int(params.get("depth", 0))))
     return found
 
@@ -142,3 +142,26 @@ def test_a_new_branch_deltas_against_where_it_starts(tmp_path: Path) -> None:
     repo.commit("fine-tune", weights={"w": tuned}, branch="task-a")
     codecs = {codec for codec, _ in chunk_codecs(repo.objects, repo.ls_tree("task-a")["w"].tensor)}
     assert codecs == {Codec.DELTA}
+
+
+def test_repack_rebounds_chains_and_keeps_every_version(tmp_path: Path) -> None:
+    repo = Repository(
+        tmp_path, init=True, chunk_size=4096, delta_config=DeltaConfig(max_chain_length=6)
+    )
+    versions = training_run(7)
+    for i, weights in enumerate(versions):
+        repo.commit(f"step {i}", weights={"w": weights})
+    deepest = max(d for _, d in chunk_codecs(repo.objects, repo.ls_tree()["w"].tensor))
+    assert deepest == 6
+    result = repo.repack(max_chain_length=2)
+    assert result.chunks_rewritten == 7 * 8  # 7 versions x 8 chunks of 4 KiB
+    assert Repository(tmp_path).config.get("delta.max_chain_length") == 2
+    for i, weights in enumerate(versions):
+        assert exact(repo.get_weight("w", f"HEAD~{6 - i}").data, weights)
+        depths = [
+            d for _, d in chunk_codecs(repo.objects, repo.ls_tree(f"HEAD~{6 - i}")["w"].tensor)
+        ]
+        assert max(depths) <= 2
+    assert repo.verify().ok
+    again = repo.repack()
+    assert again.bytes_after == again.bytes_before  # already as good as it gets

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from coral_core.errors import CoralError
 from coral_core.locks import file_lock
-from coral_core.objects import ObjectKind
+from coral_core.objects import ObjectKind, object_key
 from coral_core.refs import HEADS, TAGS
 from coral_core.store.local import LocalStore
 
@@ -188,3 +188,56 @@ def verify_repository(repo: Repository) -> VerifyReport:
         for object_id, message in problems.items()
     ]
     return report
+
+
+@dataclass(frozen=True)
+class RepackResult:
+    """What ``repack`` rewrote and what the objects take before and after."""
+
+    chunks_rewritten: int
+    bytes_before: int
+    bytes_after: int
+    max_chain_length: int
+
+
+def repack(repo: Repository) -> RepackResult:
+    """Re-choose the stored form of every reachable chunk along history.
+
+    Commits are visited oldest first; each chunk is re-encoded as the smallest
+    of byte planes, raw bytes, and a delta against the same chunk of its
+    namesake in the first parent (bounded by ``delta.max_chain_length``).
+    A base is always a chunk rewritten earlier, so no cycle can form; each
+    object is replaced atomically with one holding the same bytes, so a crash
+    mid-way leaves a sound repository. Writers wait while it runs.
+    """
+    objects = repo.objects
+    with file_lock(repo.coral_dir / "locks" / "gc.lock"), repo.refs.lock():
+        commits = list(repo.iter_commits(repo.ref_commits()))[::-1]  # oldest first
+        done: set[str] = set()
+        rewritten = before = after = 0
+        for commit in commits:
+            tree = repo.read_tree(commit.tree_hash)
+            parent = commit.parent_hashes[0] if commit.parent_hashes else None
+            parent_tree = repo.read_tree(repo.read_commit(parent).tree_hash) if parent else {}
+            for name, entry in tree.items():
+                descriptor = objects.tensor_descriptor(entry.tensor)
+                previous = parent_tree.get(name)
+                bases: list[str] | None = None
+                if previous is not None and previous.tensor != entry.tensor:
+                    bases = objects.aligned_chunks(
+                        previous.tensor, descriptor.dtype, descriptor.nbytes, len(descriptor.chunks)
+                    )
+                for index, chunk in enumerate(descriptor.chunks):
+                    if chunk in done:
+                        continue
+                    base = bases[index] if bases and bases[index] in done else None
+                    raw = objects.read_chunk(chunk)
+                    blob = objects.encode_chunk(
+                        memoryview(raw), descriptor.dtype, base if base != chunk else None
+                    )
+                    before += objects.stored_size(chunk)
+                    objects.store.put(object_key(chunk), blob)
+                    after += len(blob)
+                    rewritten += 1
+                    done.add(chunk)
+    return RepackResult(rewritten, before, after, objects.delta_config.max_chain_length)

@@ -375,7 +375,7 @@ class ObjectDatabase:
             raw = tensor.raw_bytes()
             dtype = tensor.metadata.dtype_name
             offsets = range(0, len(raw), self.chunk_size)
-            bases = self._reference_chunks(reference, dtype, len(raw), len(offsets))
+            bases = self.aligned_chunks(reference, dtype, len(raw), len(offsets))
             first = len(tasks)
             for index, offset in enumerate(offsets):
                 piece = raw[offset : offset + self.chunk_size]
@@ -406,10 +406,10 @@ class ObjectDatabase:
         key = object_key(piece_id)
         if self.store.has(key):
             return piece_id, 0
-        blob = self._encode_chunk(piece, dtype, base if base != piece_id else None)
+        blob = self.encode_chunk(piece, dtype, base if base != piece_id else None)
         return piece_id, len(blob) if self.store.put_if_absent(key, blob) else 0
 
-    def _reference_chunks(
+    def aligned_chunks(
         self, reference: str | None, dtype: str, nbytes: int, count: int
     ) -> list[str] | None:
         """The chunks of ``reference`` when they line up with the new tensor's."""
@@ -425,7 +425,7 @@ class ObjectDatabase:
             return None
         return list(descriptor.chunks)
 
-    def _encode_chunk(self, piece: memoryview, dtype: str, base_id: str | None) -> bytes:
+    def encode_chunk(self, piece: memoryview, dtype: str, base_id: str | None) -> bytes:
         """The smallest of: a delta against ``base_id``, byte planes, raw bytes."""
         np_dtype = numpy_dtype(dtype)
         candidates: list[tuple[int, Codec, bytes | memoryview, dict[str, Any] | None]] = []
@@ -458,7 +458,7 @@ class ObjectDatabase:
         _, codec, payload, chosen = min(candidates, key=lambda c: c[0])
         return pack_object(ObjectKind.CHUNK, codec, payload, len(piece), chosen)
 
-    def _chunk_params(self, object_id: str) -> tuple[Codec, dict[str, Any]]:
+    def chunk_params(self, object_id: str) -> tuple[Codec, dict[str, Any]]:
         """A chunk's codec and parameters, read without its payload."""
         key = object_key(object_id)
         header = parse_header(object_id, self.store.get(key, byte_range=(0, HEADER_SIZE)))
@@ -477,7 +477,7 @@ class ObjectDatabase:
         """The chunk a new delta should be made against: the reference chunk, or
         its keyframe when the chain below it is already ``max_chain_length`` long."""
         try:
-            _, params = self._chunk_params(reference_chunk)
+            _, params = self.chunk_params(reference_chunk)
             depth = int(params.get("depth", 0))
             root = str(params.get("root", reference_chunk))
             if depth >= self.delta_config.max_chain_length:
@@ -605,7 +605,7 @@ class ObjectDatabase:
     def references(self, object_id: str, kind: ObjectKind) -> list[tuple[str, ObjectKind]]:
         """Objects this one points to, with their kinds (a commit's tree and parents, ...)."""
         if kind == ObjectKind.CHUNK:
-            codec, params = self._chunk_params(object_id)
+            codec, params = self.chunk_params(object_id)
             return [(str(params["base"]), ObjectKind.CHUNK)] if codec == Codec.DELTA else []
         if kind == ObjectKind.TENSOR:
             return [(c, ObjectKind.CHUNK) for c in self.tensor_descriptor(object_id).chunks]

@@ -19,6 +19,7 @@ import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,14 @@ from coral_core.errors import (
 from coral_core.hashing import is_id_prefix, is_object_id
 from coral_core.index import Staged, StagingIndex
 from coral_core.locks import file_lock
-from coral_core.maintenance import GCResult, VerifyReport, collect_garbage, verify_repository
+from coral_core.maintenance import (
+    GCResult,
+    RepackResult,
+    VerifyReport,
+    collect_garbage,
+    repack,
+    verify_repository,
+)
 from coral_core.model import (
     Branch,
     Commit,
@@ -655,7 +663,7 @@ class Repository:
         """History from ``ref`` (HEAD by default; every branch and tag with
         ``all_refs``), newest first. An empty branch has an empty log."""
         if all_refs:
-            starts = self._ref_commits()
+            starts = self.ref_commits()
         else:
             if ref is None and self.refs.head().commit is None:
                 return []
@@ -667,7 +675,7 @@ class Repository:
             commits.append(commit)
         return commits
 
-    def _ref_commits(self) -> list[str]:
+    def ref_commits(self) -> list[str]:
         """Commits every branch, tag and HEAD point at."""
         starts = list(self.refs.list_refs(HEADS).values())
         starts += [self.peel(t) for t in self.refs.list_refs(TAGS).values()]
@@ -691,7 +699,7 @@ class Repository:
         tags_by_commit: dict[str, set[str]] = {}
         for tag in self.list_tags():
             tags_by_commit.setdefault(tag.commit, set()).add(tag.name)
-        starts = [self.resolve(ref)] if ref else self._ref_commits()
+        starts = [self.resolve(ref)] if ref else self.ref_commits()
         found = []
         for commit in self.iter_commits(starts):
             labels = set(commit.metadata.tags) | tags_by_commit.get(commit.commit_hash, set())
@@ -730,6 +738,18 @@ class Repository:
         ``gc`` runs, its unique commits are gone.
         """
         return collect_garbage(self, dry_run=dry_run)
+
+    def repack(self, max_chain_length: int | None = None) -> RepackResult:
+        """Re-choose every chunk's delta base along history (see ``maintenance.repack``).
+
+        Args:
+            max_chain_length: a new bound on delta chains, saved in the config.
+        """
+        if max_chain_length is not None:
+            config = replace(self.objects.delta_config, max_chain_length=max_chain_length)
+            self.config.set_delta_config(config)
+            self.objects.delta_config = config
+        return repack(self)
 
     def verify(self) -> VerifyReport:
         """Check every object against its id (fsck); the report names what is affected."""
