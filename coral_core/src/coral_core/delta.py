@@ -94,7 +94,7 @@ class DeltaConfig:
     delta_type: DeltaType = DeltaType.COMPRESSED
     similarity_threshold: float = 0.98
     compression_level: int = 1
-    max_chain_length: int = 1
+    max_chain_length: int = 2
     sparse_threshold: float = 1e-6
 
     def __post_init__(self) -> None:
