@@ -165,3 +165,27 @@ def test_repack_rebounds_chains_and_keeps_every_version(tmp_path: Path) -> None:
     assert repo.verify().ok
     again = repo.repack()
     assert again.bytes_after == again.bytes_before  # already as good as it gets
+
+
+@pytest.mark.slow
+def test_a_tensor_past_two_gigabytes(tmp_path: Path) -> None:
+    """More than 2**31 elements, from a memory-mapped sparse file so the test stays light:
+    offsets past the int32 range commit, deduplicate, delta-encode and restore."""
+    size = 2**31 + 8192
+    path = tmp_path / "big.bin"
+    with open(path, "wb") as handle:
+        handle.truncate(size)  # a hole: zeros that take no disk
+    first = np.memmap(path, dtype=np.uint8, mode="r", shape=(size,))
+    second = np.memmap(path, dtype=np.uint8, mode="c", shape=(size,))
+    second[size - 3] = 7  # copy-on-write: only this page is materialized
+    repo = Repository(tmp_path / "repo", init=True, chunk_size=64 * 2**20)
+    repo.commit("zeros", weights={"big": WeightTensor(first, name="big")})
+    repo.commit("one byte set", weights={"big": WeightTensor(second, name="big")})
+    assert stored_bytes(repo) < 2**20  # identical chunks once, the changed one as a delta
+    restored = repo.get_weight("big").data
+    assert restored.shape == (size,)
+    assert restored[size - 3] == 7
+    assert int(np.count_nonzero(restored)) == 1
+    del restored
+    older = repo.get_weight("big", "HEAD~1").data
+    assert int(np.count_nonzero(older)) == 0
