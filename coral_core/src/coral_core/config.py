@@ -67,14 +67,16 @@ class RepoConfig:
 
         Raises:
             UnsupportedFormatError: for a repository written by a newer Coral.
-            CorruptObjectError: for a config that is not valid JSON.
+            CorruptObjectError: for a config that is not valid JSON or not a config.
         """
         try:
             stored = json.loads(path.read_text())
         except ValueError as exc:
             raise CorruptObjectError(f"{path} is not valid JSON: {exc}") from None
+        if not isinstance(stored, dict) or not all(isinstance(s, dict) for s in stored.values()):
+            raise CorruptObjectError(f"{path} is not a config: expected an object of sections")
         version = stored.get("core", {}).get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
             raise UnsupportedFormatError(
                 f"{path.parent} uses repository format {version}; this Coral reads formats up "
                 f"to {FORMAT_VERSION}. Upgrade coral-core to open it."
@@ -82,7 +84,13 @@ class RepoConfig:
         values = copy.deepcopy(DEFAULTS)
         for section, items in stored.items():
             values.setdefault(section, {}).update(items)
-        return cls(path, values)
+        config = cls(path, values)
+        for key in _TYPES:
+            try:
+                config._check(key, config.get(key))
+            except ConfigError as exc:
+                raise CorruptObjectError(f"{path} is damaged: {exc}") from None
+        return config
 
     def save(self) -> None:
         write_file_atomic(self.path, json.dumps(self._values, indent=2).encode() + b"\n")

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import zstandard
 
+from coral_core.compression import decompress_exact
 from coral_core.dtypes import FLOAT_DTYPES, bits_dtype, dtype_name, numpy_dtype
 from coral_core.errors import CorruptObjectError, TensorMismatchError
 from coral_core.planes import decode_planes, encode_planes
@@ -358,10 +359,7 @@ def _compress(data: bytes | memoryview, level: int) -> bytes:
 def _decompress(view: memoryview, offset: int, size: int) -> tuple[bytes, int]:
     (length,) = struct.unpack_from("<Q", view, offset)
     start = offset + 8
-    raw = zstandard.ZstdDecompressor().decompress(
-        view[start : start + length], max_output_size=size
-    )
-    return raw, start + length
+    return decompress_exact(view[start : start + length], size), start + length
 
 
 def _field_dtype(bits: int) -> np.dtype[Any]:

@@ -88,6 +88,38 @@ def reachable_objects(repo: Repository) -> set[str]:
     return marked
 
 
+def garbage_in_deletion_order(repo: Repository, keep: set[str]) -> list[str]:
+    """Every object not in ``keep``, each after all garbage that references it.
+
+    Deleting in this order means a gc stopped at any point leaves no object whose
+    delta base (or other reference) is gone: garbage stays readable until it goes.
+    Garbage that cannot be read references nothing and goes first.
+    """
+    garbage = [object_id for object_id in repo.objects.iter_ids() if object_id not in keep]
+    in_garbage = set(garbage)
+    edges: dict[str, list[str]] = {}
+    referrers = dict.fromkeys(garbage, 0)
+    for object_id in garbage:
+        try:
+            kind = repo.objects.kind_of(object_id)
+            targets = [t for t, _ in repo.objects.references(object_id, kind) if t in in_garbage]
+        except CoralError:
+            targets = []
+        edges[object_id] = targets
+        for target in targets:
+            referrers[target] += 1
+    ready = [object_id for object_id in garbage if referrers[object_id] == 0]
+    order: list[str] = []
+    while ready:
+        object_id = ready.pop()
+        order.append(object_id)
+        for target in edges[object_id]:
+            referrers[target] -= 1
+            if referrers[target] == 0:
+                ready.append(target)
+    return order
+
+
 def collect_garbage(repo: Repository, dry_run: bool = False) -> GCResult:
     """Delete every object nothing references, and leftovers of interrupted writes.
 
@@ -96,11 +128,10 @@ def collect_garbage(repo: Repository, dry_run: bool = False) -> GCResult:
     """
     with file_lock(repo.coral_dir / "locks" / "gc.lock"), repo.refs.lock():
         keep = reachable_objects(repo)
-        removed = freed = kept = 0
-        for object_id in list(repo.objects.iter_ids()):
-            if object_id in keep:
-                kept += 1
-                continue
+        garbage = garbage_in_deletion_order(repo, keep)
+        kept = sum(1 for _ in repo.objects.iter_ids()) - len(garbage)
+        removed = freed = 0
+        for object_id in garbage:
             freed += repo.objects.stored_size(object_id)
             removed += 1
             if not dry_run:

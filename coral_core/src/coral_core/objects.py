@@ -28,6 +28,7 @@ import numpy as np
 import xxhash
 import zstandard
 
+from coral_core.compression import decompress_exact
 from coral_core.delta import DeltaConfig, DeltaType, decode_arrays, encode_arrays, supports
 from coral_core.dtypes import FLOAT_DTYPES, numpy_dtype
 from coral_core.errors import CoralError, CorruptObjectError, MissingObjectError
@@ -199,9 +200,9 @@ def decode_payload(object_id: str, header: ObjectHeader, payload: memoryview) ->
     """
     if header.codec == Codec.ZSTD:
         try:
-            raw = zstandard.ZstdDecompressor().decompress(payload, max_output_size=header.raw_size)
-        except zstandard.ZstdError as exc:
-            raise CorruptObjectError(f"object {object_id} does not decompress: {exc}") from None
+            raw = decompress_exact(payload, header.raw_size)
+        except CorruptObjectError as exc:
+            raise CorruptObjectError(f"object {object_id}: {exc}") from None
     elif header.codec == Codec.PLANES:
         try:
             raw = decode_planes(payload, header.raw_size)

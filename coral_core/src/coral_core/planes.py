@@ -19,6 +19,7 @@ import struct
 import numpy as np
 import zstandard
 
+from coral_core.compression import decompress_exact
 from coral_core.errors import CorruptObjectError
 
 _HEAD = struct.Struct("<BB")
@@ -95,23 +96,24 @@ def decode_planes(payload: bytes | memoryview, raw_size: int) -> bytes:
         if itemsize == 0 or raw_size % itemsize:
             raise ValueError(f"bad item size {itemsize} for {raw_size} bytes")
         count = raw_size // itemsize
-        planes = np.empty((itemsize, count), dtype=np.uint8)
+        stored = []
         offset = _HEAD.size
-        decompressor = zstandard.ZstdDecompressor()
-        for index in range(itemsize):
+        for _ in range(itemsize):  # every plane must hold ``count`` bytes: check, then allocate
             mode, size = _PLANE.unpack_from(view, offset)
             offset += _PLANE.size
             chunk = view[offset : offset + size]
             offset += size
-            if mode == _ZSTD:
-                plane = decompressor.decompress(chunk, max_output_size=count)
-            elif mode == _RAW:
-                plane = bytes(chunk)
-            else:
+            if mode == _RAW and len(chunk) != count:
+                raise ValueError(f"a raw plane of {len(chunk)} bytes, expected {count}")
+            if mode not in (_RAW, _ZSTD):
                 raise ValueError(f"unknown plane mode {mode}")
-            planes[index] = np.frombuffer(plane, dtype=np.uint8)
+            stored.append((mode, chunk))
         if offset != len(view):
             raise ValueError("trailing bytes after the last plane")
-    except (struct.error, ValueError, zstandard.ZstdError) as exc:
+        planes = np.empty((itemsize, count), dtype=np.uint8)
+        for index, (mode, chunk) in enumerate(stored):
+            plane = decompress_exact(chunk, count) if mode == _ZSTD else chunk
+            planes[index] = np.frombuffer(plane, dtype=np.uint8)
+    except (struct.error, ValueError, CorruptObjectError) as exc:
         raise CorruptObjectError(f"byte-plane payload is malformed: {exc}") from None
     return join_planes(planes, bool(rotate))

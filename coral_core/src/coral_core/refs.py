@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from coral_core.errors import CorruptObjectError, InvalidRefNameError, RefExistsError
 from coral_core.hashing import is_object_id
@@ -157,8 +158,10 @@ class RefDatabase:
         line = json.dumps(
             {"old": old, "new": new, "author": author, "time": time.time(), "message": message}
         )
-        with open(path, "a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
+        with open(path, "a+b") as handle:
+            handle.seek(0, os.SEEK_END)
+            torn = handle.tell() > 0 and not _ends_with_newline(handle)
+            handle.write(("\n" if torn else "").encode() + line.encode() + b"\n")
             if self.fsync:
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -180,3 +183,9 @@ class RefDatabase:
             except (ValueError, KeyError, TypeError):
                 continue
         return entries[::-1]
+
+
+def _ends_with_newline(handle: BinaryIO) -> bool:
+    """Whether the file ends in a newline (a crash can leave a torn last line)."""
+    handle.seek(-1, os.SEEK_END)
+    return handle.read(1) == b"\n"

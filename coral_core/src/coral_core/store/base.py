@@ -14,7 +14,7 @@ from types import TracebackType
 
 from coral_core.errors import InvalidKeyError, ReadOnlyStoreError
 
-_SEGMENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+KEY_SEGMENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 MAX_KEY_LENGTH = 1024
 
 
@@ -27,7 +27,7 @@ def validate_key(key: str) -> str:
     if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH:
         raise InvalidKeyError(f"invalid store key {key!r}")
     for segment in key.split("/"):
-        if not _SEGMENT.fullmatch(segment):
+        if not KEY_SEGMENT.fullmatch(segment):
             raise InvalidKeyError(
                 f"invalid store key {key!r}: segment {segment!r} is empty, hidden, "
                 "or has characters outside [A-Za-z0-9._-]"

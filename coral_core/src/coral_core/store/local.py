@@ -8,10 +8,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from coral_core.errors import MissingObjectError
-from coral_core.store.base import WeightStore, validate_key
+from coral_core.errors import InvalidKeyError, MissingObjectError
+from coral_core.store.base import KEY_SEGMENT, WeightStore, validate_key
 
 TEMP_PREFIX = ".tmp-"
+#: The longest file name (one key segment) common local file systems accept.
+MAX_FILE_NAME = 255
 
 
 def write_file_atomic(path: Path, data: bytes | memoryview, fsync: bool = True) -> None:
@@ -34,6 +36,8 @@ def write_file_atomic(path: Path, data: bytes | memoryview, fsync: bool = True) 
 def write_temp_file(folder: Path, data: bytes | memoryview, fsync: bool) -> Path:
     """Write ``data`` to a new hidden temporary file in ``folder`` and return its path."""
     folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, memoryview) and not data.contiguous:
+        data = data.tobytes()  # a strided view cannot be written as one buffer
     tmp = folder / f"{TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
     try:
         with open(tmp, "xb") as handle:
@@ -72,7 +76,13 @@ class LocalStore(WeightStore):
         self.fsync = fsync
 
     def _path(self, key: str) -> Path:
-        return self.root / validate_key(key)
+        validate_key(key)
+        if any(len(segment) > MAX_FILE_NAME for segment in key.split("/")):
+            raise InvalidKeyError(
+                f"store key {key!r} has a segment longer than {MAX_FILE_NAME} characters, "
+                "the longest file name a local file system takes"
+            )
+        return self.root / key
 
     def get(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
         path = self._path(key)
@@ -115,14 +125,22 @@ class LocalStore(WeightStore):
 
     def delete(self, key: str) -> bool:
         self._check_writable(key)
+        path = self._path(key)
+        if not path.is_file():  # a folder of other keys, or a path below a key
+            return False
         try:
-            self._path(key).unlink()
+            path.unlink()
         except FileNotFoundError:
             return False
         return True
 
     def list(self, prefix: str = "") -> Iterator[str]:
-        folder, _, _ = prefix.rpartition("/")
+        folder, _, partial = prefix.rpartition("/")
+        segments = [*folder.split("/"), partial] if folder else [partial]
+        if not all(KEY_SEGMENT.fullmatch(s) for s in segments if s) or (
+            folder and "" in segments[:-1]
+        ):
+            return  # no valid key starts with this prefix (``../``, ``ab/.tmp``)
         start = self.root / folder if folder else self.root
         if not start.is_dir():
             return
@@ -136,10 +154,13 @@ class LocalStore(WeightStore):
                     yield key
 
     def size(self, key: str) -> int:
+        path = self._path(key)
         try:
-            return self._path(key).stat().st_size
+            if path.is_file():
+                return path.stat().st_size
         except FileNotFoundError:
-            raise MissingObjectError(f"object {key!r} is not in {self.root}") from None
+            pass
+        raise MissingObjectError(f"object {key!r} is not in {self.root}")
 
     def temp_files(self) -> Iterator[Path]:
         """Leftover temporary files of interrupted writes."""
