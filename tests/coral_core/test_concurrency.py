@@ -7,9 +7,9 @@ linear chain holding all of them, staged entries all reach the commit, ``gc``
 running beside the writers deleted nothing they needed, and the repository
 verifies.
 
-The locks are polled flocks with no queue, so a gc run back to back with no
-pause can keep a writer waiting for seconds (and overlapping writers can keep
-gc waiting); the gc loop here pauses 5 ms between runs to keep the test short.
+The locks are polled flocks; the gc lock has a turnstile, so a waiting gc is
+not starved by overlapping writers. A gc run back to back with no pause still
+keeps writers waiting, so the gc loop here pauses 5 ms between runs.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -28,7 +29,7 @@ import numpy as np
 import pytest
 
 from coral_core import CoralError, LockTimeoutError, Repository, bit_view
-from coral_core.locks import file_lock
+from coral_core.locks import fair_lock, file_lock
 
 ROOT = Path(__file__).resolve().parents[2]
 CHUNK_SIZE = 4096
@@ -365,6 +366,38 @@ def test_a_lock_held_too_long_times_out(tmp_path: Path, shared: bool) -> None:
         holder.communicate()
     with file_lock(path, timeout=1.0):  # the kernel released it with the process
         pass
+
+
+def test_a_waiting_gc_is_not_starved_by_overlapping_writers(tmp_path: Path) -> None:
+    """Shared takers that arrive while an exclusive taker waits queue behind it,
+    so gc gets its turn even when commits keep overlapping."""
+    path = tmp_path / "locks" / "gc.lock"
+    order: list[str] = []
+    first_in, exclusive_waiting = threading.Event(), threading.Event()
+
+    def reader(name: str, hold: float) -> None:
+        with fair_lock(path, shared=True, timeout=5):
+            order.append(name)
+            first_in.set()
+            time.sleep(hold)
+
+    def writer() -> None:
+        exclusive_waiting.set()
+        with fair_lock(path, timeout=5):
+            order.append("gc")
+
+    threads = [threading.Thread(target=reader, args=("first", 0.3))]
+    threads[0].start()
+    first_in.wait()
+    threads.append(threading.Thread(target=writer))
+    threads[1].start()
+    exclusive_waiting.wait()
+    time.sleep(0.1)  # the writer now holds the turnstile and waits for "first"
+    threads.append(threading.Thread(target=reader, args=("second", 0.0)))
+    threads[2].start()
+    for thread in threads:
+        thread.join()
+    assert order == ["first", "gc", "second"]
 
 
 def test_a_commit_waits_for_a_held_refs_lock_and_goes_on_when_it_dies(

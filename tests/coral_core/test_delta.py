@@ -9,7 +9,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coral_core import TensorMismatchError, WeightTensor, bit_view
-from coral_core.delta import DeltaConfig, DeltaEncoder, DeltaType
+from coral_core.delta import (
+    DeltaConfig,
+    DeltaEncoder,
+    DeltaType,
+    apply_delta,
+    decode_arrays,
+    encode_arrays,
+    supports,
+)
 
 LOSSLESS = [t for t in DeltaType if t.is_lossless]
 LOSSY = [t for t in DeltaType if not t.is_lossless]
@@ -195,3 +203,31 @@ def test_config_is_validated() -> None:
         with pytest.raises(ValueError):  # noqa: PT011
             DeltaConfig(**bad)  # type: ignore[arg-type]
     assert DeltaConfig(delta_type="sparse").delta_type is DeltaType.SPARSE  # type: ignore[arg-type]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    kind=st.sampled_from(LOSSLESS),
+    dtype=st.sampled_from(FLOATS),
+    pairs=st.lists(st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1)), max_size=300),
+)
+def test_applying_in_place_rebuilds_the_tensor_and_leaves_the_reference(
+    kind: DeltaType, dtype: str, pairs: list[tuple[int, int]]
+) -> None:
+    """The repository decodes a delta chunk into its final place (a slice of the
+    tensor's buffer holding the base): same bits as decoding to a new array."""
+    current = bits_array(dtype, [a for a, _ in pairs])
+    reference = bits_array(dtype, [b for _, b in pairs])
+    if not supports(kind, dtype):
+        return
+    data, meta = encode_arrays(kind, current, reference, DeltaConfig(delta_type=kind))
+    kept = reference.copy()
+    assert exact(decode_arrays(kind, data, meta, reference), current)
+    assert exact(reference, kept)
+    buffer = np.zeros(reference.nbytes + 16, dtype=np.uint8)
+    target = buffer[8 : 8 + reference.nbytes].view(reference.dtype)
+    target[...] = reference
+    apply_delta(kind, data, meta, target)
+    assert exact(target, current)
+    assert not buffer[:8].any()
+    assert not buffer[8 + reference.nbytes :].any()

@@ -266,7 +266,7 @@ def closure(db: ObjectDatabase, tensor_id: str) -> set[str]:
 @pytest.fixture
 def corpus(tmp_path: Path) -> Corpus:
     rng = np.random.default_rng(5)
-    weights = rng.standard_normal(600).astype(np.float32)
+    weights = (np.round(rng.standard_normal(600) * 64) / 64).astype(np.float32)  # compressible
     tweaked = weights.copy()
     tweaked[::40] += np.float32(1e-3)
     arrays_: dict[str, np.ndarray] = {

@@ -9,7 +9,7 @@ from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
 from coral_core.errors import CoralError
-from coral_core.locks import file_lock
+from coral_core.locks import fair_lock
 from coral_core.objects import ObjectKind, object_key
 from coral_core.refs import HEADS, TAGS
 from coral_core.store.local import LocalStore
@@ -126,7 +126,7 @@ def collect_garbage(repo: Repository, dry_run: bool = False) -> GCResult:
     Runs under the exclusive gc lock, so no commit is writing objects meanwhile;
     a commit waits for ``gc`` to finish and the other way round.
     """
-    with file_lock(repo.coral_dir / "locks" / "gc.lock"), repo.refs.lock():
+    with fair_lock(repo.coral_dir / "locks" / "gc.lock"), repo.refs.lock():
         keep = reachable_objects(repo)
         garbage = garbage_in_deletion_order(repo, keep)
         kept = sum(1 for _ in repo.objects.iter_ids()) - len(garbage)
@@ -242,7 +242,7 @@ def repack(repo: Repository) -> RepackResult:
     mid-way leaves a sound repository. Writers wait while it runs.
     """
     objects = repo.objects
-    with file_lock(repo.coral_dir / "locks" / "gc.lock"), repo.refs.lock():
+    with fair_lock(repo.coral_dir / "locks" / "gc.lock"), repo.refs.lock():
         commits = list(repo.iter_commits(repo.ref_commits()))[::-1]  # oldest first
         done: set[str] = set()
         rewritten = before = after = 0

@@ -29,11 +29,12 @@ import xxhash
 import zstandard
 
 from coral_core.compression import decompress_exact
-from coral_core.delta import DeltaConfig, DeltaType, decode_arrays, encode_arrays, supports
-from coral_core.dtypes import FLOAT_DTYPES, numpy_dtype
+from coral_core.delta import DeltaConfig, DeltaType, apply_delta, encode_arrays, supports
+from coral_core.dtypes import numpy_dtype
 from coral_core.errors import CoralError, CorruptObjectError, MissingObjectError
 from coral_core.hashing import chunk_id, document_id, is_object_id, tensor_hasher
-from coral_core.planes import decode_planes, encode_planes
+from coral_core.planes import decode_planes, decode_planes_into, encode_planes
+from coral_core.scratch import scratch
 from coral_core.store.base import WeightStore
 from coral_core.tensor import WeightTensor
 
@@ -43,7 +44,10 @@ HEADER_SIZE = _HEADER.size
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 _MIN_SAVING = 0.98  # keep the compressed form only when it saves at least 2%
 _DELTA_GOOD_ENOUGH = 0.6  # a delta this small is kept without trying the standalone codec
+#: The largest chunk: a header claiming more is damage, not a reason to allocate.
+MAX_CHUNK_SIZE = 1 << 30
 _MAX_DECODE_DEPTH = 64  # longer chains can only come from damaged parameters
+_BASE_SLOT = 2  # scratch slot of delta bases (the delta codecs use 0 and 1)
 T = TypeVar("T")
 
 
@@ -95,7 +99,7 @@ class _Base:
     """A chunk a delta is made against, with its raw bytes and chain position."""
 
     chunk_id: str
-    raw: bytes
+    raw: np.ndarray  # uint8, in this thread's scratch: use before the next base
     depth: int  # deltas decoded to rebuild it (0 for a keyframe)
     root: str  # the keyframe at the bottom of its chain
 
@@ -245,9 +249,10 @@ class ObjectDatabase:
         delta_config: DeltaConfig | None = None,
         threads: int | None = None,
     ) -> None:
-        if chunk_size < 1024 or chunk_size % 16:
+        if not 1024 <= chunk_size <= MAX_CHUNK_SIZE or chunk_size % 16:
             raise ValueError(
-                f"chunk_size must be a multiple of 16, at least 1024; got {chunk_size}"
+                f"chunk_size must be a multiple of 16 from 1024 to {MAX_CHUNK_SIZE}; "
+                f"got {chunk_size}"
             )
         self.store = store
         self.chunk_size = chunk_size
@@ -430,7 +435,7 @@ class ObjectDatabase:
         """The smallest of: a delta against ``base_id``, byte planes, raw bytes."""
         np_dtype = numpy_dtype(dtype)
         candidates: list[tuple[int, Codec, bytes | memoryview, dict[str, Any] | None]] = []
-        base = self._delta_base(base_id) if base_id else None
+        base = self._delta_base(base_id, len(piece)) if base_id else None
         if base is not None:
             kind = self.delta_config.delta_type
             if not supports(kind, dtype):
@@ -438,7 +443,7 @@ class ObjectDatabase:
             data, meta = encode_arrays(
                 kind,
                 np.frombuffer(piece, np_dtype),
-                np.frombuffer(base.raw, np_dtype),
+                base.raw.view(np_dtype),
                 self.delta_config,
             )
             params: dict[str, Any] = {
@@ -453,7 +458,7 @@ class ObjectDatabase:
                 return pack_object(ObjectKind.CHUNK, Codec.DELTA, data, len(piece), params)
             candidates.append((len(data), Codec.DELTA, data, params))
         itemsize = min(np_dtype.itemsize, 8)
-        planes = encode_planes(piece, itemsize, self.compression_level, dtype in FLOAT_DTYPES)
+        planes = encode_planes(piece, itemsize, self.compression_level)
         candidates.append((len(planes), Codec.PLANES, planes, None))
         candidates.append((len(piece), Codec.RAW, piece, None))
         _, codec, payload, chosen = min(candidates, key=lambda c: c[0])
@@ -474,16 +479,18 @@ class ObjectDatabase:
             ) from None
         return header.codec, params
 
-    def _delta_base(self, reference_chunk: str) -> _Base | None:
-        """The chunk a new delta should be made against: the reference chunk, or
-        its keyframe when the chain below it is already ``max_chain_length`` long."""
+    def _delta_base(self, reference_chunk: str, size: int) -> _Base | None:
+        """The chunk a new delta of ``size`` bytes should be made against: the
+        reference chunk, or its keyframe when the chain below it is already
+        ``max_chain_length`` long."""
         try:
             _, params = self.chunk_params(reference_chunk)
             depth = int(params.get("depth", 0))
             root = str(params.get("root", reference_chunk))
             if depth >= self.delta_config.max_chain_length:
-                return _Base(root, self.read_chunk(root), 0, root)
-            return _Base(reference_chunk, self.read_chunk(reference_chunk), depth, root)
+                reference_chunk, depth = root, 0
+            raw = self._decode_chunk(reference_chunk, scratch(_BASE_SLOT, size, np.uint8))
+            return _Base(reference_chunk, raw, depth, root)
         except CoralError:
             return None  # an unreadable reference: store the chunk without it
 
@@ -503,27 +510,51 @@ class ObjectDatabase:
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptObjectError(f"tensor object {tensor_id} is malformed: {exc}") from None
 
-    def read_chunk(self, object_id: str, _depth: int = 0) -> bytes:
+    def read_chunk(self, object_id: str) -> bytes:
         """Read one chunk (decoding its delta chain) and verify it against its id."""
+        return self._decode_chunk(object_id).tobytes()
+
+    def _decode_chunk(
+        self, object_id: str, out: np.ndarray | None = None, depth: int = 0
+    ) -> np.ndarray:
+        """Decode a chunk into ``out`` (uint8, exactly its size; allocated when None),
+        its delta base first, in place; verify it against its id and return ``out``."""
         header, params, payload = self._read(object_id, ObjectKind.CHUNK)
+        if out is None:
+            if header.raw_size > MAX_CHUNK_SIZE:
+                raise CorruptObjectError(f"chunk {object_id} claims {header.raw_size} bytes")
+            out = np.empty(header.raw_size, dtype=np.uint8)
+        elif header.raw_size != out.nbytes:
+            raise CorruptObjectError(
+                f"chunk {object_id} holds {header.raw_size} bytes, expected {out.nbytes}"
+            )
         if header.codec == Codec.DELTA:
-            if _depth > _MAX_DECODE_DEPTH:
+            if depth > _MAX_DECODE_DEPTH:
                 raise CorruptObjectError(f"chunk {object_id}: delta chain loops or is too long")
             try:
-                np_dtype = numpy_dtype(params["dtype"])
-                base = np.frombuffer(self.read_chunk(params["base"], _depth + 1), np_dtype)
+                target = out.view(numpy_dtype(params["dtype"]))
                 kind = DeltaType(params["type"])
                 meta = params.get("meta", {})
+                base = str(params["base"])
             except (KeyError, ValueError, TypeError) as exc:
                 raise CorruptObjectError(
                     f"chunk {object_id} has bad delta parameters: {exc}"
                 ) from None
-            raw = decode_arrays(kind, bytes(payload), meta, base).tobytes()
+            self._decode_chunk(base, out, depth + 1)
+            try:
+                apply_delta(kind, bytes(payload), meta, target)
+            except CorruptObjectError as exc:
+                raise CorruptObjectError(f"chunk {object_id}: {exc}") from None
+        elif header.codec == Codec.PLANES:
+            try:
+                decode_planes_into(payload, out)
+            except CorruptObjectError as exc:
+                raise CorruptObjectError(f"object {object_id}: {exc}") from None
         else:
-            raw = decode_payload(object_id, header, payload)
-        if len(raw) != header.raw_size or chunk_id(raw) != object_id:
+            out[:] = np.frombuffer(decode_payload(object_id, header, payload), dtype=np.uint8)
+        if chunk_id(out.data) != object_id:
             raise CorruptObjectError(f"chunk {object_id} does not match its id")
-        return raw
+        return out
 
     def read_tensor(self, tensor_id: str) -> np.ndarray:
         """Rebuild one tensor; see :meth:`read_tensors`."""
@@ -544,13 +575,9 @@ class ObjectDatabase:
         def load(task: tuple[int, int]) -> int:
             which, index = task
             descriptor, buffer = descriptors[which], buffers[which]
-            piece = self.read_chunk(descriptor.chunks[index])
             start = index * descriptor.chunk_size
-            if start + len(piece) > descriptor.nbytes:
-                raise CorruptObjectError(
-                    f"tensor {descriptor.tensor_id}: chunks hold more bytes than it has"
-                )
-            buffer[start : start + len(piece)] = np.frombuffer(piece, dtype=np.uint8)
+            piece = buffer[start : start + descriptor.chunk_size]
+            self._decode_chunk(descriptor.chunks[index], piece)
             return len(piece)
 
         loaded = self._map(load, tasks)
@@ -577,11 +604,11 @@ class ObjectDatabase:
         total = 0
         for piece_id in descriptor.chunks:
             try:
-                piece = self.read_chunk(piece_id)
+                piece = self._decode_chunk(piece_id)
             except (CorruptObjectError, MissingObjectError) as exc:
                 problems[piece_id] = str(exc)
                 continue
-            hasher.update(piece)
+            hasher.update(piece.data)
             total += len(piece)
         if not problems and (total != descriptor.nbytes or hasher.hexdigest() != tensor_id):
             problems[tensor_id] = f"tensor {tensor_id} does not match its id"
@@ -595,7 +622,7 @@ class ObjectDatabase:
         """
         kind = self.kind_of(object_id)
         if kind == ObjectKind.CHUNK:
-            self.read_chunk(object_id)
+            self._decode_chunk(object_id)
         elif kind == ObjectKind.TENSOR:
             self.tensor_descriptor(object_id)
         else:

@@ -43,7 +43,7 @@ from coral_core.errors import (
 )
 from coral_core.hashing import is_id_prefix, is_object_id
 from coral_core.index import Staged, StagingIndex
-from coral_core.locks import file_lock
+from coral_core.locks import fair_lock
 from coral_core.maintenance import (
     GCResult,
     RepackResult,
@@ -148,7 +148,7 @@ class Repository:
     @contextmanager
     def writing_objects(self) -> Iterator[None]:
         """Hold off ``gc`` while new objects are not yet referenced by a ref or the index."""
-        with file_lock(self.coral_dir / "locks" / "gc.lock", shared=True):
+        with fair_lock(self.coral_dir / "locks" / "gc.lock", shared=True):
             yield
 
     def _author(self, author: str | None) -> str:
