@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tracemalloc
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -481,3 +482,21 @@ def test_a_damaged_document_is_detected(data: st.DataObject) -> None:
     db.store.put(key, bytes(damaged))
     with pytest.raises(CorruptObjectError):
         db.read_document(ObjectKind.COMMIT, object_id)
+
+
+def test_reading_keeps_nothing_alive() -> None:
+    """Decoding must release every payload it read (a C extension that leaks a
+    reference to its input once kept a whole compressed model alive per read)."""
+    db = memory_db()
+    base = np.random.default_rng(0).standard_normal(200 * CHUNK // 4).astype(np.float32)
+    first = db.write_tensor(WeightTensor(base)).tensor_id
+    second = db.write_tensor(WeightTensor(base + np.float32(1e-3)), reference=first).tensor_id
+    db.read_tensors([first, second])  # warm the per-thread scratch buffers
+    tracemalloc.start()
+    try:
+        for _ in range(5):
+            db.read_tensors([first, second])
+        leaked, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert leaked < base.nbytes // 4

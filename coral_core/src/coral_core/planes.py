@@ -88,7 +88,7 @@ def _checked_frame(payload: bytes | memoryview, raw_size: int) -> bytes:
     """The payload as bytes, once its header proves it a whole frame of ``raw_size``
     bytes: nothing is decoded or allocated on the word of a damaged header."""
     frame = bytes(payload)
-    if len(frame) < _FRAME_HEADER or not blosc.cbuffer_validate(frame):
+    if len(frame) < _FRAME_HEADER:  # (blosc.cbuffer_validate would leak a reference)
         raise CorruptObjectError("byte-plane payload is malformed: not a whole Blosc frame")
     nbytes, cbytes, _ = blosc.get_cbuffer_sizes(frame)
     if nbytes != raw_size or cbytes != len(frame):
