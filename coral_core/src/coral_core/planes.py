@@ -7,11 +7,13 @@ compressible plane and a few noisy ones. The same transform makes XOR and
 difference deltas compress well: bits that did not change become zero bytes
 in the upper planes.
 
-Blosc does the work: a SIMD byte shuffle, then zstd on each plane, keeping a
-plane that does not shrink as it is; it releases the GIL, so the codec pool
-runs one chunk per core. A payload is one Blosc frame holding a whole chunk
-as a single block (small blocks would cut the planes into pieces too short
-for zstd to find their patterns).
+Blosc does the work: a SIMD byte shuffle, then zstd over the shuffled
+block (Blosc 1 does not split zstd blocks into one stream per plane; zstd's
+own blocks mostly fall within one plane) and the block kept as it is when it
+does not shrink. It releases the GIL, so the codec pool runs one chunk per
+core. A payload is one Blosc frame holding a whole chunk as a single block
+(small blocks would cut the planes into pieces too short for zstd to find
+their patterns).
 """
 
 from __future__ import annotations
