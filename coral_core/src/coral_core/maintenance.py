@@ -88,14 +88,13 @@ def reachable_objects(repo: Repository) -> set[str]:
     return marked
 
 
-def garbage_in_deletion_order(repo: Repository, keep: set[str]) -> list[str]:
-    """Every object not in ``keep``, each after all garbage that references it.
+def in_deletion_order(repo: Repository, garbage: list[str]) -> list[str]:
+    """The unreferenced objects ``garbage``, each after all garbage that references it.
 
     Deleting in this order means a gc stopped at any point leaves no object whose
     delta base (or other reference) is gone: garbage stays readable until it goes.
     Garbage that cannot be read references nothing and goes first.
     """
-    garbage = [object_id for object_id in repo.objects.iter_ids() if object_id not in keep]
     in_garbage = set(garbage)
     edges: dict[str, list[str]] = {}
     referrers = dict.fromkeys(garbage, 0)
@@ -128,12 +127,11 @@ def collect_garbage(repo: Repository, dry_run: bool = False) -> GCResult:
     """
     with fair_lock(repo.coral_dir / "locks" / "gc.lock"), repo.refs.lock():
         keep = reachable_objects(repo)
-        garbage = garbage_in_deletion_order(repo, keep)
-        kept = sum(1 for _ in repo.objects.iter_ids()) - len(garbage)
-        removed = freed = 0
+        stored = list(repo.objects.iter_ids())
+        garbage = in_deletion_order(repo, [i for i in stored if i not in keep])
+        kept, removed, freed = len(stored) - len(garbage), len(garbage), 0
         for object_id in garbage:
             freed += repo.objects.stored_size(object_id)
-            removed += 1
             if not dry_run:
                 repo.objects.delete(object_id)
         temps = 0

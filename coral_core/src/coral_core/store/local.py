@@ -135,10 +135,10 @@ class LocalStore(WeightStore):
         return True
 
     def list(self, prefix: str = "") -> Iterator[str]:
-        folder, _, partial = prefix.rpartition("/")
-        segments = [*folder.split("/"), partial] if folder else [partial]
-        if not all(KEY_SEGMENT.fullmatch(s) for s in segments if s) or (
-            folder and "" in segments[:-1]
+        folder, slash, partial = prefix.rpartition("/")
+        complete = folder.split("/") if slash else []
+        if not all(KEY_SEGMENT.fullmatch(s) for s in complete) or (
+            partial and not KEY_SEGMENT.fullmatch(partial)
         ):
             return  # no valid key starts with this prefix (``../``, ``ab/.tmp``)
         start = self.root / folder if folder else self.root
