@@ -10,7 +10,7 @@ import pytest
 
 from coral_core import InvalidKeyError, LocalStore, MemoryStore, MissingObjectError, WeightStore
 from coral_core.store.base import validate_key
-from coral_core.testing.store_tests import StoreTests
+from coral_core.testing.store_tests import StoreTests, put_in_a_batch
 
 
 class TestLocalStore(StoreTests):
@@ -113,6 +113,39 @@ def test_local_store_leaves_no_temporary_files(tmp_path: Path) -> None:
     assert list(store.temp_files()) == []
     assert sorted(p.name for p in tmp_path.rglob(".*")) == []
     assert len(list(store.list())) == 19
+
+
+@pytest.mark.parametrize("has_syncfs", [True, False], ids=["syncfs", "fsync-each"])
+def test_a_write_batch_shows_nothing_before_it_is_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, has_syncfs: bool
+) -> None:
+    if not has_syncfs:  # the path macOS and Windows take
+        monkeypatch.setattr("coral_core.store.local._syncfs", lambda: None)
+    store = LocalStore(tmp_path)
+    with store.write_batch() as batch:
+        for i in range(5):
+            assert batch.put_if_absent(f"ab/k{i}", b"v%d" % i)
+        assert not store.has("ab/k0")  # written, not yet visible
+        assert len(list(store.temp_files())) == 5
+    assert [store.get(f"ab/k{i}") for i in range(5)] == [b"v%d" % i for i in range(5)]
+    assert list(store.temp_files()) == []
+
+
+def test_a_failed_write_batch_removes_its_temporary_files(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        put_in_a_batch(store, "ab/k", b"never visible", then_raise=KeyboardInterrupt())
+    assert not store.has("ab/k")
+    assert list(store.temp_files()) == []
+
+
+def test_a_write_batch_keeps_what_another_writer_stored_first(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    with store.write_batch() as batch:
+        assert batch.put_if_absent("ab/k", b"from the batch")
+        LocalStore(tmp_path).put("ab/k", b"from elsewhere")  # same key, same bytes in practice
+    assert store.get("ab/k") == b"from elsewhere"
+    assert list(store.temp_files()) == []
 
 
 def test_leftover_temporary_files_are_not_keys(tmp_path: Path) -> None:

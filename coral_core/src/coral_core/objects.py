@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import IntEnum
+from functools import partial
 from typing import Any, TypeVar
 
 import numpy as np
@@ -35,7 +36,7 @@ from coral_core.errors import CoralError, CorruptObjectError, MissingObjectError
 from coral_core.hashing import chunk_id, document_id, is_object_id, tensor_hasher
 from coral_core.planes import decode_planes, decode_planes_into, encode_planes
 from coral_core.scratch import scratch
-from coral_core.store.base import WeightStore
+from coral_core.store.base import WeightStore, WriteBatch
 from coral_core.tensor import WeightTensor
 
 MAGIC = b"CRL1"
@@ -293,13 +294,19 @@ class ObjectDatabase:
             if is_object_id(object_id):
                 yield object_id
 
-    def _put(self, object_id: str, kind: ObjectKind, raw: bytes | memoryview) -> int:
+    def _put(
+        self,
+        object_id: str,
+        kind: ObjectKind,
+        raw: bytes | memoryview,
+        batch: WriteBatch | None = None,
+    ) -> int:
         """Store a document unless present; return the bytes written."""
         key = object_key(object_id)
         if self.store.has(key):
             return 0
         blob = encode_object(kind, raw, self.compression_level)
-        return len(blob) if self.store.put_if_absent(key, blob) else 0
+        return len(blob) if (batch or self.store).put_if_absent(key, blob) else 0
 
     def _read(
         self, object_id: str, kind: ObjectKind
@@ -387,25 +394,32 @@ class ObjectDatabase:
                 piece = raw[offset : offset + self.chunk_size]
                 tasks.append((piece, dtype, bases[index] if bases else None))
             plans.append((tensor, tensor_id, range(first, len(tasks))))
-        stored = self._map(self._store_chunk, tasks)
+        # Two batches: every chunk is durable before a descriptor naming it is visible.
+        with self.store.write_batch() as batch:
+            stored = self._map(partial(self._store_chunk, batch), tasks)
         results = []
-        for tensor, tensor_id, span in plans:
-            if span is None:
-                results.append(WriteResult(tensor_id, 0, deduplicated=True))
-                continue
-            descriptor = {
-                "dtype": tensor.metadata.dtype_name,
-                "shape": list(tensor.shape),
-                "nbytes": tensor.nbytes,
-                "chunk_size": self.chunk_size,
-                "chunks": [stored[i][0] for i in span],
-            }
-            written = sum(stored[i][1] for i in span)
-            written += self._put(tensor_id, ObjectKind.TENSOR, canonical_json(descriptor))
-            results.append(WriteResult(tensor_id, written, deduplicated=False))
+        with self.store.write_batch() as batch:
+            for tensor, tensor_id, span in plans:
+                if span is None:
+                    results.append(WriteResult(tensor_id, 0, deduplicated=True))
+                    continue
+                descriptor = {
+                    "dtype": tensor.metadata.dtype_name,
+                    "shape": list(tensor.shape),
+                    "nbytes": tensor.nbytes,
+                    "chunk_size": self.chunk_size,
+                    "chunks": [stored[i][0] for i in span],
+                }
+                written = sum(stored[i][1] for i in span)
+                written += self._put(
+                    tensor_id, ObjectKind.TENSOR, canonical_json(descriptor), batch
+                )
+                results.append(WriteResult(tensor_id, written, deduplicated=False))
         return results
 
-    def _store_chunk(self, task: tuple[memoryview, str, str | None]) -> tuple[str, int]:
+    def _store_chunk(
+        self, batch: WriteBatch, task: tuple[memoryview, str, str | None]
+    ) -> tuple[str, int]:
         """Encode and store one chunk unless present; return its id and bytes written."""
         piece, dtype, base = task
         piece_id = chunk_id(piece)
@@ -413,7 +427,7 @@ class ObjectDatabase:
         if self.store.has(key):
             return piece_id, 0
         blob = self.encode_chunk(piece, dtype, base if base != piece_id else None)
-        return piece_id, len(blob) if self.store.put_if_absent(key, blob) else 0
+        return piece_id, len(blob) if batch.put_if_absent(key, blob) else 0
 
     def aligned_chunks(
         self, reference: str | None, dtype: str, nbytes: int, count: int

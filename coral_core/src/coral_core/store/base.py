@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
 
 from coral_core.errors import InvalidKeyError, ReadOnlyStoreError
@@ -86,6 +87,27 @@ class WeightStore(ABC):
         self.put(key, data)
         return True
 
+    @contextmanager
+    def write_batch(self) -> Iterator[WriteBatch]:
+        """Group many ``put_if_absent`` calls (from any thread) into one durable step.
+
+        Objects written through the batch may stay invisible until the block
+        ends; then all of them are durable before any of them is visible, at
+        the cost of one flush instead of one per object. If the block raises,
+        what was not yet visible is discarded.
+        """
+        batch = self._new_batch()
+        try:
+            yield batch
+        except BaseException:
+            batch.abort()
+            raise
+        batch.finish()
+
+    def _new_batch(self) -> WriteBatch:
+        """The batch :meth:`write_batch` uses; the default writes through at once."""
+        return WriteBatch(self)
+
     def close(self) -> None:  # noqa: B027 (a no-op hook for backends that hold resources)
         """Release resources; the default holds none."""
 
@@ -104,6 +126,24 @@ class WeightStore(ABC):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class WriteBatch:
+    """Writes of one :meth:`WeightStore.write_batch` block; this one writes through."""
+
+    def __init__(self, store: WeightStore) -> None:
+        self.store = store
+
+    def put_if_absent(self, key: str, data: bytes | memoryview) -> bool:
+        """Store ``data`` unless ``key`` exists or is already in this batch;
+        return True when it will be written."""
+        return self.store.put_if_absent(key, data)
+
+    def finish(self) -> None:
+        """Make every write of the batch durable, then visible."""
+
+    def abort(self) -> None:
+        """Discard the writes not yet visible."""
 
 
 def slice_range(data: bytes, byte_range: tuple[int, int] | None) -> bytes:

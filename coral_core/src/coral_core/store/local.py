@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import sys
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import cache
 from pathlib import Path
 
 from coral_core.errors import InvalidKeyError, MissingObjectError
-from coral_core.store.base import KEY_SEGMENT, WeightStore, validate_key
+from coral_core.store.base import KEY_SEGMENT, WeightStore, WriteBatch, validate_key
 
 TEMP_PREFIX = ".tmp-"
 #: The longest file name (one key segment) common local file systems accept.
@@ -59,6 +63,96 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@cache
+def _syncfs() -> Callable[[int], int] | None:
+    """Linux's ``syncfs(fd)``: flush one file system in one call; None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int]
+    function.restype = ctypes.c_int
+    return function
+
+
+def flush_paths(root: Path, paths: Iterator[Path]) -> None:
+    """Make ``paths`` (files or folders on the file system of ``root``) durable:
+    one ``syncfs`` where the platform has it, one ``fsync`` per path otherwise."""
+    syncfs = _syncfs()
+    if syncfs is None:
+        for path in paths:
+            fsync_dir(path)  # opening read-only and fsync works for files too
+        return
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        if syncfs(fd) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"syncfs failed: {os.strerror(error)}", str(root))
+    finally:
+        os.close(fd)
+
+
+class LocalWriteBatch(WriteBatch):
+    """Temporary files now; at :meth:`finish` one flush, the renames, one more flush.
+
+    Hundreds of objects of one commit cost two file-system flushes instead of
+    two ``fsync`` calls each, and still none is visible before it is durable.
+    """
+
+    store: LocalStore
+
+    def __init__(self, store: LocalStore) -> None:
+        super().__init__(store)
+        self._lock = threading.Lock()
+        self._pending: dict[str, Path | None] = {}  # key -> temporary file
+
+    def put_if_absent(self, key: str, data: bytes | memoryview) -> bool:
+        self.store._check_writable(key)
+        path = self.store._path(key)
+        with self._lock:
+            if key in self._pending or path.is_file():
+                return False
+            self._pending[key] = None  # claimed: a second writer of the key skips it
+        try:
+            tmp = write_temp_file(path.parent, data, fsync=False)
+        except BaseException:
+            with self._lock:
+                del self._pending[key]
+            raise
+        with self._lock:
+            self._pending[key] = tmp
+        return True
+
+    def _written(self) -> list[tuple[str, Path]]:
+        with self._lock:
+            return [(key, tmp) for key, tmp in self._pending.items() if tmp is not None]
+
+    def finish(self) -> None:
+        written = self._written()
+        if not written:
+            return
+        try:
+            flush_paths(self.store.root, (tmp for _, tmp in written))
+            folders: dict[Path, None] = {}
+            for key, tmp in written:  # in the order written: chunks before what names them
+                path = self.store._path(key)
+                with contextlib.suppress(FileExistsError):  # someone else stored it meanwhile
+                    os.link(tmp, path)
+                folders[path.parent] = None
+            flush_paths(self.store.root, iter(folders))
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        for _, tmp in self._written():
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        with self._lock:
+            self._pending.clear()
 
 
 class LocalStore(WeightStore):
@@ -122,6 +216,9 @@ class LocalStore(WeightStore):
 
     def has(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def _new_batch(self) -> WriteBatch:
+        return LocalWriteBatch(self) if self.fsync else WriteBatch(self)
 
     def delete(self, key: str) -> bool:
         self._check_writable(key)
