@@ -144,6 +144,68 @@ def test_a_new_branch_deltas_against_where_it_starts(tmp_path: Path) -> None:
     assert codecs == {Codec.DELTA}
 
 
+def test_a_tensor_without_namesake_deltas_against_a_similar_one_anywhere(
+    tmp_path: Path,
+) -> None:
+    repo = Repository(tmp_path, init=True, chunk_size=4096)
+    base, tuned = training_run(2)
+    unrelated = training_run(1, seed=7)[0]
+    repo.commit("base", weights={"encoder.w": base, "other": unrelated}, branch="pretrained")
+    # another branch, another name (a renamed layer): no namesake in the parent
+    repo.commit("renamed", weights={"backbone.w": tuned})
+    entry = repo.ls_tree()["backbone.w"]
+    assert {c for c, _ in chunk_codecs(repo.objects, entry.tensor)} == {Codec.DELTA}
+    first_chunk = repo.objects.tensor_descriptor(entry.tensor).chunks[0]
+    base_tensor = repo.ls_tree("pretrained")["encoder.w"].tensor
+    base_chunk = repo.objects.tensor_descriptor(base_tensor).chunks[0]
+    assert repo.objects.chunk_params(first_chunk)[1]["base"] == base_chunk
+    assert exact(repo.get_weight("backbone.w").data, tuned)
+    stats = repo._similar.get_statistics() if repo._similar else {}
+    assert 0 < stats["candidates_checked"] <= 4  # not every stored tensor
+
+
+def test_nothing_similar_means_stored_whole(tmp_path: Path) -> None:
+    repo = Repository(tmp_path, init=True, chunk_size=4096)
+    repo.commit("a", weights={"a": training_run(1, seed=1)[0]})
+    repo.commit("b", weights={"b": training_run(1, seed=2)[0]})
+    codecs = {c for c, _ in chunk_codecs(repo.objects, repo.ls_tree()["b"].tensor)}
+    assert Codec.DELTA not in codecs
+
+
+def test_fingerprint_log_survives_torn_lines_gc_and_loss(tmp_path: Path) -> None:
+    repo = Repository(tmp_path, init=True, chunk_size=4096)
+    base = training_run(1)[0]
+    repo.commit("base", weights={"w": base}, branch="old")
+    log = repo.fingerprints
+    assert [p.tensor_id for p in log.read_all()] == [repo.ls_tree("old")["w"].tensor]
+    with open(log.path, "ab") as handle:
+        handle.write(b"0123abcd torn by a cra")  # a crash mid-append
+    repo.commit("other", weights={"v": training_run(1, seed=3)[0]})
+    assert len(log.read_all()) == 2  # the torn line is skipped, the next one intact
+
+    repo.delete_branch("old")
+    repo.gc()
+    assert [p.tensor_id for p in log.read_all()] == [repo.ls_tree()["v"].tensor]
+
+    log.path.unlink()  # a cache: repack rebuilds it from the tensor descriptors
+    repo.repack()
+    assert [p.tensor_id for p in log.read_all()] == [repo.ls_tree()["v"].tensor]
+    assert repo.verify().ok
+
+
+def test_a_fingerprint_of_a_deleted_tensor_is_skipped(tmp_path: Path) -> None:
+    repo = Repository(tmp_path, init=True, chunk_size=4096)
+    base, tuned = training_run(2)
+    repo.commit("base", weights={"w": base}, branch="gone")
+    stale = list(repo.fingerprints.read_all())
+    repo.delete_branch("gone")
+    repo.gc()
+    repo.fingerprints.append(stale)  # e.g. another process appended before gc rewrote it
+    repo.commit("renamed", weights={"w2": tuned})
+    assert exact(repo.get_weight("w2").data, tuned)
+    assert repo.verify().ok
+
+
 def test_repack_rebounds_chains_and_keeps_every_version(tmp_path: Path) -> None:
     repo = Repository(
         tmp_path, init=True, chunk_size=4096, delta_config=DeltaConfig(max_chain_length=6)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from coral_core import WeightTensor
+from coral_core import MissingObjectError, WeightTensor
 from coral_core.similarity import Deduplicator, LSHIndex, simhash
 
 
@@ -79,3 +79,26 @@ def test_deduplicate_a_model_in_batches_and_loader() -> None:
     assert results["b"][1]["reference_hash"] == tensor(0, base=1).compute_hash()  # type: ignore[index]
     with pytest.raises(ValueError, match="batch_size"):
         Deduplicator(batch_size=0)
+
+
+def test_index_by_fingerprint_alone_checks_only_the_nearest_candidates() -> None:
+    near = [tensor(seed, noise=0.002 * seed) for seed in range(1, 9)]  # all in one bucket
+    stored = {t.compute_hash(): t for t in near}
+    loads: list[str] = []
+
+    def load(key: str) -> WeightTensor:
+        loads.append(key)
+        if key == near[0].compute_hash():
+            raise MissingObjectError("deleted by gc")
+        return stored[key]
+
+    dedup = Deduplicator(loader=load, max_candidates=3)
+    for weight in near:
+        dedup.add_fingerprint(weight.compute_hash(), "float32", weight.shape, simhash(weight))
+    match = dedup.find_similar(tensor(0))
+    assert match is not None
+    assert match[0] == near[1].compute_hash()
+    assert len(loads) == 3
+    assert dedup.get_statistics()["candidates_checked"] == 2  # the missing one is skipped
+    with pytest.raises(ValueError, match="loader"):
+        Deduplicator().add_fingerprint("a" * 32, "float32", (1,), 0)

@@ -9,6 +9,7 @@ from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
 from coral_core.errors import CoralError
+from coral_core.fingerprints import Fingerprint
 from coral_core.locks import fair_lock
 from coral_core.objects import ObjectKind, object_key
 from coral_core.refs import HEADS, TAGS
@@ -134,6 +135,9 @@ def collect_garbage(repo: Repository, dry_run: bool = False) -> GCResult:
             freed += repo.objects.stored_size(object_id)
             if not dry_run:
                 repo.objects.delete(object_id)
+        if garbage and not dry_run:
+            live = [p for p in repo.fingerprints.read_all() if p.tensor_id in keep]
+            repo.fingerprints.rewrite(live)
         temps = 0
         store = repo.objects.store
         if isinstance(store, LocalStore):
@@ -235,6 +239,7 @@ def repack(repo: Repository) -> RepackResult:
     Commits are visited oldest first; each chunk is re-encoded as the smallest
     of byte planes, raw bytes, and a delta against the same chunk of its
     namesake in the first parent (bounded by ``delta.max_chain_length``).
+    The fingerprint log is rebuilt from the tensor descriptors on the way.
     A base is always a chunk rewritten earlier, so no cycle can form; each
     object is replaced atomically with one holding the same bytes, so a crash
     mid-way leaves a sound repository. Writers wait while it runs.
@@ -243,6 +248,7 @@ def repack(repo: Repository) -> RepackResult:
     with fair_lock(repo.coral_dir / "locks" / "gc.lock"), repo.refs.lock():
         commits = list(repo.iter_commits(repo.ref_commits()))[::-1]  # oldest first
         done: set[str] = set()
+        fingerprints: dict[str, Fingerprint] = {}
         rewritten = before = after = 0
         for commit in commits:
             tree = repo.read_tree(commit.tree_hash)
@@ -250,6 +256,10 @@ def repack(repo: Repository) -> RepackResult:
             parent_tree = repo.read_tree(repo.read_commit(parent).tree_hash) if parent else {}
             for name, entry in tree.items():
                 descriptor = objects.tensor_descriptor(entry.tensor)
+                if descriptor.simhash is not None:
+                    fingerprints[entry.tensor] = Fingerprint(
+                        entry.tensor, descriptor.dtype, descriptor.shape, descriptor.simhash
+                    )
                 previous = parent_tree.get(name)
                 bases: list[str] | None = None
                 if previous is not None and previous.tensor != entry.tensor:
@@ -269,4 +279,5 @@ def repack(repo: Repository) -> RepackResult:
                     after += len(blob)
                     rewritten += 1
                     done.add(chunk)
+        repo.fingerprints.rewrite(list(fingerprints.values()))
     return RepackResult(rewritten, before, after, objects.delta_config.max_chain_length)

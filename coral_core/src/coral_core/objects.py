@@ -33,9 +33,11 @@ from coral_core.compression import decompress_exact
 from coral_core.delta import DeltaConfig, DeltaType, apply_delta, encode_arrays, supports
 from coral_core.dtypes import numpy_dtype
 from coral_core.errors import CoralError, CorruptObjectError, MissingObjectError
+from coral_core.fingerprints import worth_fingerprint
 from coral_core.hashing import chunk_id, document_id, is_object_id, tensor_hasher
 from coral_core.planes import decode_planes, decode_planes_into, encode_planes
 from coral_core.scratch import scratch
+from coral_core.similarity import simhash
 from coral_core.store.base import WeightStore, WriteBatch
 from coral_core.tensor import WeightTensor
 
@@ -93,6 +95,7 @@ class TensorDescriptor:
     nbytes: int
     chunks: tuple[str, ...]
     chunk_size: int
+    simhash: int | None = None  # for float tensors worth a delta (fingerprints.py)
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ class WriteResult:
     tensor_id: str
     new_bytes: int  # bytes added to the store
     deduplicated: bool  # the whole tensor was already stored
+    simhash: int | None = None  # set for a newly stored tensor worth a fingerprint
 
 
 def object_key(object_id: str) -> str:
@@ -403,18 +407,22 @@ class ObjectDatabase:
                 if span is None:
                     results.append(WriteResult(tensor_id, 0, deduplicated=True))
                     continue
-                descriptor = {
+                descriptor: dict[str, Any] = {
                     "dtype": tensor.metadata.dtype_name,
                     "shape": list(tensor.shape),
                     "nbytes": tensor.nbytes,
                     "chunk_size": self.chunk_size,
                     "chunks": [stored[i][0] for i in span],
                 }
+                fingerprint = None
+                if worth_fingerprint(tensor.metadata.dtype_name, tensor.size):
+                    fingerprint = simhash(tensor)
+                    descriptor["simhash"] = f"{fingerprint:016x}"
                 written = sum(stored[i][1] for i in span)
                 written += self._put(
                     tensor_id, ObjectKind.TENSOR, canonical_json(descriptor), batch
                 )
-                results.append(WriteResult(tensor_id, written, deduplicated=False))
+                results.append(WriteResult(tensor_id, written, False, fingerprint))
         return results
 
     def _store_chunk(
@@ -520,6 +528,7 @@ class ObjectDatabase:
                 nbytes=int(document["nbytes"]),
                 chunks=tuple(str(c) for c in document["chunks"]),
                 chunk_size=int(document["chunk_size"]),
+                simhash=int(document["simhash"], 16) if "simhash" in document else None,
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptObjectError(f"tensor object {tensor_id} is malformed: {exc}") from None

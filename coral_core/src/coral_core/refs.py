@@ -15,12 +15,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from coral_core.errors import CorruptObjectError, InvalidRefNameError, RefExistsError
 from coral_core.hashing import is_object_id
 from coral_core.locks import file_lock
-from coral_core.store.local import TEMP_PREFIX, write_file_atomic
+from coral_core.store.local import TEMP_PREFIX, append_lines, write_file_atomic
 
 HEADS = "refs/heads/"
 TAGS = "refs/tags/"
@@ -154,17 +153,10 @@ class RefDatabase:
     ) -> None:
         """Append one line to the reflog of ``ref``."""
         path = self._log_path(ref)
-        path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps(
             {"old": old, "new": new, "author": author, "time": time.time(), "message": message}
         )
-        with open(path, "a+b") as handle:
-            handle.seek(0, os.SEEK_END)
-            torn = handle.tell() > 0 and not _ends_with_newline(handle)
-            handle.write(("\n" if torn else "").encode() + line.encode() + b"\n")
-            if self.fsync:
-                handle.flush()
-                os.fsync(handle.fileno())
+        append_lines(path, [line], fsync=self.fsync)
 
     def reflog(self, ref: str = "HEAD") -> list[ReflogEntry]:
         """Moves of ``ref``, newest first; a torn last line (crash) is skipped."""
@@ -183,9 +175,3 @@ class RefDatabase:
             except (ValueError, KeyError, TypeError):
                 continue
         return entries[::-1]
-
-
-def _ends_with_newline(handle: BinaryIO) -> bool:
-    """Whether the file ends in a newline (a crash can leave a torn last line)."""
-    handle.seek(-1, os.SEEK_END)
-    return handle.read(1) == b"\n"

@@ -16,6 +16,7 @@ import heapq
 import os
 import platform
 import re
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -41,6 +42,7 @@ from coral_core.errors import (
     TensorMismatchError,
     TensorNotFoundError,
 )
+from coral_core.fingerprints import Fingerprint, FingerprintLog, worth_fingerprint
 from coral_core.hashing import is_id_prefix, is_object_id
 from coral_core.index import Staged, StagingIndex
 from coral_core.locks import fair_lock
@@ -64,6 +66,7 @@ from coral_core.model import (
 from coral_core.objects import ObjectDatabase, ObjectKind
 from coral_core.refnames import validate_ref_name
 from coral_core.refs import HEADS, TAGS, Head, RefDatabase, ReflogEntry
+from coral_core.similarity import Deduplicator
 from coral_core.store.base import WeightStore
 from coral_core.store.local import LocalStore
 from coral_core.tensor import WeightMetadata, WeightTensor
@@ -130,6 +133,9 @@ class Repository:
         )
         self.refs = RefDatabase(self.coral_dir, fsync=fsync)
         self.index = StagingIndex(self.coral_dir / "index", fsync=fsync)
+        self.fingerprints = FingerprintLog(self.coral_dir / "fingerprints")
+        self._similar: Deduplicator | None = None
+        self._similar_lock = threading.Lock()
 
     def _create(self, chunk_size: int | None, delta_config: DeltaConfig | None) -> None:
         self.coral_dir.mkdir(parents=True, exist_ok=True)
@@ -305,7 +311,8 @@ class Repository:
     def _write_weights(
         self, weights: Mapping[str, WeightTensor | np.ndarray], previous: Mapping[str, TreeEntry]
     ) -> dict[str, TreeEntry]:
-        """Store tensors, each delta-encoded against its namesake in ``previous``."""
+        """Store tensors, each delta-encoded against its namesake in ``previous``
+        or, lacking one, against a similar tensor stored anywhere (fingerprints)."""
         tensors: dict[str, WeightTensor] = {}
         references: list[str | None] = []
         for name, weight in weights.items():
@@ -321,8 +328,19 @@ class Repository:
                 and before.dtype == weight.metadata.dtype_name
             ):
                 reference = before.tensor
+            elif worth_fingerprint(
+                weight.metadata.dtype_name, weight.size
+            ) and not self.objects.has(weight.compute_hash()):
+                reference = self._similar_stored_tensor(weight)
             references.append(reference)
         results = self.objects.write_tensors(list(zip(tensors.values(), references, strict=True)))
+        self.fingerprints.append(
+            [
+                Fingerprint(result.tensor_id, weight.metadata.dtype_name, weight.shape, hash_)
+                for weight, result in zip(tensors.values(), results, strict=True)
+                if (hash_ := result.simhash) is not None
+            ]
+        )
         entries = {}
         for (name, weight), result in zip(tensors.items(), results, strict=True):
             meta = weight.metadata
@@ -336,6 +354,25 @@ class Repository:
                 compression_info=meta.compression_info,
             )
         return entries
+
+    def _similar_stored_tensor(self, weight: WeightTensor) -> str | None:
+        """A stored tensor of the same dtype and shape, in any branch, similar
+        enough (cosine >= ``similarity_threshold``) to be ``weight``'s delta
+        reference: the :class:`Deduplicator`'s LSH index over the fingerprint log."""
+        with self._similar_lock:
+            if self._similar is None:
+                config = self.objects.delta_config
+                self._similar = Deduplicator(
+                    config.similarity_threshold,
+                    delta_config=config,
+                    loader=lambda tensor_id: WeightTensor(self.objects.read_tensor(tensor_id)),
+                )
+            for known in self.fingerprints.read_new():
+                self._similar.add_fingerprint(
+                    known.tensor_id, known.dtype, known.shape, known.simhash
+                )
+            match = self._similar.find_similar(weight)
+        return match[0] if match else None
 
     def stage_weights(
         self, weights: Mapping[str, WeightTensor | np.ndarray], replace: bool = False

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from coral_core.delta import DeltaConfig, DeltaEncoder, cosine_similarity
+from coral_core.errors import CoralError
 from coral_core.tensor import WeightTensor
 
 FINGERPRINT_BITS = 64
@@ -50,8 +51,12 @@ def simhash(weight: WeightTensor) -> int:
     """64-bit fingerprint; the Hamming distance of two estimates their angle."""
     flat = weight.data.reshape(-1)
     positions = _sample_positions(flat.size)
-    sample = flat[positions].astype(np.float64)
+    with np.errstate(invalid="ignore"):  # signalling NaNs complain when widened
+        sample = flat[positions].astype(np.float64)
     sample = np.nan_to_num(sample, nan=0.0, posinf=0.0, neginf=0.0)
+    largest = np.abs(sample).max(initial=0.0)
+    if largest > 0:
+        sample /= largest  # signs of the projections do not change; huge values cannot overflow
     bits = (_directions(positions.size) @ sample) >= 0
     return int(np.packbits(bits).view(">u8")[0])
 
@@ -107,6 +112,7 @@ class Deduplicator:
         batch_size: tensors per :meth:`deduplicate` batch (kept for the book's API).
         delta_config: strategy for the deltas.
         loader: loads a stored tensor by id, so the index need not keep data in memory.
+        max_candidates: LSH candidates (nearest first) checked exactly per lookup.
     """
 
     def __init__(
@@ -116,6 +122,7 @@ class Deduplicator:
         batch_size: int = 100,
         delta_config: DeltaConfig | None = None,
         loader: Callable[[str], WeightTensor] | None = None,
+        max_candidates: int = 4,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -125,6 +132,7 @@ class Deduplicator:
         self.enable_delta_encoding = enable_delta_encoding
         self.batch_size = batch_size
         self._loader = loader
+        self.max_candidates = max_candidates
         self._entries: dict[str, _Entry] = {}
         self._index: dict[tuple[str, tuple[int, ...]], LSHIndex] = defaultdict(LSHIndex)
         self.stats = DeduplicationStats()
@@ -138,17 +146,41 @@ class Deduplicator:
 
     def find_similar(self, weight: WeightTensor) -> tuple[str, float] | None:
         """The most similar indexed tensor of the same shape and dtype above the
-        threshold, with its cosine similarity; None when there is none."""
+        threshold, with its cosine similarity; None when there is none.
+
+        Only the ``max_candidates`` LSH candidates nearest in Hamming distance
+        get the exact cosine check; one the loader cannot read is skipped.
+        """
         index = self._index.get(_group_key(weight))
         if index is None:
             return None
+        fingerprint = simhash(weight)
+        candidates = sorted(
+            index.candidates(fingerprint),
+            key=lambda key: (self._entries[key].fingerprint ^ fingerprint).bit_count(),
+        )
         best: tuple[str, float] | None = None
-        for key in index.candidates(simhash(weight)):
+        for key in candidates[: self.max_candidates]:
+            try:
+                data = self._data(key).data
+            except CoralError:
+                continue  # deleted by gc since it was indexed, or damaged
             self.stats.candidates_checked += 1
-            similarity = cosine_similarity(weight.data, self._data(key).data)
+            similarity = cosine_similarity(weight.data, data)
             if similarity >= self.similarity_threshold and (best is None or similarity > best[1]):
                 best = (key, similarity)
         return best
+
+    def add_fingerprint(
+        self, key: str, dtype: str, shape: tuple[int, ...], fingerprint: int
+    ) -> None:
+        """Index a stored tensor by its fingerprint alone; the loader reads it if
+        it ever becomes a candidate."""
+        if self._loader is None:
+            raise ValueError("indexing by fingerprint alone needs a loader")
+        if key not in self._entries:
+            self._entries[key] = _Entry(None, fingerprint)
+            self._index[(dtype, tuple(shape))].add(key, fingerprint)
 
     def index(self, weight: WeightTensor, name: str | None = None, keep_data: bool = True) -> str:
         """Add a tensor to the index without looking for a match; return its id."""

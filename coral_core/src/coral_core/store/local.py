@@ -8,9 +8,10 @@ import os
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import cache
 from pathlib import Path
+from typing import BinaryIO
 
 from coral_core.errors import InvalidKeyError, MissingObjectError
 from coral_core.store.base import KEY_SEGMENT, WeightStore, WriteBatch, validate_key
@@ -54,6 +55,25 @@ def write_temp_file(folder: Path, data: bytes | memoryview, fsync: bool) -> Path
             tmp.unlink()
         raise
     return tmp
+
+
+def append_lines(path: Path, lines: Sequence[str], fsync: bool = True) -> None:
+    """Append text lines to ``path`` in one write; if a crash left the last line
+    torn, start on a new line so the torn one stays the only casualty."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        handle.seek(0, os.SEEK_END)
+        torn = handle.tell() > 0 and not _ends_with_newline(handle)
+        text = "".join(f"{line}\n" for line in lines)
+        handle.write((("\n" if torn else "") + text).encode())
+        if fsync:
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def _ends_with_newline(handle: BinaryIO) -> bool:
+    handle.seek(-1, os.SEEK_END)
+    return handle.read(1) == b"\n"
 
 
 def fsync_dir(folder: Path) -> None:
