@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coral_core import (
-    ConfigError,
     CorruptObjectError,
     DeltaConfig,
     DeltaType,
@@ -128,11 +127,70 @@ def test_a_damaged_keyframe_is_reported_through_its_deltas(tmp_path: Path) -> No
     assert any(keyframe in p.message for p in report.problems)
 
 
-def test_lossy_strategies_are_refused_by_the_repository(tmp_path: Path) -> None:
-    with pytest.raises((ConfigError, ValueError), match="lossy"):
-        Repository(
-            tmp_path, init=True, delta_config=DeltaConfig(delta_type=DeltaType.INT8_QUANTIZED)
+LOSSY = [t for t in DeltaType if not t.is_lossless]
+
+
+@pytest.mark.parametrize("kind", LOSSY)
+def test_lossy_commits_are_opt_in_recorded_and_within_their_bound(
+    tmp_path: Path, kind: DeltaType
+) -> None:
+    config = DeltaConfig(delta_type=kind, sparse_threshold=1e-5)
+    repo = Repository(tmp_path, init=True, chunk_size=4096, delta_config=config)
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((96, 100)).astype(np.float32)  # rows straddle 4 KiB chunks
+    tuned = base + rng.standard_normal(base.shape).astype(np.float32) * np.float32(1e-4)
+    first = repo.commit("base", weights={"w": base, "step": np.arange(3)})
+    assert first.lossy is None  # nothing to be a delta of: stored exactly
+    second = repo.commit("tuned", weights={"w": tuned, "step": np.arange(3) + 1})
+
+    assert second.lossy is not None
+    assert second.lossy["type"] == [kind.value]
+    assert second.lossy["tensors"] == ["w"]  # integers are never lossy
+    restored = repo.get_weight("w").data
+    error = float(np.max(np.abs(restored.astype(np.float64) - tuned.astype(np.float64))))
+    assert error == second.lossy["max_abs_error"]
+    assert error <= 4e-4  # a fraction of the change, for every strategy here
+    entry = repo.ls_tree()["w"]
+    assert entry.compression_info is not None
+    assert entry.compression_info["coral.lossy"]["max_abs_error"] == error
+    assert exact(repo.get_weight("step").data, np.arange(3) + 1)
+    assert exact(repo.get_weight("w", "HEAD~1").data, base)
+    assert exact(Repository(tmp_path).get_weight("w").data, restored)  # stable rebuild
+    assert Repository(tmp_path).objects.delta_config == config
+    assert repo.verify().ok
+
+
+def test_lossy_deltas_are_much_smaller_than_lossless_ones(tmp_path: Path) -> None:
+    sizes = {}
+    for kind in (DeltaType.COMPRESSED, DeltaType.INT8_QUANTIZED):
+        repo = Repository(
+            tmp_path / kind.value, init=True, chunk_size=4096, delta_config=DeltaConfig(kind)
         )
+        base, tuned = training_run(2, size=32768)
+        repo.commit("base", weights={"w": base})
+        before = stored_bytes(repo)
+        repo.commit("tuned", weights={"w": tuned})
+        sizes[kind] = stored_bytes(repo) - before
+    assert sizes[DeltaType.INT8_QUANTIZED] < 0.6 * sizes[DeltaType.COMPRESSED]
+
+
+def test_a_lossy_repository_keeps_values_it_cannot_quantize_exactly(tmp_path: Path) -> None:
+    repo = Repository(
+        tmp_path,
+        init=True,
+        chunk_size=4096,
+        delta_config=DeltaConfig(delta_type=DeltaType.INT8_QUANTIZED),
+    )
+    base, tuned = training_run(2)
+    repo.commit("base", weights={"w": base})
+    tuned = tuned.copy()
+    tuned[5] = np.nan  # in the first 4 KiB chunk only
+    commit = repo.commit("with a NaN", weights={"w": tuned})
+    restored = repo.get_weight("w").data
+    assert exact(restored[:1024], tuned[:1024])  # that chunk kept bit for bit
+    assert not exact(restored, tuned)  # the others quantized
+    assert commit.lossy is not None
+    assert repo.verify().ok
 
 
 def test_a_new_branch_deltas_against_where_it_starts(tmp_path: Path) -> None:

@@ -27,6 +27,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "delta": {
         "type": DeltaConfig().delta_type.value,
         "max_chain_length": DeltaConfig().max_chain_length,
+        "similarity_threshold": DeltaConfig().similarity_threshold,
+        "sparse_threshold": DeltaConfig().sparse_threshold,
     },
 }
 
@@ -40,6 +42,8 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "user.email": (str, type(None)),
     "delta.type": str,
     "delta.max_chain_length": int,
+    "delta.similarity_threshold": (float, int),
+    "delta.sparse_threshold": (float, int),
 }
 
 
@@ -121,31 +125,25 @@ class RepoConfig:
         """The delta settings this repository writes with.
 
         Raises:
-            ConfigError: for an unknown or lossy strategy, or a bad chain length.
+            ConfigError: for an unknown strategy or an out-of-range setting.
         """
         try:
-            config = DeltaConfig(
+            return DeltaConfig(
                 delta_type=DeltaType(self.get("delta.type")),
                 compression_level=self.get("core.compression_level"),
                 max_chain_length=self.get("delta.max_chain_length"),
+                similarity_threshold=float(self.get("delta.similarity_threshold")),
+                sparse_threshold=float(self.get("delta.sparse_threshold")),
             )
         except ValueError as exc:
             raise ConfigError(f"bad delta settings in {self.path}: {exc}") from None
-        if not config.delta_type.is_lossless:
-            raise ConfigError(
-                f"delta.type {config.delta_type.value} is lossy; a repository stores only "
-                f"lossless deltas ({', '.join(t.value for t in DeltaType if t.is_lossless)})"
-            )
-        return config
 
     def set_delta_config(self, config: DeltaConfig) -> None:
-        """Save delta settings (lossless strategies only)."""
-        if not config.delta_type.is_lossless:
-            raise ConfigError(
-                f"{config.delta_type.name} is lossy; a repository stores only lossless deltas"
-            )
+        """Save delta settings (a lossy ``delta.type`` is an explicit opt-in)."""
         self._values["delta"]["type"] = config.delta_type.value
         self._values["delta"]["max_chain_length"] = config.max_chain_length
+        self._values["delta"]["similarity_threshold"] = config.similarity_threshold
+        self._values["delta"]["sparse_threshold"] = config.sparse_threshold
         self._values["core"]["compression_level"] = config.compression_level
         self.save()
 

@@ -238,10 +238,21 @@ def supports(kind: DeltaType, dtype: str) -> bool:
 
 
 def encode_arrays(
-    kind: DeltaType, current: np.ndarray, reference: np.ndarray, config: DeltaConfig
+    kind: DeltaType,
+    current: np.ndarray,
+    reference: np.ndarray,
+    config: DeltaConfig,
+    rows: tuple[int, int] | None = None,
 ) -> tuple[bytes, dict[str, Any]]:
     """Encode ``current`` against ``reference`` (same shape and dtype) with ``kind``;
-    returns the payload and the metadata needed to decode it."""
+    returns the payload and the metadata needed to decode it.
+
+    ``rows`` = ``(row_length, offset)`` tells ``PER_AXIS_SCALED`` where the
+    tensor's rows fall when the arrays are one flat chunk of it, starting
+    ``offset`` elements in; otherwise rows follow the first axis.
+    """
+    if kind == DeltaType.PER_AXIS_SCALED and rows is not None:
+        return _encode_per_axis(current, reference, config, *rows)
     return _ENCODERS[kind](current, reference, config)
 
 
@@ -506,31 +517,54 @@ def _decode_sparse(delta: Delta, reference: np.ndarray) -> np.ndarray:
     return rebuilt.reshape(reference.shape)
 
 
-def _encode_per_axis(current: np.ndarray, reference: np.ndarray, config: DeltaConfig) -> Encoded:
-    rows = current.shape[0] if current.ndim > 1 and current.size else 1
-    change = _change(current, reference).reshape(rows, -1)
-    if change.size:
-        scales = np.abs(change).mean(axis=1).astype(np.float16)
-    else:
-        scales = np.zeros(rows, np.float16)
-    signs = np.packbits(change.reshape(-1) >= 0)
+def _row_starts(size: int, row_length: int, offset: int) -> np.ndarray:
+    """Where each row, or part of a row, begins in ``size`` elements that start
+    ``offset`` elements into rows of ``row_length`` (a chunk of a tensor)."""
+    if size == 0:
+        return np.zeros(0, dtype=np.int64)
+    first = (-offset) % row_length
+    starts = np.arange(first, size, row_length, dtype=np.int64)
+    return np.concatenate([[0], starts]) if first else starts
+
+
+def _encode_per_axis(
+    current: np.ndarray,
+    reference: np.ndarray,
+    config: DeltaConfig,
+    row_length: int | None = None,
+    offset: int = 0,
+) -> Encoded:
+    size = current.size
+    if row_length is None:  # a whole tensor: one scale per row (the first axis)
+        row_length = size // current.shape[0] if current.ndim > 1 and size else max(size, 1)
+    change = _change(current, reference)
+    starts = _row_starts(size, row_length, offset)
+    counts = np.diff(np.append(starts, size))
+    scales = (np.add.reduceat(np.abs(change), starts) / counts if size else counts).astype(
+        np.float16
+    )
+    signs = np.packbits(change >= 0)
     level = config.compression_level
     data = _compress(scales.data, level) + _compress(signs.data, level)
-    meta: dict[str, Any] = {"rows": rows}
+    meta: dict[str, Any] = {"row_length": row_length, "offset": offset}
     delta = Delta(DeltaType.PER_AXIS_SCALED, data, "", current.shape, "", meta)
     meta["max_abs_error"] = _max_error(_decode_per_axis(delta, reference), current)
     return data, meta
 
 
 def _decode_per_axis(delta: Delta, reference: np.ndarray) -> np.ndarray:
-    rows = int(delta.metadata["rows"])
+    row_length, offset = int(delta.metadata["row_length"]), int(delta.metadata["offset"])
+    if row_length < 1 or offset < 0:
+        raise ValueError(f"bad row layout {row_length}, {offset}")
+    size = reference.size
+    starts = _row_starts(size, row_length, offset)
     view = memoryview(delta.data)
-    scales_raw, offset = _decompress(view, 0, rows * 2)
-    signs_raw, _ = _decompress(view, offset, (reference.size + 7) // 8)
+    scales_raw, position = _decompress(view, 0, starts.size * 2)
+    signs_raw, _ = _decompress(view, position, (size + 7) // 8)
     scales = np.frombuffer(scales_raw, np.float16).astype(np.float64)
-    signs = np.unpackbits(np.frombuffer(signs_raw, np.uint8), count=reference.size)
-    step = np.where(signs.reshape(rows, -1) == 1, 1.0, -1.0) * scales[:, None]
-    rebuilt = reference.reshape(rows, -1).astype(np.float64) + step
+    signs = np.unpackbits(np.frombuffer(signs_raw, np.uint8), count=size)
+    steps = np.repeat(scales, np.diff(np.append(starts, size)))
+    rebuilt = reference.reshape(-1).astype(np.float64) + np.where(signs == 1, steps, -steps)
     return rebuilt.astype(reference.dtype).reshape(reference.shape)
 
 

@@ -9,6 +9,10 @@ from typing import Any
 
 from coral_core.errors import InvalidMetricError
 
+#: Key under which a tree entry's ``compression_info`` and a commit's metadata
+#: record that a lossy codec stored the tensor (and how far off it may be).
+LOSSY_KEY = "coral.lossy"
+
 MetricValue = float | int | str | bool
 
 
@@ -110,6 +114,13 @@ class Commit:
     @property
     def short_hash(self) -> str:
         return self.commit_hash[:12]
+
+    @property
+    def lossy(self) -> dict[str, Any] | None:
+        """Set when a lossy codec stored tensors of this commit: ``type``,
+        ``max_abs_error`` (the largest error of any element) and ``tensors``."""
+        summary = self.metadata.metadata.get(LOSSY_KEY)
+        return summary if isinstance(summary, dict) else None
 
     def to_document(self) -> dict[str, Any]:
         meta = self.metadata

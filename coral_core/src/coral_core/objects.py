@@ -32,7 +32,12 @@ import zstandard
 from coral_core.compression import decompress_exact
 from coral_core.delta import DeltaConfig, DeltaType, apply_delta, encode_arrays, supports
 from coral_core.dtypes import numpy_dtype
-from coral_core.errors import CoralError, CorruptObjectError, MissingObjectError
+from coral_core.errors import (
+    CoralError,
+    CorruptObjectError,
+    MissingObjectError,
+    TensorMismatchError,
+)
 from coral_core.fingerprints import worth_fingerprint
 from coral_core.hashing import chunk_id, document_id, is_object_id, tensor_hasher
 from coral_core.planes import decode_planes, decode_planes_into, encode_planes
@@ -116,6 +121,34 @@ class WriteResult:
     new_bytes: int  # bytes added to the store
     deduplicated: bool  # the whole tensor was already stored
     simhash: int | None = None  # set for a newly stored tensor worth a fingerprint
+    lossy: dict[str, Any] | None = None  # lossy codec used: ``type``, ``max_abs_error``
+
+
+@dataclass(frozen=True)
+class _ChunkTask:
+    """One chunk to store: its bytes, its delta base, and for a lossy write
+    where its rebuilt bytes go and where it sits in the tensor's rows."""
+
+    piece: memoryview
+    dtype: str
+    base: str | None
+    rebuilt: np.ndarray | None = None
+    rows: tuple[int, int] = (1, 0)  # (row length, first element), for PER_AXIS_SCALED
+
+
+@dataclass(frozen=True)
+class _StoredChunk:
+    chunk_id: str
+    new_bytes: int
+    lossy_error: float | None = None  # set when stored as a lossy delta
+
+
+@dataclass(frozen=True)
+class _TensorPlan:
+    tensor: WeightTensor
+    tensor_id: str
+    chunks: range | None  # None: already stored
+    rebuilt: np.ndarray | None = None  # uint8 buffer of the lossy rebuild
 
 
 def object_key(object_id: str) -> str:
@@ -263,11 +296,6 @@ class ObjectDatabase:
         self.chunk_size = chunk_size
         self.compression_level = compression_level
         self.delta_config = delta_config or DeltaConfig(compression_level=compression_level)
-        if not self.delta_config.delta_type.is_lossless:
-            raise ValueError(
-                f"{self.delta_config.delta_type.name} is lossy; the object store keeps only "
-                "lossless deltas"
-            )
         self.threads = threads or min(2, os.cpu_count() or 1)
         self._pool: ThreadPoolExecutor | None = None
 
@@ -381,61 +409,128 @@ class ObjectDatabase:
         tensor of the parent commit), its byte planes, and its raw bytes.
         Tensors and chunks already stored are skipped. A stored descriptor
         always has its chunks.
+
+        With a lossy ``delta_config``, a float tensor that has a reference is
+        stored as lossy deltas instead: what is stored (and gets the content
+        id) is the tensor as the deltas rebuild it, and its result says how
+        far that is from the input (``lossy``).
         """
-        plans: list[tuple[WeightTensor, str, range | None]] = []
-        tasks: list[tuple[memoryview, str, str | None]] = []
+        plans: list[_TensorPlan] = []
+        tasks: list[_ChunkTask] = []
+        kind = self.delta_config.delta_type
+        lossy_kind = None if kind.is_lossless else kind
         for tensor, reference in items:
             tensor_id = tensor.compute_hash()
             if self.has(tensor_id):
-                plans.append((tensor, tensor_id, None))
+                plans.append(_TensorPlan(tensor, tensor_id, None))
                 continue
             raw = tensor.raw_bytes()
             dtype = tensor.metadata.dtype_name
             offsets = range(0, len(raw), self.chunk_size)
             bases = self.aligned_chunks(reference, dtype, len(raw), len(offsets))
+            rebuilt = None
+            if lossy_kind is not None and bases and supports(lossy_kind, dtype):
+                rebuilt = np.empty(len(raw), dtype=np.uint8)
+            shape = tensor.shape
+            row_length = tensor.size // shape[0] if len(shape) > 1 and tensor.size else 1
             first = len(tasks)
             for index, offset in enumerate(offsets):
                 piece = raw[offset : offset + self.chunk_size]
-                tasks.append((piece, dtype, bases[index] if bases else None))
-            plans.append((tensor, tensor_id, range(first, len(tasks))))
+                out = None if rebuilt is None else rebuilt[offset : offset + len(piece)]
+                rows = (row_length, offset // tensor.metadata.dtype.itemsize)
+                tasks.append(_ChunkTask(piece, dtype, bases[index] if bases else None, out, rows))
+            plans.append(_TensorPlan(tensor, tensor_id, range(first, len(tasks)), rebuilt))
         # Two batches: every chunk is durable before a descriptor naming it is visible.
         with self.store.write_batch() as batch:
             stored = self._map(partial(self._store_chunk, batch), tasks)
         results = []
         with self.store.write_batch() as batch:
-            for tensor, tensor_id, span in plans:
-                if span is None:
-                    results.append(WriteResult(tensor_id, 0, deduplicated=True))
+            for plan in plans:
+                if plan.chunks is None:
+                    results.append(WriteResult(plan.tensor_id, 0, deduplicated=True))
                     continue
-                descriptor: dict[str, Any] = {
-                    "dtype": tensor.metadata.dtype_name,
-                    "shape": list(tensor.shape),
-                    "nbytes": tensor.nbytes,
-                    "chunk_size": self.chunk_size,
-                    "chunks": [stored[i][0] for i in span],
-                }
-                fingerprint = None
-                if worth_fingerprint(tensor.metadata.dtype_name, tensor.size):
-                    fingerprint = simhash(tensor)
-                    descriptor["simhash"] = f"{fingerprint:016x}"
-                written = sum(stored[i][1] for i in span)
-                written += self._put(
-                    tensor_id, ObjectKind.TENSOR, canonical_json(descriptor), batch
+                results.append(
+                    self._store_descriptor(batch, plan, [stored[i] for i in plan.chunks])
                 )
-                results.append(WriteResult(tensor_id, written, False, fingerprint))
         return results
 
-    def _store_chunk(
-        self, batch: WriteBatch, task: tuple[memoryview, str, str | None]
-    ) -> tuple[str, int]:
-        """Encode and store one chunk unless present; return its id and bytes written."""
-        piece, dtype, base = task
-        piece_id = chunk_id(piece)
+    def _store_descriptor(
+        self, batch: WriteBatch, plan: _TensorPlan, chunks: list[_StoredChunk]
+    ) -> WriteResult:
+        tensor, tensor_id = plan.tensor, plan.tensor_id
+        dtype = tensor.metadata.dtype_name
+        lossy = None
+        if plan.rebuilt is not None and any(c.lossy_error is not None for c in chunks):
+            tensor = WeightTensor(plan.rebuilt.view(tensor.metadata.dtype).reshape(tensor.shape))
+            tensor_id = tensor.compute_hash()  # what is stored is the rebuild
+            error = max(c.lossy_error or 0.0 for c in chunks)
+            lossy = {"type": self.delta_config.delta_type.value, "max_abs_error": error}
+        descriptor: dict[str, Any] = {
+            "dtype": dtype,
+            "shape": list(tensor.shape),
+            "nbytes": tensor.nbytes,
+            "chunk_size": self.chunk_size,
+            "chunks": [c.chunk_id for c in chunks],
+        }
+        fingerprint = None
+        if worth_fingerprint(dtype, tensor.size):
+            fingerprint = simhash(tensor)
+            descriptor["simhash"] = f"{fingerprint:016x}"
+        written = sum(c.new_bytes for c in chunks)
+        written += self._put(tensor_id, ObjectKind.TENSOR, canonical_json(descriptor), batch)
+        return WriteResult(tensor_id, written, False, fingerprint, lossy)
+
+    def _store_chunk(self, batch: WriteBatch, task: _ChunkTask) -> _StoredChunk:
+        """Encode and store one chunk unless present."""
+        if task.rebuilt is not None:
+            stored = self._store_lossy_chunk(batch, task)
+            if stored is not None:
+                return stored
+            task.rebuilt[:] = np.frombuffer(task.piece, np.uint8)  # kept exactly
+        piece_id = chunk_id(task.piece)
         key = object_key(piece_id)
         if self.store.has(key):
-            return piece_id, 0
-        blob = self.encode_chunk(piece, dtype, base if base != piece_id else None)
-        return piece_id, len(blob) if batch.put_if_absent(key, blob) else 0
+            return _StoredChunk(piece_id, 0)
+        base = task.base if task.base != piece_id else None
+        blob = self.encode_chunk(task.piece, task.dtype, base)
+        return _StoredChunk(piece_id, len(blob) if batch.put_if_absent(key, blob) else 0)
+
+    def _store_lossy_chunk(self, batch: WriteBatch, task: _ChunkTask) -> _StoredChunk | None:
+        """Store a chunk as a lossy delta against its base, rebuilding it into
+        ``task.rebuilt``; None when it has to be kept exactly (no readable base,
+        unchanged, or values the lossy codec cannot take such as NaN)."""
+        assert task.rebuilt is not None
+        assert task.base is not None
+        base = self._delta_base(task.base, len(task.piece))
+        if base is None or base.raw.data == task.piece:
+            return None
+        np_dtype = numpy_dtype(task.dtype)
+        kind = self.delta_config.delta_type
+        reference = base.raw.view(np_dtype)
+        try:
+            data, meta = encode_arrays(
+                kind, np.frombuffer(task.piece, np_dtype), reference, self.delta_config, task.rows
+            )
+        except TensorMismatchError:
+            return None
+        target = task.rebuilt.view(np_dtype)
+        target[:] = reference
+        apply_delta(kind, data, meta, target)
+        piece_id = chunk_id(task.rebuilt.data)
+        key = object_key(piece_id)
+        if self.store.has(key):
+            return _StoredChunk(piece_id, 0, meta["max_abs_error"])
+        params = {
+            "base": base.chunk_id,
+            "root": base.root,
+            "depth": base.depth + 1,
+            "type": kind.value,
+            "dtype": task.dtype,
+            "meta": meta,
+        }
+        blob = pack_object(ObjectKind.CHUNK, Codec.DELTA, data, len(task.piece), params)
+        written = len(blob) if batch.put_if_absent(key, blob) else 0
+        return _StoredChunk(piece_id, written, meta["max_abs_error"])
 
     def aligned_chunks(
         self, reference: str | None, dtype: str, nbytes: int, count: int
@@ -454,13 +549,15 @@ class ObjectDatabase:
         return list(descriptor.chunks)
 
     def encode_chunk(self, piece: memoryview, dtype: str, base_id: str | None) -> bytes:
-        """The smallest of: a delta against ``base_id``, byte planes, raw bytes."""
+        """The smallest of: a lossless delta against ``base_id``, byte planes, raw bytes."""
         np_dtype = numpy_dtype(dtype)
         candidates: list[tuple[int, Codec, bytes | memoryview, dict[str, Any] | None]] = []
         base = self._delta_base(base_id, len(piece)) if base_id else None
         if base is not None:
             kind = self.delta_config.delta_type
-            if not supports(kind, dtype):
+            if not kind.is_lossless:  # what a lossy write keeps exactly stays exact
+                kind = DeltaType.COMPRESSED
+            elif not supports(kind, dtype):
                 kind = DeltaType.XOR_FLOAT32
             data, meta = encode_arrays(
                 kind,

@@ -55,6 +55,7 @@ from coral_core.maintenance import (
     verify_repository,
 )
 from coral_core.model import (
+    LOSSY_KEY,
     Branch,
     Commit,
     CommitMetadata,
@@ -344,6 +345,9 @@ class Repository:
         entries = {}
         for (name, weight), result in zip(tensors.items(), results, strict=True):
             meta = weight.metadata
+            info = meta.compression_info
+            if result.lossy is not None:
+                info = {**(info or {}), LOSSY_KEY: result.lossy}
             entries[name] = TreeEntry(
                 tensor=result.tensor_id,
                 dtype=meta.dtype_name,
@@ -351,7 +355,7 @@ class Repository:
                 nbytes=weight.nbytes,
                 layer_type=meta.layer_type,
                 model_name=meta.model_name,
-                compression_info=meta.compression_info,
+                compression_info=info,
             )
         return entries
 
@@ -475,6 +479,10 @@ class Repository:
                     )
                 parent_tree = self.read_tree(self.read_commit(parent).tree_hash) if parent else {}
                 tree = staged.apply(parent_tree)
+                details = dict(metadata or {})
+                lossy = _lossy_summary(staged.entries)
+                if lossy:
+                    details[LOSSY_KEY] = lossy
                 tree_hash = self.objects.write_document(
                     ObjectKind.TREE, {"entries": {n: e.to_dict() for n, e in tree.items()}}
                 )
@@ -488,7 +496,7 @@ class Repository:
                         timestamp=time.time(),
                         metrics=clean,
                         tags=tuple(tags),
-                        metadata=dict(metadata or {}),
+                        metadata=details,
                         environment=_environment(),
                     ),
                 )
@@ -791,6 +799,23 @@ class Repository:
     def verify(self) -> VerifyReport:
         """Check every object against its id (fsck); the report names what is affected."""
         return verify_repository(self)
+
+
+def _lossy_summary(entries: Mapping[str, TreeEntry]) -> dict[str, Any] | None:
+    """What a commit records when a lossy codec stored some of its new tensors:
+    the codec, the largest error of any element, and which tensors."""
+    lossy = {
+        name: entry.compression_info[LOSSY_KEY]
+        for name, entry in entries.items()
+        if entry.compression_info and LOSSY_KEY in entry.compression_info
+    }
+    if not lossy:
+        return None
+    return {
+        "type": sorted({info["type"] for info in lossy.values()}),
+        "max_abs_error": max(float(info["max_abs_error"]) for info in lossy.values()),
+        "tensors": sorted(lossy),
+    }
 
 
 def _environment() -> dict[str, str]:
