@@ -15,8 +15,10 @@ Scenarios (PyTorch on the CPU, seeded):
 
 For each: naive bytes (the ``.safetensors`` files), stored bytes (``.coral``),
 ratio, commit and checkout speed (newest, oldest, worst), peak traced memory,
-a bitwise check of every version, and the same files compressed by plain zstd
-and by ZipNN when it is installed. Then the chain-length trade-off on run 1.
+a bitwise check of every version, and the same files compressed by plain zstd,
+by ZipNN when it is installed, and committed by the original ``coral-ml`` 1.0.0
+from PyPI (in its own venv, ``benchmarks/.venv-coral-ml``, made on first use;
+float32 runs only, it has no bfloat16). Then the chain-length trade-off on run 1.
 
     python benchmarks/storage.py [--quick] [--json PATH]
 
@@ -32,6 +34,8 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import tracemalloc
@@ -237,6 +241,50 @@ def zipnn_ratio(checkpoints: list[Checkpoint], naive: int) -> float | None:
     return naive / total
 
 
+LEGACY_VENV = Path(__file__).parent / ".venv-coral-ml"
+LEGACY_DRIVER = Path(__file__).parent / "coral_ml_legacy.py"
+
+
+def legacy_python() -> Path | str:
+    """The venv python with coral-ml 1.0.0, made on first use; a reason when it cannot be."""
+    python = LEGACY_VENV / "bin" / "python"
+    if python.exists():
+        return python
+    print("installing coral-ml 1.0.0 into its own venv...", flush=True)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(LEGACY_VENV)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "coral-ml==1.0.0"],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        shutil.rmtree(LEGACY_VENV, ignore_errors=True)
+        return f"coral-ml 1.0.0 does not install here: {exc}"
+    return python
+
+
+def measure_legacy(checkpoints: list[Checkpoint], work: Path) -> dict[str, Any]:
+    """The same checkpoints committed by coral-ml 1.0.0; ``skipped`` says why when not run."""
+    if any(a.dtype == ml_dtypes.bfloat16 for c in checkpoints for a in c.values()):
+        return {"skipped": "coral-ml 1.0.0 has no bfloat16"}
+    python = legacy_python()
+    if isinstance(python, str):
+        return {"skipped": python}
+    folder = work / "legacy"
+    folder.mkdir()
+    for i, checkpoint in enumerate(checkpoints):
+        np.savez(folder / f"ckpt-{i:03d}.npz", **checkpoint)
+    done = subprocess.run(
+        [str(python), str(LEGACY_DRIVER), str(folder)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"skipped": f"coral-ml 1.0.0 failed: {last}"}
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
 def measure_coral(
     checkpoints: list[Checkpoint], work: Path, config: DeltaConfig, names: list[str] | None = None
 ) -> dict[str, Any]:
@@ -323,7 +371,11 @@ def main() -> None:
             scenario.mkdir()
             files = measure_files(checkpoints, scenario)
             coral = measure_coral(checkpoints, scenario, default, names)
+            legacy = measure_legacy(checkpoints, scenario)
+            if "stored_bytes" in legacy:
+                legacy["ratio"] = files["naive_bytes"] / legacy["stored_bytes"]
             results[name] = {
+                "coral_ml_1": legacy,
                 "checkpoints": len(checkpoints),
                 "model_bytes": model_bytes(checkpoints[0]),
                 **files,
@@ -393,6 +445,26 @@ def report(results: dict[str, Any]) -> None:
             checkout, commit = r["checkout_peak_bytes"] / mb, r["commit_peak_bytes"] / mb
             size = r["model_bytes"] / mb
             print(f"  {name}: {checkout:.1f} MB / {commit:.1f} MB (model {size:.1f} MB)")
+    print("\nthe original coral-ml 1.0.0 (PyPI) on the same checkpoints")
+    print(
+        "| run | ratio, Coral / 1.0.0 | commit s, Coral / 1.0.0 | newest checkout s, "
+        "Coral / 1.0.0 | versions bit-exact, Coral / 1.0.0 |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, r in results.items():
+        if not isinstance(r, dict) or "coral_ml_1" not in r:
+            continue
+        old = r["coral_ml_1"]
+        if "skipped" in old:
+            print(f"| {name} | skipped: {old['skipped']} | | | |")
+            continue
+        exact_count = r["checkpoints"] if r["bitwise_exact"] else "not all"
+        print(
+            f"| {name} | {r['ratio']:.2f}x / {old['ratio']:.2f}x | "
+            f"{r['commit_s']:.3f} / {old['commit_s']:.3f} | "
+            f"{r['checkout_newest_s']:.3f} / {old['checkout_newest_s']:.3f} | "
+            f"{exact_count} / {old['versions_exact']} of {old['versions']} |"
+        )
     print("\nchain length trade-off (finetune run)")
     print("| max_chain_length | ratio | worst checkout (s) | commit (s) |")
     print("| ---: | ---: | ---: | ---: |")
