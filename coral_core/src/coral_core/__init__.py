@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from coral_core.checkpoint import Checkpoint, CheckpointConfig, CheckpointManager
 from coral_core.config import FORMAT_VERSION, RepoConfig
 from coral_core.delta import Delta, DeltaConfig, DeltaEncoder, DeltaType
 from coral_core.diff import ChangeStats, CommitDiff, TensorDiff
@@ -18,6 +19,7 @@ from coral_core.errors import (
     InvalidRefNameError,
     LockTimeoutError,
     MissingObjectError,
+    ModelFileError,
     NothingToCommitError,
     ReadOnlyStoreError,
     RefExistsError,
@@ -25,6 +27,7 @@ from coral_core.errors import (
     RepositoryNotFoundError,
     TensorMismatchError,
     TensorNotFoundError,
+    UnsafeModelFileError,
     UnsupportedDtypeError,
     UnsupportedFormatError,
 )
@@ -35,6 +38,7 @@ from coral_core.repository import Repository
 from coral_core.similarity import Deduplicator, LSHIndex, simhash
 from coral_core.store import LocalStore, MemoryStore, WeightStore
 from coral_core.tensor import WeightMetadata, WeightTensor
+from coral_core.training_state import TrainingState
 
 __all__ = [
     "FORMAT_VERSION",
@@ -43,6 +47,9 @@ __all__ = [
     "Branch",
     "BranchInUseError",
     "ChangeStats",
+    "Checkpoint",
+    "CheckpointConfig",
+    "CheckpointManager",
     "Commit",
     "CommitDiff",
     "CommitMetadata",
@@ -64,6 +71,7 @@ __all__ = [
     "LockTimeoutError",
     "MemoryStore",
     "MissingObjectError",
+    "ModelFileError",
     "NothingToCommitError",
     "Problem",
     "ReadOnlyStoreError",
@@ -77,7 +85,9 @@ __all__ = [
     "TensorDiff",
     "TensorMismatchError",
     "TensorNotFoundError",
+    "TrainingState",
     "TreeEntry",
+    "UnsafeModelFileError",
     "UnsupportedDtypeError",
     "UnsupportedFormatError",
     "VerifyReport",

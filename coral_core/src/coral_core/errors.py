@@ -90,3 +90,11 @@ class InvalidMetricError(CoralError, ValueError):
 
 class ConfigError(CoralError, ValueError):
     """An unknown configuration key or a value of the wrong type."""
+
+
+class ModelFileError(CoralError, ValueError):
+    """A file that should hold a model's tensors is truncated, damaged or not a model."""
+
+
+class UnsafeModelFileError(ModelFileError):
+    """A model file that can only be read by running code from it (a full pickle)."""

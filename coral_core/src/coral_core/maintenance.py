@@ -16,6 +16,7 @@ from coral_core.refs import HEADS, TAGS
 from coral_core.store.local import LocalStore
 
 if TYPE_CHECKING:
+    from coral_core.model import Commit, TreeEntry
     from coral_core.repository import Repository
 
 T = TypeVar("T")
@@ -196,16 +197,17 @@ def verify_repository(repo: Repository) -> VerifyReport:
             continue
         report.commits_checked += 1
         stack.extend(commit.parent_hashes)
-        tree = attempt(commit.tree_hash, user, partial(repo.read_tree, commit.tree_hash), commit_id)
-        for name, entry in (tree or {}).items():
-            if entry.tensor not in tensors_seen:
-                tensors_seen[entry.tensor] = repo.objects.check_tensor(entry.tensor)
-                checked.add(entry.tensor)
-                with contextlib.suppress(CoralError):
-                    checked.update(repo.objects.tensor_descriptor(entry.tensor).chunks)
-            for object_id, message in tensors_seen[entry.tensor].items():
-                problems[object_id] = message
-                use(object_id, f"{user}: tensor {name}", commit_id)
+        for label, tree_hash in commit_trees(commit).items():
+            tree = attempt(tree_hash, user, partial(repo.read_tree, tree_hash), commit_id)
+            for name, entry in (tree or {}).items():
+                if entry.tensor not in tensors_seen:
+                    tensors_seen[entry.tensor] = repo.objects.check_tensor(entry.tensor)
+                    checked.add(entry.tensor)
+                    with contextlib.suppress(CoralError):
+                        checked.update(repo.objects.tensor_descriptor(entry.tensor).chunks)
+                for object_id, message in tensors_seen[entry.tensor].items():
+                    problems[object_id] = message
+                    use(object_id, f"{user}: {label} {name}", commit_id)
     report.tensors_checked = len(tensors_seen)
     for object_id in repo.objects.iter_ids():  # unreferenced objects must be sound too
         if object_id not in checked:
@@ -249,35 +251,69 @@ def repack(repo: Repository) -> RepackResult:
         commits = list(repo.iter_commits(repo.ref_commits()))[::-1]  # oldest first
         done: set[str] = set()
         fingerprints: dict[str, Fingerprint] = {}
-        rewritten = before = after = 0
+        totals = RepackTotals()
         for commit in commits:
-            tree = repo.read_tree(commit.tree_hash)
             parent = commit.parent_hashes[0] if commit.parent_hashes else None
-            parent_tree = repo.read_tree(repo.read_commit(parent).tree_hash) if parent else {}
-            for name, entry in tree.items():
-                descriptor = objects.tensor_descriptor(entry.tensor)
-                if descriptor.simhash is not None:
-                    fingerprints[entry.tensor] = Fingerprint(
-                        entry.tensor, descriptor.dtype, descriptor.shape, descriptor.simhash
-                    )
-                previous = parent_tree.get(name)
-                bases: list[str] | None = None
-                if previous is not None and previous.tensor != entry.tensor:
-                    bases = objects.aligned_chunks(
-                        previous.tensor, descriptor.dtype, descriptor.nbytes, len(descriptor.chunks)
-                    )
-                for index, chunk in enumerate(descriptor.chunks):
-                    if chunk in done:
-                        continue
-                    base = bases[index] if bases and bases[index] in done else None
-                    raw = objects.read_chunk(chunk)
-                    blob = objects.encode_chunk(
-                        memoryview(raw), descriptor.dtype, base if base != chunk else None
-                    )
-                    before += objects.stored_size(chunk)
-                    objects.store.put(object_key(chunk), blob)
-                    after += len(blob)
-                    rewritten += 1
-                    done.add(chunk)
+            parent_trees = commit_trees(repo.read_commit(parent)) if parent else {}
+            for label, tree_hash in commit_trees(commit).items():
+                parent_tree = repo.read_tree(parent_trees[label]) if label in parent_trees else {}
+                for name, entry in repo.read_tree(tree_hash).items():
+                    descriptor = objects.tensor_descriptor(entry.tensor)
+                    if descriptor.simhash is not None:
+                        fingerprints[entry.tensor] = Fingerprint(
+                            entry.tensor, descriptor.dtype, descriptor.shape, descriptor.simhash
+                        )
+                    _repack_tensor(repo, entry.tensor, parent_tree.get(name), done, totals)
         repo.fingerprints.rewrite(list(fingerprints.values()))
-    return RepackResult(rewritten, before, after, objects.delta_config.max_chain_length)
+    return RepackResult(
+        totals.rewritten, totals.before, totals.after, objects.delta_config.max_chain_length
+    )
+
+
+@dataclass
+class RepackTotals:
+    """Running counts of a repack."""
+
+    rewritten: int = 0
+    before: int = 0
+    after: int = 0
+
+
+def _repack_tensor(
+    repo: Repository,
+    tensor_id: str,
+    previous: TreeEntry | None,
+    done: set[str],
+    totals: RepackTotals,
+) -> None:
+    """Re-encode a tensor's chunks not rewritten yet, against ``previous``'s aligned chunks."""
+    objects = repo.objects
+    descriptor = objects.tensor_descriptor(tensor_id)
+    bases: list[str] | None = None
+    if previous is not None and previous.tensor != tensor_id:
+        bases = objects.aligned_chunks(
+            previous.tensor, descriptor.dtype, descriptor.nbytes, len(descriptor.chunks)
+        )
+    for index, chunk in enumerate(descriptor.chunks):
+        if chunk in done:
+            continue
+        base = bases[index] if bases and bases[index] in done else None
+        raw = objects.read_chunk(chunk)
+        blob = objects.encode_chunk(
+            memoryview(raw), descriptor.dtype, base if base != chunk else None
+        )
+        totals.before += objects.stored_size(chunk)
+        objects.store.put(object_key(chunk), blob)
+        totals.after += len(blob)
+        totals.rewritten += 1
+        done.add(chunk)
+
+
+def commit_trees(commit: Commit) -> dict[str, str]:
+    """The trees a commit names, by what their entries are: ``tensor`` (the
+    model) and ``training tensor`` (its training state's), when it has one."""
+    trees = {"tensor": commit.tree_hash}
+    training_tree = (commit.training or {}).get("tree")
+    if training_tree:
+        trees["training tensor"] = str(training_tree)
+    return trees

@@ -94,6 +94,9 @@ class Commit:
     tree_hash: str
     parent_hashes: tuple[str, ...]
     metadata: CommitMetadata
+    #: ``{"state": <JSON>, "tree": <tree id or None>}`` when the commit carries a
+    #: :class:`~coral_core.TrainingState` (read it with ``Repository.training_state``).
+    training: dict[str, Any] | None = None
 
     @property
     def message(self) -> str:
@@ -134,6 +137,7 @@ class Commit:
             "tags": list(meta.tags),
             "metadata": meta.metadata,
             "environment": meta.environment,
+            **({"training": self.training} if self.training is not None else {}),
         }
 
     @classmethod
@@ -151,6 +155,7 @@ class Commit:
                 metadata=dict(doc.get("metadata", {})),
                 environment=dict(doc.get("environment", {})),
             ),
+            training=dict(doc["training"]) if isinstance(doc.get("training"), dict) else None,
         )
 
 

@@ -761,7 +761,8 @@ class ObjectDatabase:
         if kind == ObjectKind.TREE:
             return [(e["tensor"], ObjectKind.TENSOR) for e in document["entries"].values()]
         if kind == ObjectKind.COMMIT:
+            trees = [document["tree"], (document.get("training") or {}).get("tree")]
             parents = [(p, ObjectKind.COMMIT) for p in document["parents"]]
-            return [(document["tree"], ObjectKind.TREE), *parents]
+            return [*((t, ObjectKind.TREE) for t in trees if t), *parents]
         target = document["object"]  # TAG
         return [(target, self.kind_of(target))]

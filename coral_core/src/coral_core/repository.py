@@ -18,7 +18,7 @@ import platform
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -35,6 +35,7 @@ from coral_core.errors import (
     BranchInUseError,
     CoralError,
     DirtyIndexError,
+    MissingObjectError,
     NothingToCommitError,
     RefExistsError,
     RefNotFoundError,
@@ -71,9 +72,12 @@ from coral_core.similarity import Deduplicator
 from coral_core.store.base import WeightStore
 from coral_core.store.local import LocalStore
 from coral_core.tensor import WeightMetadata, WeightTensor
+from coral_core.training_state import TrainingState
 
 CORAL_DIR = ".coral"
 DEFAULT_BRANCH = "main"
+#: What a commit or ``stage_weights`` takes per name: values, or an entry stored before.
+Weight = WeightTensor | np.ndarray | TreeEntry
 _ANCESTRY = re.compile(r"^(.*?)((?:[~^]\d*)*)$")
 
 
@@ -310,15 +314,25 @@ class Repository:
     # -- staging and committing ----------------------------------------------------
 
     def _write_weights(
-        self, weights: Mapping[str, WeightTensor | np.ndarray], previous: Mapping[str, TreeEntry]
+        self, weights: Mapping[str, Weight], previous: Mapping[str, TreeEntry]
     ) -> dict[str, TreeEntry]:
         """Store tensors, each delta-encoded against its namesake in ``previous``
-        or, lacking one, against a similar tensor stored anywhere (fingerprints)."""
+        or, lacking one, against a similar tensor stored anywhere (fingerprints).
+        :class:`TreeEntry` values name tensors stored before and pass through."""
         tensors: dict[str, WeightTensor] = {}
         references: list[str | None] = []
+        stored: dict[str, TreeEntry] = {}
         for name, weight in weights.items():
             if not isinstance(name, str) or not name:
                 raise TensorMismatchError(f"tensor names must be non-empty strings, got {name!r}")
+            if isinstance(weight, TreeEntry):
+                if not self.objects.has(weight.tensor):
+                    raise MissingObjectError(
+                        f"tensor {name!r}: object {weight.tensor[:12]} is not stored (was it "
+                        "collected by gc before this commit?); store it again"
+                    )
+                stored[name] = weight
+                continue
             if not isinstance(weight, WeightTensor):
                 weight = WeightTensor(np.asarray(weight), name=name)
             tensors[name] = weight
@@ -357,7 +371,24 @@ class Repository:
                 model_name=meta.model_name,
                 compression_info=info,
             )
-        return entries
+        return {**entries, **stored}
+
+    def store_weights(
+        self, weights: Mapping[str, Weight], like: str | None = None
+    ) -> dict[str, TreeEntry]:
+        """Store tensors without staging or committing them; return their entries.
+
+        For writers that build one commit together (each process of a sharded
+        job stores its tensors, one of them commits every entry with
+        ``commit(weights=entries)``). Tensors are delta-encoded against their
+        namesakes in ``like`` (a ref; default HEAD when it has commits).
+        Objects nothing references yet are fair game for ``gc``: commit soon.
+        """
+        previous: dict[str, TreeEntry] = {}
+        if like is not None or self.refs.head().commit is not None:
+            previous = self.ls_tree(like)
+        with self.writing_objects():
+            return self._write_weights(weights, previous)
 
     def _similar_stored_tensor(self, weight: WeightTensor) -> str | None:
         """A stored tensor of the same dtype and shape, in any branch, similar
@@ -378,9 +409,7 @@ class Repository:
             match = self._similar.find_similar(weight)
         return match[0] if match else None
 
-    def stage_weights(
-        self, weights: Mapping[str, WeightTensor | np.ndarray], replace: bool = False
-    ) -> dict[str, str]:
+    def stage_weights(self, weights: Mapping[str, Weight], replace: bool = False) -> dict[str, str]:
         """Store tensors and stage them for the next commit; return name -> content id.
 
         Args:
@@ -432,9 +461,10 @@ class Repository:
         metadata: Mapping[str, Any] | None = None,
         *,
         tags: Sequence[str] = (),
-        weights: Mapping[str, WeightTensor | np.ndarray] | None = None,
+        weights: Mapping[str, Weight] | None = None,
         branch: str | None = None,
         allow_empty: bool = False,
+        training_state: TrainingState | None = None,
     ) -> Commit:
         """Record a commit and move the branch to it.
 
@@ -448,10 +478,15 @@ class Repository:
             metrics: numbers (or strings) this version scored.
             metadata: any JSON-serializable details.
             tags: labels for :meth:`find_commits` (``["production-ready"]``).
-            weights: a full snapshot to commit instead of the index.
+            weights: a full snapshot to commit instead of the index (arrays,
+                :class:`WeightTensor` or entries from :meth:`store_weights`).
             branch: commit onto this branch instead of HEAD's (created from
                 HEAD if new); HEAD itself does not move.
             allow_empty: commit even when nothing is staged.
+            training_state: what the run needs to resume from this commit
+                (optimizer, scheduler, RNG state, ...), stored as JSON and
+                tensors delta-encoded against the parent's; read it back with
+                :meth:`training_state`.
 
         Raises:
             NothingToCommitError: when nothing is staged and ``allow_empty`` is False.
@@ -460,9 +495,11 @@ class Repository:
         if branch is not None:
             validate_ref_name(branch)
         with self.writing_objects():
-            snapshot = None
+            snapshot = stored_state = None
             if weights is not None:
                 snapshot = self._write_weights(weights, self._tree_of(branch))
+            if training_state is not None:
+                stored_state = self._write_training_state(training_state, branch)
             with self.refs.lock():
                 head = self.refs.head()
                 target = branch if branch is not None else head.branch
@@ -486,10 +523,15 @@ class Repository:
                 tree_hash = self.objects.write_document(
                     ObjectKind.TREE, {"entries": {n: e.to_dict() for n, e in tree.items()}}
                 )
+                training = None
+                if stored_state is not None:
+                    document, entries = stored_state
+                    training = {"state": document, "tree": self._write_tree(entries)}
                 commit = Commit(
                     commit_hash="",
                     tree_hash=tree_hash,
                     parent_hashes=(parent,) if parent else (),
+                    training=training,
                     metadata=CommitMetadata(
                         message=message,
                         author=self._author(author),
@@ -507,15 +549,52 @@ class Repository:
                     self.index.clear()
         return self.read_commit(commit_hash)
 
+    def _tip(self, branch: str | None) -> str | None:
+        """The commit at the tip of ``branch`` (HEAD when None or new)."""
+        tip = self.refs.read(HEADS + branch) if branch else None
+        return tip or self.refs.head().commit
+
     def _tree_of(self, branch: str | None, with_staged: bool = False) -> dict[str, TreeEntry]:
         """Tensors at the tip of ``branch`` (HEAD when None), plus what is staged;
         used to pick delta references, so a stale answer only costs compression."""
-        tip = self.refs.read(HEADS + branch) if branch else None
-        tip = tip or self.refs.head().commit  # a new branch starts at HEAD
+        tip = self._tip(branch)
         tree = self.read_tree(self.read_commit(tip).tree_hash) if tip else {}
         if with_staged:
             tree.update(self.index.read().entries)
         return tree
+
+    def _write_training_state(
+        self, state: TrainingState, branch: str | None
+    ) -> tuple[dict[str, Any], dict[str, TreeEntry]]:
+        """Store a state's tensors, delta-encoded against the tip's; its JSON and entries."""
+        document, tensors = state.to_storage()
+        entries = {}
+        if tensors:
+            tip = self._tip(branch)
+            previous = self._training_tree(self.read_commit(tip)) if tip else {}
+            entries = self._write_weights(tensors, previous)
+        return document, entries
+
+    def _write_tree(self, entries: Mapping[str, TreeEntry]) -> str | None:
+        """A tree object of ``entries`` (sorted by name); None for no entries."""
+        if not entries:
+            return None
+        document = {"entries": {n: e.to_dict() for n, e in sorted(entries.items())}}
+        return self.objects.write_document(ObjectKind.TREE, document)
+
+    def _training_tree(self, commit: Commit) -> dict[str, TreeEntry]:
+        tree = (commit.training or {}).get("tree")
+        return self.read_tree(tree) if tree else {}
+
+    def training_state(self, ref: str | None = None) -> TrainingState | None:
+        """The :class:`TrainingState` a commit (HEAD by default) carries, tensors
+        restored bit for bit; None when it carries none."""
+        commit = self.show(ref)
+        if commit.training is None:
+            return None
+        tree = self._training_tree(commit)
+        tensors = {w.name: w.data for w in self._load(tree, commit.commit_hash)} if tree else {}
+        return TrainingState.from_storage(commit.training.get("state") or {}, tensors)
 
     def _move(
         self, branch: str | None, old: str | None, new: str, author: str, message: str, head: Head
@@ -581,6 +660,77 @@ class Repository:
         if head.branch and head.commit is None:  # unborn current branch
             branches.append(Branch(head.branch, None, True))
         return sorted(branches, key=lambda b: b.name)
+
+    def drop_commits(self, branch: str, commits: Collection[str]) -> dict[str, str | None]:
+        """Rewrite ``branch``'s first-parent history without ``commits``.
+
+        Each later commit is written again with the same tree, metadata and
+        training state, its parent replaced; tags on rewritten commits move
+        with them and tags on dropped ones are deleted. Objects nothing else
+        references are left for ``gc`` to free. Other branches are not moved,
+        so history they share stays alive through them (as in git). The way
+        checkpoint retention forgets old checkpoints.
+
+        Returns:
+            ``{old id: new id}`` for every commit rewritten, ``None`` for dropped ones.
+
+        Raises:
+            RefNotFoundError: when the branch does not exist.
+            CoralError: when a commit is not in its first-parent history, or
+                every commit of the branch would go.
+        """
+        drop = set(commits)
+        with self.writing_objects(), self.refs.lock():
+            tip = self.refs.read(HEADS + validate_ref_name(branch))
+            if tip is None:
+                raise RefNotFoundError(f"no branch named {branch!r}")
+            chain: list[Commit] = []
+            current: str | None = tip
+            while drop - {c.commit_hash for c in chain}:
+                if current is None:
+                    missing = sorted(drop - {c.commit_hash for c in chain})
+                    raise CoralError(
+                        f"{', '.join(c[:12] for c in missing)} not in the first-parent "
+                        f"history of branch {branch!r}; nothing was changed"
+                    )
+                chain.append(self.read_commit(current))
+                current = chain[-1].parent_hashes[0] if chain[-1].parent_hashes else None
+            mapping: dict[str, str | None] = {}
+            for commit in reversed(chain):
+                parents = [mapping.get(p, p) for p in commit.parent_hashes]
+                if commit.commit_hash in drop:
+                    mapping[commit.commit_hash] = parents[0] if parents else None
+                    continue
+                kept = tuple(p for p in parents if p is not None)
+                rewritten = commit
+                if kept != commit.parent_hashes:
+                    document = replace(commit, parent_hashes=kept).to_document()
+                    rewritten_id = self.objects.write_document(ObjectKind.COMMIT, document)
+                    rewritten = replace(commit, commit_hash=rewritten_id)
+                mapping[commit.commit_hash] = rewritten.commit_hash
+            new_tip = mapping[tip]
+            if new_tip is None:
+                raise CoralError(f"dropping those commits would leave branch {branch!r} empty")
+            author = self._author(None)
+            message = f"rewrite: dropped {len(drop)} commit(s)"
+            self._move(branch, tip, new_tip, author, message, self.refs.head())
+            self._retarget_tags(mapping, drop)
+        return mapping
+
+    def _retarget_tags(self, mapping: Mapping[str, str | None], dropped: set[str]) -> None:
+        """Move tags on rewritten commits to their new ids; delete tags on dropped ones."""
+        for name, object_id in self.refs.list_refs(TAGS).items():
+            commit = self.peel(object_id)
+            if commit not in mapping or mapping[commit] == commit:
+                continue
+            if commit in dropped:
+                self.refs.delete(TAGS + name)
+                continue
+            target = str(mapping[commit])
+            if object_id != commit:  # annotated: a new tag object naming the new commit
+                document = self.objects.read_document(ObjectKind.TAG, object_id)
+                target = self.objects.write_document(ObjectKind.TAG, {**document, "object": target})
+            self.refs.write(TAGS + name, target)
 
     def checkout(self, ref: str, force: bool = False) -> Commit:
         """Point HEAD at a branch, or detach it at a tag or commit.
