@@ -82,7 +82,10 @@ def adam_like(seed: int) -> dict:
     rng = np.random.default_rng(seed)
     return {
         "state": {
-            0: {"step": np.array(seed, np.float32), "exp_avg": rng.standard_normal((64, 48), np.float32)},
+            0: {
+                "step": np.array(seed, np.float32),
+                "exp_avg": rng.standard_normal((64, 48), np.float32),
+            },
             1: {"step": np.array(seed, np.float32), "exp_avg": rng.standard_normal(64, np.float32)},
         },
         "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999), "params": [0, 1]}],

@@ -31,6 +31,13 @@ from coral_core.errors import (
     UnsupportedDtypeError,
     UnsupportedFormatError,
 )
+from coral_core.formats import (
+    SAFETENSORS,
+    ModelFormat,
+    UnknownModelFormatError,
+    available_formats,
+    format_for,
+)
 from coral_core.maintenance import GCResult, Problem, VerifyReport
 from coral_core.model import Branch, Commit, CommitMetadata, Tag, TreeEntry
 from coral_core.refs import ReflogEntry
@@ -42,6 +49,7 @@ from coral_core.training_state import TrainingState
 
 __all__ = [
     "FORMAT_VERSION",
+    "SAFETENSORS",
     "SUPPORTED_DTYPES",
     "AmbiguousRefError",
     "Branch",
@@ -72,6 +80,7 @@ __all__ = [
     "MemoryStore",
     "MissingObjectError",
     "ModelFileError",
+    "ModelFormat",
     "NothingToCommitError",
     "Problem",
     "ReadOnlyStoreError",
@@ -87,6 +96,7 @@ __all__ = [
     "TensorNotFoundError",
     "TrainingState",
     "TreeEntry",
+    "UnknownModelFormatError",
     "UnsafeModelFileError",
     "UnsupportedDtypeError",
     "UnsupportedFormatError",
@@ -94,8 +104,10 @@ __all__ = [
     "WeightMetadata",
     "WeightStore",
     "WeightTensor",
+    "available_formats",
     "bit_view",
     "dtype_name",
+    "format_for",
     "numpy_dtype",
     "simhash",
 ]

@@ -1,0 +1,196 @@
+"""Model files in and out of Coral: ``.safetensors`` here, other formats by plugin.
+
+A :class:`ModelFormat` reads a file into arrays by name and writes arrays to
+a file. ``.safetensors`` is built in (read through ``mmap``, nothing loaded
+until used; no dependency). Framework packages add theirs under the entry
+point group ``coral.formats`` (``.pt``/``.pth``/``.bin`` come from
+coral-torch), so ``coral-ml add model.pt`` works once that package is
+installed and names the package to install when it is not.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import numpy as np
+
+from coral_core.dtypes import dtype_name, numpy_dtype
+from coral_core.errors import CoralError, ModelFileError
+
+#: Entry point group of format plugins; each entry point is a :class:`ModelFormat`.
+FORMAT_GROUP = "coral.formats"
+#: Suffixes of formats that plugins provide, and the package that has each.
+PLUGIN_PACKAGES = {
+    ".pt": "coral-torch",
+    ".pth": "coral-torch",
+    ".bin": "coral-torch",
+    ".keras": "coral-tf",
+    ".h5": "coral-tf",
+}
+
+
+class UnknownModelFormatError(CoralError, ValueError):
+    """No installed format reads or writes files with this suffix."""
+
+
+@dataclass(frozen=True)
+class ModelFormat:
+    """A model file format: its name, suffixes, reader and writer."""
+
+    name: str
+    suffixes: tuple[str, ...]
+    read: Callable[[str | os.PathLike[str]], dict[str, np.ndarray]]
+    write: Callable[[str | os.PathLike[str], Mapping[str, np.ndarray]], None]
+
+
+def available_formats() -> dict[str, ModelFormat]:
+    """Every format installed, by suffix (plugins may not replace a built-in)."""
+    formats = {suffix: SAFETENSORS for suffix in SAFETENSORS.suffixes}
+    for entry in entry_points(group=FORMAT_GROUP):
+        plugin = entry.load()
+        if not isinstance(plugin, ModelFormat):
+            raise CoralError(f"entry point {entry.name!r} in {FORMAT_GROUP} is not a ModelFormat")
+        for suffix in plugin.suffixes:
+            formats.setdefault(suffix.lower(), plugin)
+    return formats
+
+
+def format_for(path: str | os.PathLike[str]) -> ModelFormat:
+    """The format of a file, by its suffix.
+
+    Raises:
+        UnknownModelFormatError: naming the package to install when a plugin
+            has that suffix, else the suffixes that are known.
+    """
+    suffix = Path(path).suffix.lower()
+    formats = available_formats()
+    if suffix in formats:
+        return formats[suffix]
+    if suffix in PLUGIN_PACKAGES:
+        raise UnknownModelFormatError(
+            f"{path}: {suffix} files are read by {PLUGIN_PACKAGES[suffix]}; "
+            f"pip install {PLUGIN_PACKAGES[suffix]}"
+        )
+    raise UnknownModelFormatError(
+        f"{path}: no installed format reads {suffix or 'files without a suffix'}; "
+        f"known: {', '.join(sorted(formats))}"
+    )
+
+
+# -- safetensors ---------------------------------------------------------------------
+
+_SAFETENSORS_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U64": "uint64",
+    "U32": "uint32",
+    "U16": "uint16",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
+_SAFETENSORS_NAMES = {name: code for code, name in _SAFETENSORS_DTYPES.items()}
+_MAX_HEADER = 100 * 1024 * 1024  # as the safetensors library
+
+
+def read_safetensors(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """The tensors of a ``.safetensors`` file as read-only memory-mapped arrays.
+
+    Raises:
+        ModelFileError: when the file is truncated, its header is damaged, or
+            a tensor's bytes do not fit its dtype and shape.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+
+    def damaged(why: str) -> ModelFileError:
+        return ModelFileError(f"{path} is not a readable .safetensors file: {why}")
+
+    with path.open("rb") as file:
+        prefix = file.read(8)
+        if len(prefix) < 8:
+            raise damaged("shorter than its 8-byte header length")
+        header_size = int.from_bytes(prefix, "little")
+        if header_size > min(_MAX_HEADER, size - 8):
+            raise damaged(f"header of {header_size} bytes does not fit a {size}-byte file")
+        try:
+            header = json.loads(file.read(header_size))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise damaged(f"header is not JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise damaged("header is not a JSON object")
+    data_start = 8 + header_size
+    arrays = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = numpy_dtype(_SAFETENSORS_DTYPES[info["dtype"]])
+            shape = tuple(int(d) for d in info["shape"])
+            begin, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise damaged(f"tensor {name!r} has a malformed entry {info!r}") from None
+        if any(d < 0 for d in shape) or not 0 <= begin <= end:
+            raise damaged(f"tensor {name!r} has negative sizes or offsets")
+        if end - begin != math.prod(shape) * dtype.itemsize or data_start + end > size:
+            raise damaged(f"tensor {name!r} needs bytes {begin}..{end} the file does not hold")
+        if end == begin:
+            arrays[name] = np.zeros(shape, dtype)
+            continue
+        raw = np.memmap(path, np.uint8, mode="r", offset=data_start + begin, shape=(end - begin,))
+        arrays[name] = raw.view(np.ndarray).view(dtype).reshape(shape)
+    return arrays
+
+
+def write_safetensors(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> None:
+    """Write arrays as a ``.safetensors`` file, atomically (a temporary file
+    beside it, flushed to disk, then renamed)."""
+    header: dict[str, object] = {}
+    parts: list[np.ndarray] = []
+    offset = 0
+    for name in sorted(arrays):
+        array = np.asarray(arrays[name])
+        array = array if array.flags.c_contiguous else array.copy(order="C")  # keeps 0-d
+        code = _SAFETENSORS_NAMES.get(dtype_name(array.dtype))
+        if code is None:
+            raise ModelFileError(f"tensor {name!r}: .safetensors has no dtype {array.dtype}")
+        header[name] = {
+            "dtype": code,
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + array.nbytes],
+        }
+        parts.append(array.reshape(-1).view(np.uint8))
+        offset += array.nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    target = Path(path)
+    with tempfile.NamedTemporaryFile(
+        dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False
+    ) as handle:
+        try:
+            handle.write(len(encoded).to_bytes(8, "little") + encoded)
+            for part in parts:  # tensor by tensor: no second copy of the model in memory
+                handle.write(part.data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        except BaseException:
+            os.unlink(handle.name)
+            raise
+    os.replace(handle.name, target)
+
+
+SAFETENSORS = ModelFormat("safetensors", (".safetensors",), read_safetensors, write_safetensors)
