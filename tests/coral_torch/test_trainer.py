@@ -182,3 +182,36 @@ def test_trainer_errors(tmp_path: Path) -> None:
     with pytest.raises(StateDictMismatchError):
         wrong.load_checkpoint()
     assert isinstance(trainer.state, TrainingState)
+
+
+def test_scheduler_and_grad_scaler_state_come_back(tmp_path: Path) -> None:
+    def make() -> CoralTrainer:
+        torch.manual_seed(0)
+        model = BatchNormMLP()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.5, total_steps=40)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=3)
+        return CoralTrainer(
+            model, tmp_path, "amp", CheckpointConfig(), optimizer, scheduler, grad_scaler=scaler
+        )
+
+    trainer = make()
+    assert trainer.optimizer is not None
+    inputs, targets = torch.randn(16, 6), torch.randint(0, 2, (16,))
+    for _ in range(7):
+        trainer.optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(trainer.model(inputs), targets)
+        trainer.grad_scaler.scale(loss).backward()
+        trainer.grad_scaler.step(trainer.optimizer)
+        trainer.grad_scaler.update()
+        trainer.scheduler.step()
+        trainer.step(loss=loss.item())
+    first = trainer.save_checkpoint("amp state")
+    assert first is not None
+    expected = (trainer.scheduler.state_dict(), trainer.grad_scaler.state_dict())
+    again = make()
+    again.load_checkpoint(ref=first.commit_hash)
+    assert again.scheduler.state_dict() == expected[0]
+    assert again.grad_scaler.state_dict() == expected[1]
+    assert again.grad_scaler.get_scale() == trainer.grad_scaler.get_scale()
+    assert again.state.global_step == 7
