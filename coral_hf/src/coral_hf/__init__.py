@@ -1,0 +1,3 @@
+"""Coral for hf."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+"""Coral for lightning."""
+
+__version__ = "0.1.0"

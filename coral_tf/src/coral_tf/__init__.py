@@ -1,0 +1,3 @@
+"""Coral for tf."""
+
+__version__ = "0.1.0"
