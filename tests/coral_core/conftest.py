@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from coral_core import Repository, WeightTensor
+from coral_core.objects import object_key
 
 
 @pytest.fixture
@@ -25,3 +26,11 @@ def make_weights(seed: int = 0, scale: float = 1.0) -> dict[str, WeightTensor]:
         "step": np.array(seed, dtype=np.int64),
     }
     return {name: WeightTensor(array, name=name) for name, array in arrays.items()}
+
+
+def flip_last_bit(repo: Repository, object_id: str) -> None:
+    """Damage a stored object in place, as a bad disk would."""
+    path = repo.coral_dir / "objects" / object_key(object_id)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))

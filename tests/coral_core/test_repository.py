@@ -27,8 +27,7 @@ from coral_core import (
     WeightTensor,
     bit_view,
 )
-from coral_core.objects import object_key
-from tests.coral_core.conftest import make_weights
+from tests.coral_core.conftest import flip_last_bit, make_weights
 
 
 def bitwise_equal(a: np.ndarray, b: np.ndarray) -> bool:
@@ -350,10 +349,7 @@ def test_verify_names_damaged_objects_and_what_they_affect(repo: Repository) -> 
     assert repo.verify().ok
     entry = repo.ls_tree()["encoder.weight"]
     chunk = repo.objects.tensor_descriptor(entry.tensor).chunks[1]
-    path = repo.coral_dir / "objects" / object_key(chunk)
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 0x01
-    path.write_bytes(bytes(data))
+    flip_last_bit(repo, chunk)
     report = repo.verify()
     assert not report.ok
     assert [p.object_id for p in report.problems] == [chunk]

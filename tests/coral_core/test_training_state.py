@@ -12,10 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coral_core import CorruptObjectError, Repository, TensorMismatchError, TrainingState, bit_view
-from coral_core.objects import object_key
 from coral_core.testing.strategies import arrays
 
-from .conftest import make_weights
+from .conftest import flip_last_bit, make_weights
 
 scalars = (
     st.none()
@@ -121,10 +120,7 @@ def test_damaged_training_tensor_is_reported(repo: Repository) -> None:
     commit = repo.commit("s", weights=make_weights(0), training_state=state)
     tree = repo.read_tree(commit.training["tree"])  # type: ignore[index]
     chunk = repo.objects.tensor_descriptor(tree["optimizer_state/state/0/exp_avg"].tensor).chunks[0]
-    path = repo.coral_dir / "objects" / object_key(chunk)
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 0xFF
-    path.write_bytes(bytes(data))
+    flip_last_bit(repo, chunk)
     report = repo.verify()
     assert not report.ok
     users = [user for problem in report.problems for user in problem.used_by]
