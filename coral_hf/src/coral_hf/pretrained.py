@@ -150,6 +150,7 @@ def from_pretrained(cls: Any, repo: Repository, ref: str | None = None, **kwargs
 
     ``cls`` is a model class (``BertForMaskedLM``, ``AutoModel...``) or a
     tokenizer class (``AutoTokenizer``); ``kwargs`` go to its ``from_pretrained``.
+    The result's ``name_or_path`` is ``<repository folder>@<short commit id>``.
 
     Raises:
         CoralError: when the commit carries no ``config.json`` (it was not made
@@ -164,4 +165,7 @@ def from_pretrained(cls: Any, repo: Repository, ref: str | None = None, **kwargs
         )
     with tempfile.TemporaryDirectory(prefix="coral-hf-") as folder:
         write_model_folder(repo, commit.commit_hash, folder)
-        return cls.from_pretrained(folder, **kwargs)
+        loaded = cls.from_pretrained(folder, **kwargs)
+    if hasattr(loaded, "name_or_path"):  # not the temporary folder, which is gone
+        loaded.name_or_path = f"{repo.path}@{commit.short_hash}"
+    return loaded
