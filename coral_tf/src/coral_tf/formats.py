@@ -1,0 +1,171 @@
+"""``.keras`` / ``.h5`` files: weights read and written with h5py, no model code run.
+
+A ``.keras`` file is a zip archive whose ``model.weights.h5`` holds the
+variables (``layers/dense/vars/0``, ``optimizer/vars/0``, ...); a
+``.weights.h5`` file is that HDF5 file on its own; a legacy ``.h5`` (Keras 2,
+or ``model.save("m.h5")``) keeps them under ``model_weights/...``. Every
+dataset is read by its path in the file, without deserializing the model's
+config (so no ``keras.models.load_model`` and no Lambda layer runs) and
+without importing Keras. Links to other files or paths are refused.
+
+Files are written in the layout Keras 3 reads with ``model.load_weights``: a
+``.weights.h5`` file, or a ``.keras`` archive holding only its weights. A
+plain ``.h5`` is Keras' legacy whole-model format, whose layer order Coral
+does not keep, so writing one is refused with the name to use instead.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import h5py  # type: ignore[import-untyped]
+import numpy as np
+
+from coral_core import CoralError, ModelFileError, ModelFormat
+from coral_core.dtypes import dtype_name, numpy_dtype
+
+SUFFIXES = (".keras", ".h5", ".hdf5")
+#: The archive member of a ``.keras`` file that holds the weights.
+WEIGHTS_MEMBER = "model.weights.h5"
+#: Dataset attribute naming a dtype HDF5 has no type for (as Keras marks bfloat16).
+_DTYPE_ATTR = "dtype"
+
+
+def read_keras_file(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """The weights of a ``.keras``, ``.weights.h5`` or legacy ``.h5`` file, by
+    their path in the HDF5 file (``layers/dense/vars/0``).
+
+    Raises:
+        ModelFileError: when the file is truncated or damaged, is not such a
+            file, holds links, a dataset of a dtype Coral cannot store, or no weights.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".keras":
+        return _read_h5(path, path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if WEIGHTS_MEMBER not in archive.namelist():
+                raise ModelFileError(
+                    f"{path} is not a readable .keras file: it has no {WEIGHTS_MEMBER} "
+                    f"(members: {', '.join(archive.namelist()[:10]) or 'none'})"
+                )
+            with archive.open(WEIGHTS_MEMBER) as member:
+                return _read_h5(member, path)
+    except (zipfile.BadZipFile, EOFError) as exc:
+        raise ModelFileError(f"{path} is not a readable .keras file: {exc}") from None
+
+
+def _read_h5(source: Path | IO[bytes], path: Path) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        with h5py.File(source, "r") as file:
+
+            def visit(name: str, link: Any) -> None:
+                if not isinstance(link, h5py.HardLink):
+                    raise ModelFileError(
+                        f"{path}: {name!r} is a {type(link).__name__}; Coral reads only "
+                        "data stored in the file itself"
+                    )
+                item = file[name]
+                if isinstance(item, h5py.Dataset):
+                    arrays[name] = _array(item, name, path)
+
+            file.visititems_links(visit)
+    except CoralError:
+        raise
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise ModelFileError(f"{path} is not a readable HDF5 weights file: {exc}") from None
+    if not arrays:
+        raise ModelFileError(f"{path} holds no weights")
+    return arrays
+
+
+def _array(dataset: h5py.Dataset, name: str, path: Path) -> np.ndarray:
+    marked = dataset.attrs.get(_DTYPE_ATTR)
+    data = np.asarray(dataset[()])
+    try:
+        if isinstance(marked, (str, bytes)):
+            wanted = numpy_dtype(marked.decode() if isinstance(marked, bytes) else marked)
+            if data.dtype.itemsize != wanted.itemsize:
+                raise ModelFileError(
+                    f"{path}: dataset {name!r} is marked {wanted} but holds "
+                    f"{data.dtype.itemsize}-byte values"
+                )
+            return data.view(wanted)
+        dtype_name(data.dtype)
+    except CoralError as exc:
+        if isinstance(exc, ModelFileError):
+            raise
+        raise ModelFileError(f"{path}: dataset {name!r} is not a weight: {exc}") from None
+    return data
+
+
+def write_keras_file(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> None:
+    """Write weights as a ``.weights.h5`` file or a ``.keras`` archive holding
+    only ``model.weights.h5``, atomically; ``model.load_weights`` reads either
+    when the names are Keras' own layout (as :func:`read_keras_file` returns them).
+
+    Raises:
+        ModelFileError: for a plain ``.h5`` / ``.hdf5`` name (Keras would read
+            it as its legacy format), or names that collide (``a`` and ``a/b``).
+    """
+    target = Path(path)
+    lowered = target.name.lower()
+    if lowered.endswith(".keras"):
+        buffer = io.BytesIO()
+        _write_h5(buffer, arrays, target)
+        with _replacing(target) as handle, zipfile.ZipFile(handle, "w") as archive:
+            archive.writestr(WEIGHTS_MEMBER, buffer.getvalue())
+    elif lowered.endswith(".weights.h5"):
+        with _replacing(target) as handle:
+            _write_h5(handle, arrays, target)
+    else:
+        stem = target.name.rsplit(".", 1)[0]
+        raise ModelFileError(
+            f"{target}: Keras reads a plain {target.suffix} file as its legacy whole-model "
+            "format, which needs the layer order Coral does not keep; export to "
+            f"{stem}.weights.h5 or {stem}.keras instead"
+        )
+
+
+def _write_h5(handle: IO[bytes], arrays: Mapping[str, np.ndarray], target: Path) -> None:
+    with h5py.File(handle, "w") as file:
+        for name in sorted(arrays):
+            array = np.asarray(arrays[name])
+            try:
+                if array.dtype.isbuiltin == 2:  # ml_dtypes (bfloat16, float8): no HDF5 type
+                    dataset = file.create_dataset(name, data=array.view(f"V{array.itemsize}"))
+                    dataset.attrs[_DTYPE_ATTR] = dtype_name(array.dtype)
+                else:
+                    file.create_dataset(name, data=array)
+            except ValueError as exc:
+                raise ModelFileError(f"{target}: cannot write tensor {name!r}: {exc}") from None
+
+
+@contextmanager
+def _replacing(target: Path) -> Iterator[IO[bytes]]:
+    """A temporary file beside ``target``, flushed to disk and renamed onto it on success."""
+    with tempfile.NamedTemporaryFile(
+        dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False
+    ) as handle:
+        try:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        except BaseException:
+            os.unlink(handle.name)
+            raise
+    os.replace(handle.name, target)
+
+
+#: The ``coral.formats`` plugin (entry point ``keras``) for ``.keras`` / ``.h5`` / ``.hdf5``.
+KERAS_FORMAT = ModelFormat("keras", SUFFIXES, read_keras_file, write_keras_file)

@@ -1,0 +1,234 @@
+"""Keras models in and out of a Coral repository, bit for bit.
+
+A model's variables are named by their stable ``v.path``
+(``sequential/d1/kernel``) and kept in the dtype they have (float32, float16,
+bfloat16, int counters). The commit records the model's name, so
+:func:`load_weights` also fits a rebuilt model Keras named ``sequential_1``.
+Optimizer variables (``optimizer.variables``: the step counter, learning rate,
+moments) travel as :class:`~coral_core.TrainingState` tensors in the order
+Keras creates them, as Keras' own files keep them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import keras  # type: ignore[import-untyped]
+import numpy as np
+
+from coral_core import Commit, Repository, TensorMismatchError, WeightMetadata, WeightTensor
+from coral_core.dtypes import dtype_name
+
+#: Commit metadata key: ``{"name": model.name, "class": ...}`` of the model committed.
+MODEL_KEY = "coral_tf.model"
+_LISTED = 20  # names shown per kind in a mismatch message
+
+
+class WeightsMismatchError(TensorMismatchError):
+    """A commit's tensors do not fit the model: names missing, unexpected, or misshapen."""
+
+    def __init__(
+        self,
+        missing: Sequence[str] = (),
+        unexpected: Sequence[str] = (),
+        misshapen: Sequence[str] = (),
+        what: str = "model",
+    ) -> None:
+        self.missing = sorted(missing)
+        self.unexpected = sorted(unexpected)
+        self.misshapen = sorted(misshapen)
+        parts = []
+        for label, names in (
+            ("missing from the commit", self.missing),
+            (f"in the commit but not in the {what}", self.unexpected),
+            ("of another shape or dtype", self.misshapen),
+        ):
+            if names:
+                shown = ", ".join(names[:_LISTED])
+                more = f" and {len(names) - _LISTED} more" if len(names) > _LISTED else ""
+                parts.append(f"{len(names)} {label}: {shown}{more}")
+        super().__init__(f"the commit does not fit the {what}; " + "; ".join(parts))
+
+
+def to_array(variable: Any) -> np.ndarray:
+    """A variable's value as a numpy array of its own dtype."""
+    return np.asarray(keras.ops.convert_to_numpy(variable))
+
+
+def _layer_types(model: keras.Model) -> dict[int, str]:
+    """``id(variable)`` -> class of the innermost layer holding it."""
+    owners = {}
+    for layer in model._flatten_layers(include_self=True, recursive=True):  # outer first
+        for variable in layer.weights:
+            owners[id(variable)] = type(layer).__name__
+    return owners
+
+
+def model_weights(model: keras.Model) -> dict[str, WeightTensor]:
+    """The model's variables (``model.weights``) as Coral tensors named by ``v.path``.
+
+    Raises:
+        TensorMismatchError: when two variables share a path.
+    """
+    owners = _layer_types(model)
+    weights: dict[str, WeightTensor] = {}
+    for variable in model.weights:
+        name = variable.path
+        if name in weights:
+            raise TensorMismatchError(
+                f"two variables of model {model.name!r} share the path {name!r}; "
+                "give the layers distinct names"
+            )
+        array = to_array(variable)
+        metadata = WeightMetadata(
+            name=name,
+            shape=array.shape,
+            dtype=array.dtype,
+            layer_type=owners.get(id(variable)),
+            model_name=model.name,
+        )
+        weights[name] = WeightTensor(array, metadata=metadata)
+    return weights
+
+
+def model_details(model: keras.Model) -> dict[str, Any]:
+    """Commit metadata that lets :func:`load_weights` rename the model's paths."""
+    return {MODEL_KEY: {"name": model.name, "class": type(model).__name__}}
+
+
+def optimizer_state(model: keras.Model) -> dict[str, Any] | None:
+    """The compiled optimizer's variables (none before it is built), for a
+    :class:`~coral_core.TrainingState`; None for a model without an optimizer."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        return None
+    variables = list(optimizer.variables)
+    return {
+        "class": type(optimizer).__name__,
+        "paths": [v.path for v in variables],
+        "values": [to_array(v) for v in variables],
+    }
+
+
+def save_weights(
+    repo: Repository,
+    model: keras.Model,
+    message: str,
+    *,
+    metrics: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    branch: str | None = None,
+) -> Commit:
+    """Commit a model's variables as one snapshot onto ``branch`` (HEAD's by default)."""
+    details = {**(metadata or {}), **model_details(model)}
+    return repo.commit(
+        message, metrics=metrics, metadata=details, weights=model_weights(model), branch=branch
+    )
+
+
+def _renamed(names: Sequence[str], stored_model: str | None, model: keras.Model) -> dict[str, str]:
+    """Stored name -> the model's name for it: the stored model's name prefix
+    replaced by this model's (Keras numbers models built in one process)."""
+    if stored_model is None or stored_model == model.name:
+        return {name: name for name in names}
+    old, new = f"{stored_model}/", f"{model.name}/"
+    return {name: new + name[len(old) :] if name.startswith(old) else name for name in names}
+
+
+def load_weights(
+    model: keras.Model,
+    repo: Repository,
+    ref: str | None = None,
+    strict: bool = True,
+    *,
+    include_optimizer: bool = False,
+) -> Commit:
+    """Assign a commit's tensors (HEAD by default) to a built model's variables.
+
+    Args:
+        model: a built model (called once, or given an ``Input``).
+        repo: the repository.
+        ref: the commit, branch or tag.
+        strict: refuse a commit that lacks some of the model's variables or
+            holds others; False assigns those that match by name.
+        include_optimizer: restore the compiled optimizer's variables too
+            (built first if needed) from the commit's training state.
+
+    Returns:
+        the commit loaded.
+
+    Raises:
+        WeightsMismatchError: with ``strict``, when names are missing or
+            unexpected; always, when a name matches but its shape or dtype
+            does not, or the optimizer's variables do not fit. The model is
+            unchanged then.
+        TensorMismatchError: with ``include_optimizer``, when the model has no
+            optimizer or the commit no optimizer state.
+    """
+    commit = repo.show(ref)
+    stored = commit.metadata.metadata.get(MODEL_KEY)
+    stored_model = stored.get("name") if isinstance(stored, dict) else None
+    tree = repo.ls_tree(commit.commit_hash)
+    names = _renamed(list(tree), stored_model, model)
+    targets = {variable.path: variable for variable in model.weights}
+    missing = [name for name in targets if name not in names.values()]
+    unexpected = [stored for stored, name in names.items() if name not in targets]
+    misshapen = [
+        stored
+        for stored, name in names.items()
+        if name in targets and not _fits(targets[name], tree[stored].shape, tree[stored].dtype)
+    ]
+    if misshapen or (strict and (missing or unexpected)):
+        raise WeightsMismatchError(missing, unexpected, misshapen)
+    optimizer = _optimizer_values(model, repo, commit) if include_optimizer else None
+    for weight in repo.iter_weights(commit.commit_hash):
+        name = names[weight.name]
+        if name in targets:
+            targets[name].assign(weight.data)
+    if optimizer is not None:
+        for variable, value in optimizer:
+            variable.assign(value)
+    return commit
+
+
+def _fits(variable: Any, shape: Sequence[int], dtype: str) -> bool:
+    return tuple(variable.shape) == tuple(shape) and dtype_name(variable.dtype) == dtype
+
+
+def _optimizer_values(
+    model: keras.Model, repo: Repository, commit: Commit
+) -> list[tuple[Any, np.ndarray]]:
+    """The model's optimizer variables paired with the commit's values, checked."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        raise TensorMismatchError(
+            f"model {model.name!r} has no optimizer to restore; compile it first"
+        )
+    state = repo.training_state(commit.commit_hash)
+    saved = state.optimizer_state if state is not None else None
+    if not isinstance(saved, dict) or "values" not in saved:
+        raise TensorMismatchError(
+            f"commit {commit.short_hash} holds no optimizer state "
+            "(committed without CheckpointConfig(include_optimizer=True))"
+        )
+    if not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    variables = list(optimizer.variables)
+    paths, values = list(saved["paths"]), list(saved["values"])
+    if len(values) != len(variables):
+        raise WeightsMismatchError(
+            missing=[v.path for v in variables[len(values) :]],
+            unexpected=paths[len(variables) :],
+            what=f"optimizer {type(optimizer).__name__}",
+        )
+    misshapen = [
+        path
+        for path, variable, value in zip(paths, variables, values, strict=True)
+        if not _fits(variable, value.shape, dtype_name(value.dtype))
+    ]
+    if misshapen:
+        raise WeightsMismatchError(
+            misshapen=misshapen, what=f"optimizer {type(optimizer).__name__}"
+        )
+    return list(zip(variables, values, strict=True))

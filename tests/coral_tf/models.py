@@ -1,0 +1,60 @@
+"""Tiny real Keras models and data for the coral_tf tests.
+
+Importing this module skips the test module that imports it when TensorFlow
+or Keras 3 is not installed. All coral_tf tests run in one process, so
+TensorFlow is imported once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow", reason="coral_tf tests need TensorFlow: pip install tensorflow")
+keras = pytest.importorskip("keras", minversion="3.0", reason="coral_tf tests need Keras 3")
+
+from coral_core import bit_view  # noqa: E402
+
+#: Keras' TensorFlow backend converts variables with ``np.array(v, copy=False)``,
+#: which numpy 2 deprecates for TensorFlow's ``__array__``.
+ARRAY_COPY_WARNING = (
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+)
+
+
+def mlp(name: str | None = "mlp", half: str = "float16") -> keras.Model:
+    """A compiled Sequential model: Dense, BatchNorm and a Dense layer in ``half``."""
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(8, activation="relu", name="d1"),
+            keras.layers.BatchNormalization(name="bn"),
+            keras.layers.Dense(2, name="d2", dtype=half),
+        ],
+        name=name,
+    )
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse", metrics=["mae"])
+    return model
+
+
+def data(seed: int = 0, n: int = 48) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    inputs = rng.standard_normal((n, 6)).astype(np.float32)
+    return inputs, (inputs[:, :2] * 0.5 + 0.1).astype(np.float32)
+
+
+def values(variables: object) -> dict[str, np.ndarray]:
+    """``{v.path: value}`` of Keras variables."""
+    return {v.path: keras.ops.convert_to_numpy(v) for v in variables}  # type: ignore[attr-defined]
+
+
+def same_bits(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:
+    """Whether two arrays-by-name hold the same names, dtypes, shapes and bits."""
+    return a.keys() == b.keys() and all(
+        a[k].dtype == b[k].dtype
+        and a[k].shape == b[k].shape
+        and np.array_equal(bit_view(np.asarray(a[k])), bit_view(np.asarray(b[k])))
+        for k in a
+    )

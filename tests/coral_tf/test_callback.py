@@ -1,0 +1,123 @@
+"""CoralKerasCallback in real model.fit runs: the policy, metrics, best tag, optimizer, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from coral_core import CheckpointConfig, ConfigError, CoralError, Repository
+from coral_tf import CoralKerasCallback, load_weights
+from coral_tf.weights import MODEL_KEY
+
+from .models import ARRAY_COPY_WARNING, data, keras, mlp, same_bits, values
+
+pytestmark = pytest.mark.filterwarnings(ARRAY_COPY_WARNING)
+
+
+def fit(
+    model: keras.Model, callback: CoralKerasCallback, epochs: int = 3, **kwargs: object
+) -> None:
+    inputs, targets = data()
+    kwargs.setdefault("validation_data", data(seed=1, n=16))
+    model.fit(
+        inputs, targets, epochs=epochs, batch_size=16, verbose=0, callbacks=[callback], **kwargs
+    )
+
+
+def test_every_epoch_a_commit_with_logs_epoch_step_and_the_best_tagged(tmp_path: Path) -> None:
+    keras.utils.set_random_seed(0)
+    model = mlp()
+    callback = CoralKerasCallback(tmp_path / "repo")  # a folder: created
+    history: list[dict[str, float]] = []
+    logger = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: history.append(logs))
+    inputs, targets = data()
+    model.fit(
+        inputs,
+        targets,
+        epochs=3,
+        batch_size=16,
+        verbose=0,
+        validation_data=data(seed=1, n=16),
+        callbacks=[callback, logger],
+    )
+    repo = callback.repo
+    checkpoints = callback.manager.checkpoints
+    assert [(c.epoch, c.step) for c in checkpoints] == [(0, 3), (1, 6), (2, 9)]
+    assert callback.manager.experiment_name == "mlp"  # the model's name by default
+    for checkpoint, logs in zip(checkpoints, history, strict=True):
+        assert checkpoint.metrics == pytest.approx(logs)
+        assert set(checkpoint.metrics) == {"loss", "mae", "val_loss", "val_mae"}
+    best = min(range(3), key=lambda i: history[i]["val_loss"])
+    assert repo.resolve("mlp/best") == checkpoints[best].commit_hash
+    latest = repo.show(checkpoints[-1].commit_hash)
+    assert latest.metadata.metadata[MODEL_KEY]["name"] == "mlp"
+    state = repo.training_state(latest.commit_hash)
+    assert state is not None
+    assert (state.epoch, state.global_step) == (2, 9)
+    assert state.learning_rate == pytest.approx(0.01)
+    # the newest checkpoint holds the model as fit left it, every dtype bit for bit
+    assert same_bits({w.name: w.data for w in repo.iter_weights()}, values(model.weights))
+    assert str(repo.get_weight("mlp/d2/kernel").dtype) == "float16"
+
+
+def test_optimizer_state_restores_and_training_goes_on_identically(tmp_path: Path) -> None:
+    keras.utils.set_random_seed(1)
+    model = mlp()
+    callback = CoralKerasCallback(tmp_path / "repo", "run", save_freq=2)
+    fit(model, callback, epochs=1, validation_data=None)
+    assert [c.step for c in callback.manager.checkpoints] == [2, 3]  # every 2 batches + the end
+    state = callback.repo.training_state()
+    assert state is not None
+    assert state.optimizer_state["class"] == "Adam"
+    assert state.optimizer_state["paths"][0].endswith("/iteration")
+
+    resumed = mlp()
+    load_weights(resumed, callback.repo, include_optimizer=True)
+    assert same_bits(values(resumed.weights), values(model.weights))
+    iterations = [keras.ops.convert_to_numpy(m.optimizer.iterations) for m in (model, resumed)]
+    assert iterations[0] == iterations[1] == 3
+    assert iterations[1].dtype == np.int64
+    inputs, targets = data(seed=2)
+    for each in (model, resumed):
+        each.fit(inputs, targets, epochs=2, batch_size=16, verbose=0, shuffle=False)
+    assert same_bits(values(resumed.weights), values(model.weights))
+
+
+def test_save_best_only_commits_improvements_and_keeps_the_best(tmp_path: Path) -> None:
+    repo = Repository(tmp_path / "repo", init=True)
+    model = mlp()
+    callback = CoralKerasCallback(repo, "best", monitor="val_mae", save_best_only=True)
+    fit(model, callback, epochs=5)
+    maes = [c.metrics["val_mae"] for c in callback.manager.checkpoints]
+    assert maes
+    assert maes == sorted(maes, reverse=True)
+    assert repo.resolve("best/best") == callback.manager.checkpoints[-1].commit_hash
+
+    config = CheckpointConfig(
+        save_on_best_metric="val_loss", keep_best_n_checkpoints=1, max_checkpoints=1
+    )
+    kept = CoralKerasCallback(repo, "kept", config)
+    fit(mlp(), kept, epochs=4)
+    assert 1 <= len(kept.manager.checkpoints) <= 2  # the best and the newest
+    assert repo.resolve("kept/best") == kept.manager.best.commit_hash  # type: ignore[union-attr]
+
+
+def test_a_monitor_the_logs_lack_is_said_once(tmp_path: Path) -> None:
+    callback = CoralKerasCallback(tmp_path / "repo", save_best_only=True)
+    with pytest.warns(UserWarning, match="'val_loss' improves, but the logs hold only loss, mae"):
+        fit(mlp(), callback, epochs=2, validation_data=None)
+    assert callback.manager.checkpoints == []
+
+
+def test_arguments_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not both"):
+        CoralKerasCallback(tmp_path, config=CheckpointConfig(), monitor="val_accuracy")
+    with pytest.raises(ConfigError, match="save_freq"):
+        CoralKerasCallback(tmp_path, save_freq=0)
+    with pytest.raises(CoralError, match=r"before model\.fit"):
+        CoralKerasCallback(tmp_path).manager  # noqa: B018
+    mode = CoralKerasCallback(tmp_path, monitor="val_acc", mode="min").config
+    assert mode.save_on_best_metric == "val_acc"
+    assert mode.minimize
