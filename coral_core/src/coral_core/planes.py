@@ -18,6 +18,8 @@ their patterns).
 
 from __future__ import annotations
 
+import struct
+
 import blosc
 import numpy as np
 
@@ -29,6 +31,8 @@ BLOCK_SIZE = 4 << 20
 #: The largest buffer one Blosc frame holds.
 MAX_PLANES_SIZE = blosc.MAX_BUFFERSIZE
 _FRAME_HEADER = 16
+#: Blosc 1 frame header after its 4 flag bytes: raw size, block size, frame size.
+_SIZES = struct.Struct("<III")
 
 
 def encode_planes(data: bytes | memoryview | np.ndarray, itemsize: int, level: int = 1) -> bytes:
@@ -62,7 +66,7 @@ def decode_planes(payload: bytes | memoryview, raw_size: int) -> bytes:
     """
     frame = _checked_frame(payload, raw_size)
     try:
-        raw: bytes = blosc.decompress(frame)
+        raw: bytes = blosc.decompress(bytes(frame))
     except (ValueError, RuntimeError) as exc:
         raise CorruptObjectError(f"byte-plane payload does not decode: {exc}") from None
     return raw
@@ -86,13 +90,15 @@ def decode_planes_into(payload: bytes | memoryview, out: np.ndarray) -> None:
         raise CorruptObjectError(f"byte-plane payload does not decode: {exc}") from None
 
 
-def _checked_frame(payload: bytes | memoryview, raw_size: int) -> bytes:
-    """The payload as bytes, once its header proves it a whole frame of ``raw_size``
-    bytes: nothing is decoded or allocated on the word of a damaged header."""
-    frame = bytes(payload)
-    if len(frame) < _FRAME_HEADER:  # (blosc.cbuffer_validate would leak a reference)
+def _checked_frame(payload: bytes | memoryview, raw_size: int) -> memoryview:
+    """The payload, once its header proves it a whole frame of ``raw_size`` bytes:
+    nothing is decoded or allocated on the word of a damaged header. Read here
+    (blosc.get_cbuffer_sizes takes only bytes, a copy of each payload, and
+    blosc.cbuffer_validate would leak a reference)."""
+    frame = memoryview(payload).cast("B")
+    if len(frame) < _FRAME_HEADER:
         raise CorruptObjectError("byte-plane payload is malformed: not a whole Blosc frame")
-    nbytes, cbytes, _ = blosc.get_cbuffer_sizes(frame)
+    nbytes, _, cbytes = _SIZES.unpack_from(frame, 4)
     if nbytes != raw_size or cbytes != len(frame):
         raise CorruptObjectError(
             f"byte-plane payload is malformed: it holds {nbytes} bytes in {cbytes}, "
