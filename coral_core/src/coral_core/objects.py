@@ -52,10 +52,15 @@ HEADER_SIZE = _HEADER.size
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 _MIN_SAVING = 0.98  # keep the compressed form only when it saves at least 2%
 _DELTA_GOOD_ENOUGH = 0.6  # a delta this small is kept without trying the standalone codec
+#: A delta this much smaller than its keyframe base (relative sizes) is kept
+#: without compressing the chunk's byte planes too: they would come out about
+#: as large as that keyframe's.
+_PLANES_MARGIN = 0.95
 #: The largest chunk: a header claiming more is damage, not a reason to allocate.
 MAX_CHUNK_SIZE = 1 << 30
 _MAX_DECODE_DEPTH = 64  # longer chains can only come from damaged parameters
 _BASE_SLOT = 2  # scratch slot of delta bases (the delta codecs use 0 and 1)
+_READ_SLOT = 3  # scratch slots of chunk objects read, one per link of a chain from here
 T = TypeVar("T")
 
 
@@ -111,6 +116,7 @@ class _Base:
     raw: np.ndarray  # uint8, in this thread's scratch: use before the next base
     depth: int  # deltas decoded to rebuild it (0 for a keyframe)
     root: str  # the keyframe at the bottom of its chain
+    stored: float | None = None  # stored / raw size, when it is a keyframe itself
 
 
 @dataclass(frozen=True)
@@ -183,7 +189,7 @@ def encode_object(kind: ObjectKind, raw: bytes | memoryview, level: int = 1) -> 
     return pack_object(kind, codec, payload, len(raw))
 
 
-def parse_header(object_id: str, blob: bytes) -> ObjectHeader:
+def parse_header(object_id: str, blob: bytes | memoryview) -> ObjectHeader:
     """Read and sanity-check an object's header.
 
     Raises:
@@ -208,7 +214,9 @@ def parse_header(object_id: str, blob: bytes) -> ObjectHeader:
     return header
 
 
-def unpack_object(object_id: str, blob: bytes) -> tuple[ObjectHeader, dict[str, Any], memoryview]:
+def unpack_object(
+    object_id: str, blob: bytes | memoryview
+) -> tuple[ObjectHeader, dict[str, Any], memoryview]:
     """Check an object's header, size and checksum; return header, params and payload.
 
     Raises:
@@ -341,10 +349,19 @@ class ObjectDatabase:
         return len(blob) if (batch or self.store).put_if_absent(key, blob) else 0
 
     def _read(
-        self, object_id: str, kind: ObjectKind
+        self, object_id: str, kind: ObjectKind, slot: int | None = None
     ) -> tuple[ObjectHeader, dict[str, Any], memoryview]:
+        """Read and check an object; with ``slot``, into that scratch buffer of
+        this thread when the store can (no fresh memory for every chunk read:
+        its page faults cost more than the read), valid until the slot's next use."""
+        read_into = getattr(self.store, "read_into", None)
         try:
-            blob = self.store.get(object_key(object_id))
+            if read_into is not None and slot is not None:
+                blob: bytes | memoryview = read_into(
+                    object_key(object_id), partial(scratch, slot, dtype=np.uint8)
+                )
+            else:
+                blob = self.store.get(object_key(object_id))
         except MissingObjectError:
             raise MissingObjectError(
                 f"object {object_id} ({kind.name.lower()}) is missing from the store; "
@@ -573,7 +590,10 @@ class ObjectDatabase:
                 "dtype": dtype,
                 "meta": meta,
             }
-            if len(data) <= _DELTA_GOOD_ENOUGH * len(piece):  # no need to try the rest
+            good_enough = _DELTA_GOOD_ENOUGH
+            if base.stored is not None:  # a keyframe of this tensor: planes would be about as big
+                good_enough = max(good_enough, _PLANES_MARGIN * base.stored)
+            if len(data) <= good_enough * len(piece):  # no need to try the rest
                 return pack_object(ObjectKind.CHUNK, Codec.DELTA, data, len(piece), params)
             candidates.append((len(data), Codec.DELTA, data, params))
         itemsize = min(np_dtype.itemsize, 8)
@@ -603,13 +623,19 @@ class ObjectDatabase:
         reference chunk, or its keyframe when the chain below it is already
         ``max_chain_length`` long."""
         try:
-            _, params = self.chunk_params(reference_chunk)
+            read = self._read(reference_chunk, ObjectKind.CHUNK, _READ_SLOT)  # params and payload
+            params = read[1] if read[0].codec == Codec.DELTA else {}
             depth = int(params.get("depth", 0))
             root = str(params.get("root", reference_chunk))
             if depth >= self.delta_config.max_chain_length:
                 reference_chunk, depth = root, 0
-            raw = self._decode_chunk(reference_chunk, scratch(_BASE_SLOT, size, np.uint8))
-            return _Base(reference_chunk, raw, depth, root)
+                read = self._read(root, ObjectKind.CHUNK, _READ_SLOT)
+            stored = None
+            if read[0].codec != Codec.DELTA and read[0].raw_size:
+                stored = (HEADER_SIZE + read[0].payload_size) / read[0].raw_size
+            out = scratch(_BASE_SLOT, size, np.uint8)
+            raw = self._decode_chunk(reference_chunk, out, read=read)
+            return _Base(reference_chunk, raw, depth, root, stored)
         except CoralError:
             return None  # an unreadable reference: store the chunk without it
 
@@ -635,11 +661,21 @@ class ObjectDatabase:
         return self._decode_chunk(object_id).tobytes()
 
     def _decode_chunk(
-        self, object_id: str, out: np.ndarray | None = None, depth: int = 0
+        self,
+        object_id: str,
+        out: np.ndarray | None = None,
+        depth: int = 0,
+        verify: bool = True,
+        read: tuple[ObjectHeader, dict[str, Any], memoryview] | None = None,
     ) -> np.ndarray:
         """Decode a chunk into ``out`` (uint8, exactly its size; allocated when None),
-        its delta base first, in place; verify it against its id and return ``out``."""
-        header, params, payload = self._read(object_id, ObjectKind.CHUNK)
+        its delta base first, in place; verify the result against its id unless
+        ``verify`` is False (for a caller that checks the whole tensor's id
+        instead; every object's checksum is checked either way) and return
+        ``out``. ``read`` is the chunk's object when the caller has read it."""
+        header, params, payload = read or self._read(
+            object_id, ObjectKind.CHUNK, _READ_SLOT + depth
+        )
         if out is None:
             if header.raw_size > MAX_CHUNK_SIZE:
                 raise CorruptObjectError(f"chunk {object_id} claims {header.raw_size} bytes")
@@ -660,9 +696,10 @@ class ObjectDatabase:
                 raise CorruptObjectError(
                     f"chunk {object_id} has bad delta parameters: {exc}"
                 ) from None
-            self._decode_chunk(base, out, depth + 1)
+            # A base is not checked on its own: ``out`` is checked once it is whole.
+            self._decode_chunk(base, out, depth + 1, verify=False)
             try:
-                apply_delta(kind, bytes(payload), meta, target)
+                apply_delta(kind, payload, meta, target)
             except CorruptObjectError as exc:
                 raise CorruptObjectError(f"chunk {object_id}: {exc}") from None
         elif header.codec == Codec.PLANES:
@@ -672,7 +709,7 @@ class ObjectDatabase:
                 raise CorruptObjectError(f"object {object_id}: {exc}") from None
         else:
             out[:] = np.frombuffer(decode_payload(object_id, header, payload), dtype=np.uint8)
-        if chunk_id(out.data) != object_id:
+        if verify and chunk_id(out.data) != object_id:
             raise CorruptObjectError(f"chunk {object_id} does not match its id")
         return out
 
@@ -682,36 +719,45 @@ class ObjectDatabase:
 
     def read_tensors(self, tensor_ids: Sequence[str]) -> list[np.ndarray]:
         """Rebuild tensors, decoding all their chunks on the thread pool straight
-        into the results, and verify each against its content id.
+        into the results, and verify each against its content id (which covers
+        every byte, so the chunks are not hashed once more on their own).
 
         Raises:
             MissingObjectError: when an object they need is gone.
             CorruptObjectError: when any of their objects is damaged.
         """
-        descriptors = [self.tensor_descriptor(t) for t in tensor_ids]
+        descriptors = self._map(self.tensor_descriptor, tensor_ids)
+        for descriptor in descriptors:
+            size, count = descriptor.chunk_size, len(descriptor.chunks)
+            if descriptor.nbytes and (size <= 0 or count != -(-descriptor.nbytes // size)):
+                raise CorruptObjectError(f"tensor {descriptor.tensor_id} does not match its id")
+            if not descriptor.nbytes and count:
+                raise CorruptObjectError(f"tensor {descriptor.tensor_id} does not match its id")
         buffers = [np.empty(d.nbytes, dtype=np.uint8) for d in descriptors]
         tasks = [(t, i) for t, d in enumerate(descriptors) for i in range(len(d.chunks))]
 
-        def load(task: tuple[int, int]) -> int:
+        def verify(which: int) -> None:
+            descriptor = descriptors[which]
+            hasher = tensor_hasher(descriptor.dtype, descriptor.shape)
+            hasher.update(buffers[which].data)
+            if hasher.hexdigest() != descriptor.tensor_id:
+                raise CorruptObjectError(f"tensor {descriptor.tensor_id} does not match its id")
+
+        def load(task: tuple[int, int]) -> None:
             which, index = task
             descriptor, buffer = descriptors[which], buffers[which]
             start = index * descriptor.chunk_size
             piece = buffer[start : start + descriptor.chunk_size]
-            self._decode_chunk(descriptor.chunks[index], piece)
-            return len(piece)
+            self._decode_chunk(descriptor.chunks[index], piece, verify=False)
+            if len(descriptor.chunks) == 1:
+                verify(which)  # on the pool, while it is in the cache
 
-        loaded = self._map(load, tasks)
-        totals = [0] * len(descriptors)
-        for (which, _), size in zip(tasks, loaded, strict=True):
-            totals[which] += size
-        arrays = []
-        for descriptor, buffer, total in zip(descriptors, buffers, totals, strict=True):
-            hasher = tensor_hasher(descriptor.dtype, descriptor.shape)
-            hasher.update(buffer.data)
-            if total != descriptor.nbytes or hasher.hexdigest() != descriptor.tensor_id:
-                raise CorruptObjectError(f"tensor {descriptor.tensor_id} does not match its id")
-            arrays.append(buffer.view(numpy_dtype(descriptor.dtype)).reshape(descriptor.shape))
-        return arrays
+        self._map(load, tasks)
+        self._map(verify, [t for t, d in enumerate(descriptors) if len(d.chunks) != 1])
+        return [
+            buffer.view(numpy_dtype(d.dtype)).reshape(d.shape)
+            for d, buffer in zip(descriptors, buffers, strict=True)
+        ]
 
     def check_tensor(self, tensor_id: str) -> dict[str, str]:
         """Read a tensor's objects once each; return problems by object id (empty: sound)."""

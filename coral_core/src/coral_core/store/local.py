@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
+import stat
 import sys
 import threading
 import uuid
@@ -13,12 +15,25 @@ from functools import cache
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
+
 from coral_core.errors import InvalidKeyError, MissingObjectError
-from coral_core.store.base import KEY_SEGMENT, WeightStore, WriteBatch, validate_key
+from coral_core.store.base import (
+    KEY_SEGMENT,
+    MAX_KEY_LENGTH,
+    WeightStore,
+    WriteBatch,
+    validate_key,
+)
 
 TEMP_PREFIX = ".tmp-"
 #: The longest file name (one key segment) common local file systems accept.
 MAX_FILE_NAME = 255
+#: A valid key whose segments all fit in a file name (what validate_key and
+#: the MAX_FILE_NAME check accept together).
+_PLAIN_KEY = re.compile(
+    r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}(?:/[A-Za-z0-9_-][A-Za-z0-9._-]{0,254})*"
+)
 
 
 def write_file_atomic(path: Path, data: bytes | memoryview, fsync: bool = True) -> None:
@@ -40,12 +55,16 @@ def write_file_atomic(path: Path, data: bytes | memoryview, fsync: bool = True) 
 
 def write_temp_file(folder: Path, data: bytes | memoryview, fsync: bool) -> Path:
     """Write ``data`` to a new hidden temporary file in ``folder`` and return its path."""
-    folder.mkdir(parents=True, exist_ok=True)
     if isinstance(data, memoryview) and not data.contiguous:
         data = data.tobytes()  # a strided view cannot be written as one buffer
     tmp = folder / f"{TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
     try:
-        with open(tmp, "xb") as handle:
+        try:
+            handle = open(tmp, "xb")  # noqa: SIM115 (closed by the with below)
+        except FileNotFoundError:  # the folder's first file (mkdir only then: one syscall less)
+            folder.mkdir(parents=True, exist_ok=True)
+            handle = open(tmp, "xb")  # noqa: SIM115
+        with handle:
             handle.write(data)
             if fsync:
                 handle.flush()
@@ -190,6 +209,8 @@ class LocalStore(WeightStore):
         self.fsync = fsync
 
     def _path(self, key: str) -> Path:
+        if len(key) <= MAX_KEY_LENGTH and _PLAIN_KEY.fullmatch(key):
+            return self.root / key  # the common case, checked in one match
         validate_key(key)
         if any(len(segment) > MAX_FILE_NAME for segment in key.split("/")):
             raise InvalidKeyError(
@@ -211,6 +232,29 @@ class LocalStore(WeightStore):
                 return handle.read(end - start)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise MissingObjectError(f"object {key!r} is not in {self.root}") from None
+
+    def read_into(self, key: str, allocate: Callable[[int], np.ndarray]) -> memoryview:
+        """:meth:`get` into ``allocate(size)`` (a uint8 array of that many bytes,
+        which a caller may reuse) instead of fresh memory; returns a view of it."""
+        path = self._path(key)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise MissingObjectError(f"object {key!r} is not in {self.root}") from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise MissingObjectError(f"object {key!r} is not in {self.root}")
+            view = allocate(info.st_size).data.cast("B")
+            done = 0
+            while done < len(view):  # objects are immutable (replaced by rename, if ever)
+                count = os.readv(fd, [view[done:]])
+                if count == 0:
+                    break
+                done += count
+        finally:
+            os.close(fd)
+        return view[:done]
 
     def put(self, key: str, data: bytes | memoryview) -> None:
         self._check_writable(key)
