@@ -1,3 +1,20 @@
-"""Coral for lightning."""
+"""Coral for PyTorch Lightning: checkpoints as commits, by callback or by CheckpointIO."""
 
 __version__ = "0.1.0"
+
+from coral_lightning.callback import CoralCallback, policy_from_settings
+from coral_lightning.checkpoint_io import CoralCheckpointIO
+from coral_lightning.convert import (
+    UnstorableCheckpointError,
+    checkpoint_from_commit,
+    checkpoint_to_commit,
+)
+
+__all__ = [
+    "CoralCallback",
+    "CoralCheckpointIO",
+    "UnstorableCheckpointError",
+    "checkpoint_from_commit",
+    "checkpoint_to_commit",
+    "policy_from_settings",
+]

@@ -1,0 +1,205 @@
+"""``CoralCallback``: a Lightning callback that commits checkpoints to Coral.
+
+``Trainer(callbacks=[CoralCallback("./repo", monitor="val_loss")])`` drives one
+:class:`~coral_core.CheckpointManager`: it commits after every N epochs or
+optimizer steps, when the monitored metric improves and once more at the
+end, tags the best as ``<experiment>/best`` and forgets what the retention
+rules no longer keep. Each commit holds the model's tensors, the logged
+metrics (``trainer.callback_metrics``), epoch and step, and a
+:class:`~coral_core.TrainingState` with everything Lightning's own
+checkpoint holds (optimizer, scheduler, loop and callback state) plus the
+random generators' state, so ``trainer.fit(model, ckpt_path="coral://<ref>")``
+with :class:`~coral_lightning.CoralCheckpointIO` resumes from any of them.
+
+Under a distributed strategy only global rank 0 opens the repository and
+commits; the other ranks do nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import fields
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Checkpoint
+
+from coral_core import CheckpointConfig, CheckpointManager, Commit, ConfigError, Repository
+from coral_lightning.checkpoint_io import SCHEME
+from coral_lightning.convert import checkpoint_to_commit, plain_metrics
+
+#: Lightning ``ModelCheckpoint`` argument names and the CheckpointConfig fields they set
+#: (``save_top_k`` maps to ``keep_best_n_checkpoints`` with ``monitor``, else ``max_checkpoints``).
+ALIASES = {
+    "monitor": "save_on_best_metric",
+    "every_n_epochs": "save_every_n_epochs",
+    "every_n_train_steps": "save_every_n_steps",
+}
+
+
+class CoralCallback(Checkpoint):
+    """Commits a LightningModule's checkpoints into a Coral repository.
+
+    Args:
+        repo: a :class:`~coral_core.Repository`, or its folder (created if needed).
+        experiment_name: names the checkpoints and the ``<name>/best`` tag
+            (default: the LightningModule's class name).
+        config: the policy, as a :class:`~coral_core.CheckpointConfig`; or give
+            its fields as keyword arguments instead, or ModelCheckpoint's names:
+            ``monitor`` (``save_on_best_metric``), ``mode`` (``"min"``/``"max"``;
+            Coral's default ``"auto"`` maximizes accuracy-like names),
+            ``save_top_k`` (``keep_best_n_checkpoints``; ``-1`` keeps all, ``0``
+            commits only ``save_last``; without ``monitor``, the k newest),
+            ``every_n_epochs`` / ``every_n_train_steps`` (``0`` turns one off;
+            giving only steps turns epoch commits off, as in ModelCheckpoint)
+            and ``save_last``.
+
+    Raises:
+        ConfigError: for unknown or contradicting settings, naming them.
+    """
+
+    def __init__(
+        self,
+        repo: Repository | str | os.PathLike[str],
+        experiment_name: str | None = None,
+        config: CheckpointConfig | None = None,
+        **settings: Any,
+    ) -> None:
+        if config is not None and settings:
+            raise ConfigError(
+                f"CoralCallback: give config= or settings ({', '.join(sorted(settings))}), not both"
+            )
+        self.config = config if config is not None else policy_from_settings(settings)
+        self._repo = repo
+        self._experiment_name = experiment_name
+        self.manager: CheckpointManager | None = None
+        self.last_commit: Commit | None = None
+        self._last_step_checked = -1
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(experiment_name=self._experiment_name)
+
+    @property
+    def best_model_path(self) -> str:
+        """``coral://<commit>`` of the best checkpoint ("" before one), so
+        ``trainer.test(ckpt_path="best")`` with CoralCheckpointIO loads it."""
+        best = self.manager.best if self.manager is not None else None
+        return f"{SCHEME}{best.commit_hash}" if best is not None else ""
+
+    # -- Lightning's hooks -------------------------------------------------------------
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Open the repository and the manager (rank 0, when fitting)."""
+        if stage != "fit" or not is_writer(trainer):
+            return
+        repo = (
+            self._repo if isinstance(self._repo, Repository) else Repository(self._repo, init=True)
+        )
+        name = self._experiment_name or type(pl_module).__name__
+        self.manager = CheckpointManager(repo, self.config, name)
+        self._last_step_checked = -1
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        """Commit when ``save_every_n_steps`` says so (once per optimizer step)."""
+        if self.manager is None or _dry_run(trainer):
+            return
+        step = trainer.global_step
+        if step != self._last_step_checked:
+            self._last_step_checked = step
+            if self.manager.should_save_step(step):
+                self.save(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Commit on the epoch schedule, or when the monitored metric improved."""
+        if self.manager is None or _dry_run(trainer):
+            return
+        if self.manager.should_save_epoch(trainer.current_epoch, logged_metrics(trainer)):
+            self.save(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Commit once more with ``save_last`` unless the newest commit holds the final step."""
+        if self.manager is None or _dry_run(trainer):
+            return
+        if self.manager.needs_final_save(trainer.global_step):
+            self.save(trainer, pl_module)
+
+    # -- saving -------------------------------------------------------------------------
+
+    def save(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Commit:
+        """Commit a checkpoint now, whatever the schedule says (rank 0 only).
+
+        Raises:
+            ConfigError: on another rank, or before the trainer set this callback up.
+        """
+        if self.manager is None:
+            raise ConfigError(
+                "CoralCallback.save: no repository open; it opens in setup() when "
+                "trainer.fit starts, on global rank 0 only"
+            )
+        weights_only = not self.config.include_optimizer
+        checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only)
+        weights, state, metadata = checkpoint_to_commit(
+            checkpoint, pl_module, logged_metrics(trainer)
+        )
+        state.experiment_name = self.manager.experiment_name
+        self.last_commit = self.manager.save(weights, state, metadata=metadata)
+        return self.last_commit
+
+
+def is_writer(trainer: pl.Trainer) -> bool:
+    """Whether this process commits: global rank 0 of the run."""
+    return bool(trainer.is_global_zero)
+
+
+def _dry_run(trainer: pl.Trainer) -> bool:
+    """``fast_dev_run`` commits nothing (as ModelCheckpoint saves nothing)."""
+    return bool(trainer.fast_dev_run)  # type: ignore[attr-defined]
+
+
+def logged_metrics(trainer: pl.Trainer) -> dict[str, float | int | str | bool]:
+    """What the run logged so far (``trainer.callback_metrics``), as Python numbers."""
+    return plain_metrics(trainer.callback_metrics)
+
+
+def policy_from_settings(settings: dict[str, Any]) -> CheckpointConfig:
+    """A :class:`~coral_core.CheckpointConfig` from its fields and ModelCheckpoint's names.
+
+    Raises:
+        ConfigError: for unknown names, a name given twice, or bad values.
+    """
+    known = {item.name for item in fields(CheckpointConfig)}
+    unknown = sorted(set(settings) - known - set(ALIASES) - {"save_top_k"})
+    if unknown:
+        raise ConfigError(
+            f"CoralCallback: unknown setting(s) {', '.join(unknown)}; known: "
+            f"{', '.join(sorted(known | set(ALIASES) | {'save_top_k'}))}"
+        )
+    values = {name: value for name, value in settings.items() if name in known}
+    for alias, field in ALIASES.items():
+        if alias in settings:
+            if field in values:
+                raise ConfigError(
+                    f"CoralCallback: {alias}= and {field}= set the same thing; give one"
+                )
+            values[field] = None if settings[alias] == 0 else settings[alias]  # 0: off
+    if values.get("save_every_n_steps") and "save_every_n_epochs" not in values:
+        values["save_every_n_epochs"] = None  # steps only, as in ModelCheckpoint
+    top_k = settings.get("save_top_k")
+    if top_k == 0:
+        values["auto_commit"] = False
+    elif top_k is not None and top_k != -1:
+        field = (
+            "keep_best_n_checkpoints" if values.get("save_on_best_metric") else "max_checkpoints"
+        )
+        if field in values:
+            raise ConfigError(f"CoralCallback: save_top_k= and {field}= set the same thing")
+        values[field] = top_k
+    return CheckpointConfig(**values)

@@ -1,0 +1,205 @@
+"""``CoralCheckpointIO``: Lightning's own checkpointing, into Coral commits.
+
+``Trainer(plugins=[CoralCheckpointIO(repo)])`` makes every checkpoint Lightning
+writes (``ModelCheckpoint``, ``trainer.save_checkpoint``) a commit on a branch
+instead of a ``.ckpt`` file. The path Lightning chose is kept in the commit
+(``coral_lightning.path``), so ModelCheckpoint's bookkeeping (``best_model_path``,
+``save_top_k``, ``last.ckpt``) works unchanged: saving to a path again
+replaces the commit saved there before, and ``remove_checkpoint`` drops that
+commit from the branch's history, so the branch holds exactly the checkpoints
+ModelCheckpoint keeps and ``gc`` frees the rest. ``ckpt_path`` accepts those
+paths, ``coral://<ref>`` (a branch, tag or commit) and commit ids.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pytorch_lightning.plugins.io import CheckpointIO
+
+from coral_core import CoralError, RefNotFoundError, Repository
+from coral_core.checkpoint import CHECKPOINT_KEY
+from coral_core.refs import HEADS
+from coral_lightning.convert import checkpoint_from_commit, checkpoint_to_commit
+
+#: Commit metadata key: the checkpoint path Lightning saved to.
+PATH_KEY = "coral_lightning.path"
+#: ``ckpt_path`` prefix that names a Coral ref.
+SCHEME = "coral://"
+
+
+class CoralCheckpointIO(CheckpointIO):
+    """A Lightning ``CheckpointIO`` plugin that saves checkpoints as Coral commits.
+
+    Args:
+        repo: a :class:`~coral_core.Repository`, or its folder (created on the
+            first save if needed).
+        experiment_name: names the checkpoints (commit metadata, and the
+            ``<name>/best`` tag on ModelCheckpoint's best one).
+        branch: commit onto this branch (default: HEAD's branch).
+        restore_random_state: on load, put Python's, numpy's and torch's random
+            generators back as they were at the save, so a resumed run draws
+            the same data order and dropout as one that never stopped.
+    """
+
+    def __init__(
+        self,
+        repo: Repository | str | os.PathLike[str],
+        experiment_name: str = "lightning",
+        branch: str | None = None,
+        restore_random_state: bool = True,
+    ) -> None:
+        self._repo = repo if isinstance(repo, Repository) else None
+        self._repo_path = None if isinstance(repo, Repository) else Path(repo)
+        self.experiment_name = experiment_name
+        self._branch = branch
+        self.restore_random_state = restore_random_state
+
+    @property
+    def repo(self) -> Repository:
+        """The repository (opened, or created, on first use)."""
+        if self._repo is None:
+            self._repo = Repository(self._repo_path, init=True)  # type: ignore[arg-type]
+        return self._repo
+
+    @property
+    def branch(self) -> str:
+        """The branch checkpoints go on."""
+        branch = self._branch or self.repo.current_branch
+        if branch is None:
+            raise CoralError(
+                f"HEAD of {self.repo.path} is detached, so checkpoints have no branch to go "
+                "on; check out a branch or give CoralCheckpointIO(branch=...)"
+            )
+        return branch
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike[str], storage_options: Any = None
+    ) -> None:
+        """Commit ``checkpoint`` as the one saved at ``path`` (replacing an earlier one there).
+
+        Raises:
+            TypeError: for ``storage_options`` (Coral takes none).
+            UnstorableCheckpointError: for an entry that would need a pickle.
+        """
+        if storage_options is not None:
+            raise TypeError(
+                f"CoralCheckpointIO.save_checkpoint takes no storage_options, got "
+                f"{storage_options!r}"
+            )
+        key = _path_key(path)
+        weights, state, metadata = checkpoint_to_commit(checkpoint, metrics=_monitored(checkpoint))
+        state.experiment_name = self.experiment_name
+        metadata[PATH_KEY] = key
+        metadata[CHECKPOINT_KEY] = {
+            "experiment": self.experiment_name,
+            "epoch": state.epoch,
+            "step": state.global_step,
+        }
+        branch = self.branch
+        earlier = self._commits_at(key)
+        message = f"{self.experiment_name}: {os.path.basename(key)} (epoch {state.epoch}, "
+        message += f"step {state.global_step})"
+        commit = self.repo.commit(
+            message,
+            metrics=state.metrics,
+            metadata=metadata,
+            weights=weights,
+            branch=branch,
+            training_state=state,
+        )
+        if earlier:  # an overwrite: the branch keeps one checkpoint per path
+            mapping = self.repo.drop_commits(branch, earlier)
+            commit = self.repo.read_commit(
+                str(mapping.get(commit.commit_hash) or commit.commit_hash)
+            )
+        if key in _best_paths(checkpoint):
+            self.repo.tag_version(
+                f"{self.experiment_name}/best",
+                f"ModelCheckpoint's best of {self.experiment_name}: {os.path.basename(key)}",
+                metrics=state.metrics,
+                ref=commit.commit_hash,
+                force=True,
+            )
+
+    def load_checkpoint(
+        self,
+        path: str | os.PathLike[str],
+        map_location: Any = None,
+        weights_only: bool | None = None,
+    ) -> dict[str, Any]:
+        """The checkpoint dict saved at ``path``, or held by ``coral://<ref>`` or a commit id.
+
+        Tensors come back on the CPU (Lightning moves them to the model's
+        device); nothing is unpickled, so ``weights_only`` changes nothing.
+
+        Raises:
+            RefNotFoundError: when ``path`` names no checkpoint of this repository.
+        """
+        return checkpoint_from_commit(self.repo, self.resolve(path), self.restore_random_state)
+
+    def remove_checkpoint(self, path: str | os.PathLike[str]) -> None:
+        """Drop the checkpoint saved at ``path`` from the branch's history (no-op when none)."""
+        if self._repo is None and not (self._repo_path and self._repo_path.exists()):
+            return
+        earlier = self._commits_at(_path_key(path))
+        if earlier:
+            self.repo.drop_commits(self.branch, earlier)
+
+    def resolve(self, path: str | os.PathLike[str]) -> str:
+        """The commit id a ``ckpt_path`` names: ``coral://<ref>``, a path saved
+        to, or a ref or commit id of the repository."""
+        text = os.fspath(path)
+        if text.startswith(SCHEME):
+            return self.repo.resolve(text[len(SCHEME) :])
+        saved = self._commits_at(_path_key(text))
+        if saved:
+            return saved[0]
+        try:
+            return self.repo.resolve(text)
+        except RefNotFoundError:
+            raise RefNotFoundError(
+                f"no checkpoint {text!r} in {self.repo.path}: not a path saved on branch "
+                f"{self.branch!r}, nor a ref or commit id; give ckpt_path='coral://<ref>' "
+                "(a branch, tag or commit) or a path ModelCheckpoint saved"
+            ) from None
+
+    def _commits_at(self, key: str) -> list[str]:
+        """Commits saved at ``key`` on the branch, newest first."""
+        found = []
+        tip = self.repo.refs.read(HEADS + self.branch)
+        while tip is not None:
+            commit = self.repo.read_commit(tip)
+            if commit.metadata.metadata.get(PATH_KEY) == key:
+                found.append(tip)
+            tip = commit.parent_hashes[0] if commit.parent_hashes else None
+        return found
+
+
+def _path_key(path: str | os.PathLike[str]) -> str:
+    return os.path.abspath(os.fspath(path))
+
+
+def _callback_states(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
+    """The states of ModelCheckpoint-like callbacks that monitor a metric."""
+    states = checkpoint.get("callbacks") or {}
+    return [s for s in states.values() if isinstance(s, dict) and s.get("monitor")]
+
+
+def _monitored(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """``{monitor: current score}`` of each ModelCheckpoint in the checkpoint."""
+    return {
+        s["monitor"]: s["current_score"]
+        for s in _callback_states(checkpoint)
+        if s.get("current_score") is not None
+    }
+
+
+def _best_paths(checkpoint: dict[str, Any]) -> set[str]:
+    return {
+        _path_key(s["best_model_path"])
+        for s in _callback_states(checkpoint)
+        if s.get("best_model_path")
+    }
