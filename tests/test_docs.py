@@ -39,3 +39,20 @@ def test_quickstart_example(tmp_path: Path) -> None:
     assert "restored bit for bit: True" in out.stdout
     assert "repository verifies: True" in out.stdout
     assert out.stdout.count("\n  ") >= 3  # three commits in the log
+
+
+def test_readme_cli_block_runs(tmp_path: Path) -> None:
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    demo = [block for block in blocks if "coral-ml init" in block]
+    assert demo
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    out = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", demo[0]],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "fine-tuned" in out.stdout
+    assert (tmp_path / "cli-demo" / "restored.safetensors").is_file()

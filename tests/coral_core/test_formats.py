@@ -16,6 +16,7 @@ from coral_core import (
     UnknownModelFormatError,
     bit_view,
     format_for,
+    formats,
 )
 from coral_core.formats import read_safetensors, write_safetensors
 from coral_core.testing.strategies import arrays
@@ -94,10 +95,11 @@ def test_damaged_files_are_refused_with_their_name(tmp_path: Path) -> None:
             read_safetensors(tmp_path / name)
 
 
-def test_formats_are_found_by_suffix() -> None:
+def test_formats_are_found_by_suffix(monkeypatch: pytest.MonkeyPatch) -> None:
     assert format_for("a/model.SAFETENSORS") is SAFETENSORS
-    with pytest.raises(UnknownModelFormatError, match="pip install coral-tf"):
-        format_for("model.keras")
+    monkeypatch.setitem(formats.PLUGIN_PACKAGES, ".ckptx", "coral-ckptx")  # not installed
+    with pytest.raises(UnknownModelFormatError, match="pip install coral-ckptx"):
+        format_for("model.ckptx")
     with pytest.raises(UnknownModelFormatError, match=r"known: .*\.safetensors"):
         format_for("model.onnx")
     if importlib.util.find_spec("coral_torch") is not None:  # its entry point plugs in .pt

@@ -2,10 +2,12 @@
 
 A :class:`ModelFormat` reads a file into arrays by name and writes arrays to
 a file. ``.safetensors`` is built in (read through ``mmap``, nothing loaded
-until used; no dependency). Framework packages add theirs under the entry
-point group ``coral.formats`` (``.pt``/``.pth``/``.bin`` come from
-coral-torch), so ``coral-ml add model.pt`` works once that package is
-installed and names the package to install when it is not.
+until used; no dependency), and so are numpy's ``.npz`` and ``.npy`` (never
+with pickles). Framework packages add theirs under the entry point group
+``coral.formats``, one entry point per suffix and named after it (``pt``,
+``pth`` and ``bin`` come from coral-torch), so ``coral-ml add model.pt``
+works once that package is installed, imports no other framework, and names
+the package to install when it is not.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import json
 import math
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 import numpy as np
@@ -50,29 +53,46 @@ class ModelFormat:
     write: Callable[[str | os.PathLike[str], Mapping[str, np.ndarray]], None]
 
 
+_BUILT_IN: dict[str, ModelFormat] = {}  # filled at the end of this module
+
+
+def _load(entry: EntryPoint) -> ModelFormat:
+    plugin = entry.load()
+    if not isinstance(plugin, ModelFormat):
+        raise CoralError(f"entry point {entry.name!r} in {FORMAT_GROUP} is not a ModelFormat")
+    return plugin
+
+
 def available_formats() -> dict[str, ModelFormat]:
-    """Every format installed, by suffix (plugins may not replace a built-in)."""
-    formats = {suffix: SAFETENSORS for suffix in SAFETENSORS.suffixes}
+    """Every format installed, by suffix (plugins may not replace a built-in).
+
+    Loads every plugin (and so imports its framework): for listing. To read
+    one file, :func:`format_for` loads only the plugin of its suffix.
+    """
+    formats = dict(_BUILT_IN)
     for entry in entry_points(group=FORMAT_GROUP):
-        plugin = entry.load()
-        if not isinstance(plugin, ModelFormat):
-            raise CoralError(f"entry point {entry.name!r} in {FORMAT_GROUP} is not a ModelFormat")
-        for suffix in plugin.suffixes:
-            formats.setdefault(suffix.lower(), plugin)
+        for suffix in _load(entry).suffixes:
+            formats.setdefault(suffix.lower(), _load(entry))
     return formats
 
 
 def format_for(path: str | os.PathLike[str]) -> ModelFormat:
     """The format of a file, by its suffix.
 
+    Plugins are entry points named after the suffix they read (``pt`` for
+    ``.pt``), so finding one imports no other framework.
+
     Raises:
         UnknownModelFormatError: naming the package to install when a plugin
             has that suffix, else the suffixes that are known.
     """
     suffix = Path(path).suffix.lower()
-    formats = available_formats()
-    if suffix in formats:
-        return formats[suffix]
+    if suffix in _BUILT_IN:
+        return _BUILT_IN[suffix]
+    for entry in entry_points(group=FORMAT_GROUP, name=suffix.lstrip(".")):
+        plugin = _load(entry)
+        if suffix in plugin.suffixes:
+            return plugin
     if suffix in PLUGIN_PACKAGES:
         raise UnknownModelFormatError(
             f"{path}: {suffix} files are read by {PLUGIN_PACKAGES[suffix]}; "
@@ -80,7 +100,7 @@ def format_for(path: str | os.PathLike[str]) -> ModelFormat:
         )
     raise UnknownModelFormatError(
         f"{path}: no installed format reads {suffix or 'files without a suffix'}; "
-        f"known: {', '.join(sorted(formats))}"
+        f"known: {', '.join(sorted(available_formats()))}"
     )
 
 
@@ -194,3 +214,46 @@ def write_safetensors(path: str | os.PathLike[str], arrays: Mapping[str, np.ndar
 
 
 SAFETENSORS = ModelFormat("safetensors", (".safetensors",), read_safetensors, write_safetensors)
+
+
+# -- numpy ---------------------------------------------------------------------------
+
+
+def read_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` file (object arrays, which need pickles, refused)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise ModelFileError(f"{path} is not a readable .npz file: {exc}") from None
+
+
+def write_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> None:
+    """Write arrays as an uncompressed ``.npz`` file."""
+    with Path(path).open("wb") as handle:
+        np.savez(handle, **dict(arrays))  # type: ignore[arg-type]
+
+
+def read_npy(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """An ``.npy`` file's array, memory-mapped, named after the file's stem."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise ModelFileError(f"{path} is not a readable .npy file: {exc}") from None
+    return {Path(path).stem: array}
+
+
+def write_npy(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> None:
+    """Write the one array of ``arrays`` as an ``.npy`` file."""
+    if len(arrays) != 1:
+        raise ModelFileError(f"{path}: an .npy file holds one array, not {len(arrays)}")
+    np.save(Path(path), next(iter(arrays.values())), allow_pickle=False)
+
+
+NPZ = ModelFormat("npz", (".npz",), read_npz, write_npz)
+NPY = ModelFormat("npy", (".npy",), read_npy, write_npy)
+_BUILT_IN.update({suffix: f for f in (SAFETENSORS, NPZ, NPY) for suffix in f.suffixes})

@@ -1,0 +1,246 @@
+"""History commands: log, diff, compare, reflog."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from coral_cli.main import Env, pass_env
+from coral_cli.output import table, user_errors
+from coral_cli.parsing import metric_filters
+from coral_cli.views import commit_data, tags_by_commit, when
+from coral_core import CommitDiff
+
+
+@click.command()
+@click.argument("ref", required=False)
+@click.option("-n", "--max-count", type=click.IntRange(min=1), help="Show at most N commits.")
+@click.option("--oneline", is_flag=True, help="One line per commit.")
+@click.option("--graph", is_flag=True, help="Draw parents as a text graph.")
+@click.option("--all", "all_refs", is_flag=True, help="Every branch and tag, not just REF.")
+@click.option(
+    "--filter", "filters", multiple=True, metavar="EXPR", help='A metric test: "val_accuracy>0.9".'
+)
+@pass_env
+def log(
+    env: Env,
+    ref: str | None,
+    max_count: int | None,
+    oneline: bool,
+    graph: bool,
+    all_refs: bool,
+    filters: tuple[str, ...],
+) -> None:
+    """History, newest first.
+
+    Example: coral-ml log -n 5 --filter "val_accuracy>=0.9"
+    """
+    tests = metric_filters(filters)
+    with user_errors():
+        repo = env.repo()
+        commits = repo.log(ref, all_refs=all_refs)
+        if tests:
+            passing = {c.commit_hash for c in repo.find_commits(metric_filter=tests, ref=ref)}
+            commits = [c for c in commits if c.commit_hash in passing]
+        commits = commits[:max_count] if max_count else commits
+        tags = tags_by_commit(repo)
+    data = [commit_data(c, tags) for c in commits]
+
+    def render(rows: list[dict[str, Any]]) -> str:
+        if not rows:
+            return "no commits"
+        lines = []
+        for row, marker in zip(rows, _graph(rows) if graph else [""] * len(rows), strict=True):
+            decoration = f" ({', '.join('tag: ' + t for t in row['tags'])})" if row["tags"] else ""
+            metrics = " ".join(f"{k}={_short(v)}" for k, v in row["metrics"].items())
+            if oneline:
+                lines.append(f"{marker}{row['commit'][:12]}{decoration} {row['message']}")
+                continue
+            lines += [
+                f"{marker}commit {row['commit']}{decoration}",
+                f"Author: {row['author']}",
+                f"Date:   {when(row['timestamp'])}",
+                f"\n    {row['message']}",
+            ]
+            if metrics:
+                lines.append(f"    metrics: {metrics}")
+            lines.append("")
+        return "\n".join(lines).rstrip()
+
+    env.output.emit(data, render)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _graph(rows: list[dict[str, Any]]) -> list[str]:
+    """A column per line of descent: ``* `` on the commit's column, ``| `` on the others."""
+    columns: list[str | None] = []
+    markers = []
+    for row in rows:
+        if row["commit"] not in columns:
+            columns.append(row["commit"])
+        at = columns.index(row["commit"])
+        markers.append("".join("* " if i == at else "| " for i in range(len(columns))))
+        parents = row["parents"]
+        columns[at] = parents[0] if parents else None
+        for parent in parents[1:]:
+            if parent not in columns:
+                columns.append(parent)
+        while columns and columns[-1] is None:
+            columns.pop()
+    return markers
+
+
+def _diff_data(diff: CommitDiff) -> dict[str, Any]:
+    tensors = []
+    for name, item in diff.tensors.items():
+        stats = item.stats
+        tensors.append(
+            {
+                "name": name,
+                "status": item.status,
+                "shape_before": list(item.before.shape) if item.before else None,
+                "shape_after": list(item.after.shape) if item.after else None,
+                "changed_elements": stats.changed_elements if stats else None,
+                "relative_l2": stats.relative_l2 if stats else None,
+                "max_abs_change": stats.max_abs_change if stats else None,
+                "cosine_similarity": stats.cosine_similarity if stats else None,
+            }
+        )
+    return {"from": diff.commit_a, "to": diff.commit_b, "tensors": tensors}
+
+
+@click.command()
+@click.argument("ref_a")
+@click.argument("ref_b", required=False)
+@click.option("--all", "show_all", is_flag=True, help="List unchanged tensors too.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Draw a chart.")
+@pass_env
+def diff(env: Env, ref_a: str, ref_b: str | None, show_all: bool, plot: Path | None) -> None:
+    """Per-tensor change from REF_A to REF_B (HEAD by default).
+
+    Example: coral-ml diff v1.0 main --plot change.png
+    """
+    with user_errors():
+        data = _diff_data(env.repo().diff(ref_a, ref_b))
+    if plot is not None:
+        _plot_changes(data, plot)
+
+    def render(d: dict[str, Any]) -> str:
+        rows = [
+            (
+                t["name"],
+                t["status"],
+                "x".join(map(str, t["shape_after"] or t["shape_before"] or [])) or "scalar",
+                t["relative_l2"],
+                t["max_abs_change"],
+                t["cosine_similarity"],
+            )
+            for t in d["tensors"]
+            if show_all or t["status"] != "unchanged"
+        ]
+        counts: dict[str, int] = {}
+        for t in d["tensors"]:
+            counts[t["status"]] = counts.get(t["status"], 0) + 1
+        summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        head = f"{d['from'][:12]}..{d['to'][:12]}: {summary or 'no tensors'}"
+        if not rows:
+            return head
+        columns = ("name", "status", "shape", "rel. L2", "max |change|", "cosine")
+        return head + "\n" + table(columns, rows, right=(3, 4, 5))
+
+    env.output.emit(data, render)
+
+
+def _plot_changes(data: dict[str, Any], path: Path) -> None:
+    """A bar chart of each modified tensor's relative L2 change (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib import pyplot
+    except ImportError:
+        raise click.ClickException("--plot needs matplotlib: pip install matplotlib") from None
+    changed = [t for t in data["tensors"] if t["relative_l2"] is not None]
+    figure, axes = pyplot.subplots(figsize=(8, max(2.0, 0.25 * len(changed) + 1)))
+    axes.barh([t["name"] for t in changed], [t["relative_l2"] for t in changed])
+    axes.set_xlabel("relative L2 change")
+    axes.set_title(f"{data['from'][:12]} -> {data['to'][:12]}")
+    axes.invert_yaxis()
+    figure.tight_layout()
+    figure.savefig(path)
+    pyplot.close(figure)
+
+
+@click.command()
+@click.argument("ref_a")
+@click.argument("ref_b")
+@pass_env
+def compare(env: Env, ref_a: str, ref_b: str) -> None:
+    """Two commits side by side: metrics, and how much the weights changed.
+
+    Example: coral-ml compare experiment-a experiment-b
+    """
+    with user_errors():
+        repo = env.repo()
+        a, b = repo.show(ref_a), repo.show(ref_b)
+        changes = _diff_data(repo.diff(a.commit_hash, b.commit_hash))
+    metrics = sorted(set(a.metrics) | set(b.metrics))
+    modified = [t for t in changes["tensors"] if t["status"] == "modified"]
+    data = {
+        "a": a.commit_hash,
+        "b": b.commit_hash,
+        "metrics": {m: [a.metrics.get(m), b.metrics.get(m)] for m in metrics},
+        "tensors": {
+            status: sum(1 for t in changes["tensors"] if t["status"] == status)
+            for status in ("added", "removed", "modified", "unchanged")
+        },
+        "max_relative_l2": max((t["relative_l2"] or 0.0 for t in modified), default=0.0),
+    }
+
+    def render(d: dict[str, Any]) -> str:
+        rows = [(m, *values) for m, values in d["metrics"].items()]
+        text = table(("metric", ref_a, ref_b), rows, right=(1, 2)) if rows else "no metrics"
+        counts = ", ".join(f"{n} {s}" for s, n in d["tensors"].items())
+        return f"{text}\n\ntensors: {counts}; largest relative L2 change {d['max_relative_l2']:.4g}"
+
+    env.output.emit(data, render)
+
+
+@click.command()
+@click.argument("ref", default="HEAD")
+@pass_env
+def reflog(env: Env, ref: str) -> None:
+    """Every move of HEAD or a branch, newest first.
+
+    Example: coral-ml reflog main
+    """
+    with user_errors():
+        entries = env.repo().reflog(ref)
+    data = [
+        {
+            "old": e.old,
+            "new": e.new,
+            "author": e.author,
+            "timestamp": e.timestamp,
+            "message": e.message,
+        }
+        for e in entries
+    ]
+    env.output.emit(
+        data,
+        lambda rows: (
+            "\n".join(
+                f"{(r['new'] or '0' * 12)[:12]} {ref}@{{{i}}}: {r['message']}"
+                for i, r in enumerate(rows)
+            )
+            or "no moves recorded"
+        ),
+    )
+
+
+COMMANDS = [log, diff, compare, reflog]

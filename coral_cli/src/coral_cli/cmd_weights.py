@@ -1,0 +1,263 @@
+"""Weights commands: add, commit, show, ls-tree, export, import, rm, reset."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from coral_cli.main import Env, pass_env
+from coral_cli.output import Output, human_bytes, table, user_errors
+from coral_cli.parsing import metric_pairs
+from coral_cli.views import commit_data, tags_by_commit, tree_data, when
+from coral_core import TensorMismatchError, format_for
+
+metric_option = click.option(
+    "--metric", "metrics", multiple=True, metavar="KEY=VALUE", help="A metric (repeatable)."
+)
+
+
+def read_model_files(paths: Sequence[Path], prefix: str, output: Output) -> dict[str, np.ndarray]:
+    """Every tensor of ``paths`` by name (each format's plugin reads its files).
+
+    Raises:
+        TensorMismatchError: when two files hold a tensor of the same name.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    source: dict[str, Path] = {}
+    for path in output.progress(list(paths), "reading"):
+        for name, array in format_for(path).read(path).items():
+            full = f"{prefix}{name}"
+            if full in arrays:
+                raise TensorMismatchError(
+                    f"tensor {full!r} is in both {source[full]} and {path}; add them one at "
+                    "a time or give --prefix"
+                )
+            arrays[full], source[full] = array, path
+    return arrays
+
+
+def model_files(paths: Sequence[Path]) -> list[Path]:
+    """Files as given; a folder stands for the model files directly inside it, by name."""
+    found = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        else:
+            found.append(path)
+    return found
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--prefix", default="", help="Put this before every tensor name ('encoder.').")
+@pass_env
+def add(env: Env, files: tuple[Path, ...], prefix: str) -> None:
+    """Stage the tensors of model files for the next commit.
+
+    .safetensors, .npz and .npy are read natively (memory-mapped); .pt/.pth/.bin
+    need coral-torch, .keras/.h5 coral-tf.
+
+    Example: coral-ml add model.safetensors
+    """
+    with user_errors():
+        repo = env.repo()
+        arrays = read_model_files(files, prefix, env.output)
+        staged = repo.stage_weights(arrays)
+    env.output.emit(
+        {"staged": staged},
+        lambda d: f"staged {len(d['staged'])} tensors from {len(files)} file(s)",
+    )
+
+
+@click.command()
+@click.option("-m", "--message", required=True, help="What this version is.")
+@click.option("--author", help="Who made it (default: user.name, then the login).")
+@metric_option
+@click.option("--allow-empty", is_flag=True, help="Commit even when nothing is staged.")
+@pass_env
+def commit(
+    env: Env, message: str, author: str | None, metrics: tuple[str, ...], allow_empty: bool
+) -> None:
+    """Record what is staged as a new commit.
+
+    Example: coral-ml commit -m "fine-tuned" --metric val_accuracy=0.93
+    """
+    values = metric_pairs(metrics)
+    with user_errors():
+        made = env.repo().commit(message, author=author, metrics=values, allow_empty=allow_empty)
+    env.output.emit(
+        commit_data(made, {}),
+        lambda d: f"[{made.short_hash}] {message}",
+    )
+
+
+@click.command()
+@click.argument("ref", default="HEAD")
+@pass_env
+def show(env: Env, ref: str) -> None:
+    """A commit's details: message, metrics, tags, tensor count and size.
+
+    Example: coral-ml show v1.0
+    """
+    with user_errors():
+        repo = env.repo()
+        found = repo.show(ref)
+        rows = tree_data(repo, found)
+        data = commit_data(found, tags_by_commit(repo))
+    data.update(
+        metadata=found.metadata.metadata,
+        tensors=len(rows),
+        bytes=sum(r["bytes"] for r in rows),
+        new_stored_bytes=sum(r["stored_bytes"] for r in rows if r["storage"] != "dedup"),
+    )
+
+    def render(d: dict[str, Any]) -> str:
+        lines = [
+            f"commit {d['commit']}",
+            f"Author: {d['author']}",
+            f"Date:   {when(d['timestamp'])}",
+        ]
+        if d["parents"]:
+            lines.append(f"Parents: {' '.join(p[:12] for p in d['parents'])}")
+        if d["tags"]:
+            lines.append(f"Tags:   {', '.join(d['tags'])}")
+        lines += ["", f"    {d['message']}", ""]
+        if d["metrics"]:
+            lines.append("Metrics: " + ", ".join(f"{k}={v}" for k, v in d["metrics"].items()))
+        lines.append(
+            f"Tensors: {d['tensors']} ({human_bytes(d['bytes'])}; "
+            f"new in this commit: {human_bytes(d['new_stored_bytes'])} stored)"
+        )
+        if d["lossy"]:
+            lines.append(
+                f"Lossy: {d['lossy']['type']} (max error {d['lossy']['max_abs_error']:.3g})"
+            )
+        return "\n".join(lines)
+
+    env.output.emit(data, render)
+
+
+@click.command("ls-tree")
+@click.argument("ref", default="HEAD")
+@pass_env
+def ls_tree(env: Env, ref: str) -> None:
+    """Every tensor of a commit: shape, dtype, size, stored size, how stored.
+
+    Example: coral-ml ls-tree main~1
+    """
+    with user_errors():
+        repo = env.repo()
+        rows = tree_data(repo, repo.show(ref))
+
+    def render(data: list[dict[str, Any]]) -> str:
+        return table(
+            ("name", "shape", "dtype", "size", "stored", "how"),
+            [
+                (
+                    r["name"],
+                    "x".join(map(str, r["shape"])) or "scalar",
+                    r["dtype"],
+                    human_bytes(r["bytes"]),
+                    human_bytes(r["stored_bytes"]),
+                    r["storage"],
+                )
+                for r in data
+            ],
+            right=(3, 4),
+        )
+
+    env.output.emit(rows, render)
+
+
+@click.command()
+@click.argument("ref")
+@click.argument("path", type=click.Path(path_type=Path))
+@pass_env
+def export(env: Env, ref: str, path: Path) -> None:
+    """Write a commit's tensors to a model file, or to a folder (one file per model).
+
+    The file's suffix picks the format (.safetensors, .npz, .pt with coral-torch,
+    ...). A path without a suffix is a folder: one .safetensors file per model
+    name the tensors carry (model.safetensors when they carry none).
+
+    Example: coral-ml export v1.0 model.safetensors
+    """
+    with user_errors():
+        repo = env.repo()
+        commit_id = repo.resolve(ref)
+        groups: dict[str, dict[str, np.ndarray]] = {}
+        for weight in repo.iter_weights(commit_id):
+            groups.setdefault(weight.metadata.model_name or "model", {})[weight.name] = weight.data
+        written = []
+        if path.suffix:
+            writer = format_for(path)
+            writer.write(path, {n: a for group in groups.values() for n, a in group.items()})
+            written.append(str(path))
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            writer = format_for("x.safetensors")
+            for model, arrays in env.output.progress(list(groups.items()), "exporting"):
+                target = path / f"{model}.safetensors"
+                writer.write(target, arrays)
+                written.append(str(target))
+    env.output.emit(
+        {"commit": commit_id, "files": written},
+        lambda d: "\n".join(f"wrote {f}" for f in d["files"]),
+    )
+
+
+@click.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-m", "--message", default="import", help="Message prefix of each commit.")
+@click.option("--branch", help="Commit onto this branch (created from HEAD if new).")
+@pass_env
+def import_(env: Env, paths: tuple[Path, ...], message: str, branch: str | None) -> None:
+    """Commit each model file as a version of its own, in the order given.
+
+    A folder stands for its model files, by name (a run's checkpoint-*.safetensors).
+
+    Example: coral-ml import checkpoints/
+    """
+    with user_errors():
+        repo = env.repo()
+        files = model_files(paths)
+        made = []
+        for path in env.output.progress(files, "importing"):
+            arrays = format_for(path).read(path)
+            made.append(repo.commit(f"{message} {path.name}", weights=arrays, branch=branch))
+    env.output.emit(
+        [commit_data(c, {}) for c in made],
+        lambda d: "\n".join(f"[{c['commit'][:12]}] {c['message']}" for c in d),
+    )
+
+
+@click.command()
+@click.argument("names", nargs=-1, required=True)
+@pass_env
+def rm(env: Env, names: tuple[str, ...]) -> None:
+    """Stage the removal of tensors from the next commit.
+
+    Example: coral-ml rm classifier.weight classifier.bias
+    """
+    with user_errors():
+        env.repo().remove_weights(list(names))
+    env.output.emit({"removed": list(names)}, lambda d: f"staged removal of {len(names)} tensors")
+
+
+@click.command()
+@pass_env
+def reset(env: Env) -> None:
+    """Drop everything staged (stored objects stay until gc).
+
+    Example: coral-ml reset
+    """
+    with user_errors():
+        env.repo().reset()
+    env.output.emit({"reset": True}, lambda d: "staging cleared")
+
+
+COMMANDS = [add, commit, show, ls_tree, export, import_, rm, reset]

@@ -1,0 +1,100 @@
+"""``coral-ml``: git for neural-network weights, on the command line.
+
+Every command calls the same :class:`coral_core.Repository` methods as the
+Python API; none writes an object itself. Framework formats (``.pt``,
+``.keras``) come in through the ``coral.formats`` plugins, so nothing here
+imports torch or TensorFlow until a file needs them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from coral_cli import __version__
+from coral_cli.output import Output
+from coral_core import Repository, RepositoryNotFoundError
+
+CORAL_DIR = ".coral"
+
+
+def find_repository(start: Path) -> Path:
+    """The folder holding ``.coral``: ``start`` or the nearest folder above it.
+
+    Raises:
+        RepositoryNotFoundError: when there is none up to the file system's root.
+    """
+    start = start.absolute()
+    for folder in (start, *start.parents):
+        if (folder / CORAL_DIR / "config").is_file():
+            return folder
+    raise RepositoryNotFoundError(
+        f"no Coral repository in {start} or above it; create one with `coral-ml init`"
+    )
+
+
+@dataclass
+class Env:
+    """What every command gets: how to print, and where the repository is."""
+
+    output: Output
+    repo_dir: Path | None = None
+    _repo: Repository | None = field(default=None, repr=False)
+
+    def repo(self) -> Repository:
+        """The repository (``--repo``, else found from the current folder upwards)."""
+        if self._repo is None:
+            folder = self.repo_dir if self.repo_dir is not None else find_repository(Path.cwd())
+            self._repo = Repository(folder)
+        return self._repo
+
+
+pass_env = click.make_pass_decorator(Env)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="coral-ml")
+@click.option(
+    "-C",
+    "--repo",
+    "repo_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="CORAL_REPO",
+    help="The repository's folder (default: found from the current folder upwards).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.pass_context
+def cli(ctx: click.Context, repo_dir: Path | None, as_json: bool, quiet: bool) -> None:
+    """Coral: git for neural-network weights.
+
+    \b
+    Quick start:
+      coral-ml init
+      coral-ml add model.safetensors
+      coral-ml commit -m "first version" --metric val_accuracy=0.91
+      coral-ml log
+    """
+    ctx.obj = Env(Output(json=as_json, quiet=quiet), repo_dir)
+
+
+def _register() -> None:
+    from coral_cli import cmd_experiment, cmd_history, cmd_refs, cmd_repo, cmd_weights
+
+    for module in (cmd_repo, cmd_weights, cmd_history, cmd_refs, cmd_experiment):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register()
+
+
+def main() -> None:
+    """The ``coral-ml`` entry point."""
+    cli(prog_name="coral-ml", auto_envvar_prefix=None, windows_expand_args=False)
+
+
+if __name__ == "__main__":
+    main()

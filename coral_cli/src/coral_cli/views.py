@@ -1,0 +1,71 @@
+"""The data commands print: commits, trees and their storage, as plain dicts (the JSON shapes)."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from coral_core import Commit, CoralError, Repository
+from coral_core.objects import Codec
+
+
+def tags_by_commit(repo: Repository) -> dict[str, list[str]]:
+    """Tag names per commit id."""
+    found: dict[str, list[str]] = {}
+    for tag in repo.list_tags():
+        found.setdefault(tag.commit, []).append(tag.name)
+    return found
+
+
+def commit_data(commit: Commit, tags: dict[str, list[str]]) -> dict[str, Any]:
+    """A commit as ``log --json`` and ``show --json`` print it."""
+    return {
+        "commit": commit.commit_hash,
+        "parents": list(commit.parent_hashes),
+        "author": commit.author,
+        "timestamp": commit.timestamp,
+        "message": commit.message,
+        "metrics": commit.metrics,
+        "labels": list(commit.metadata.tags),
+        "tags": sorted(tags.get(commit.commit_hash, [])),
+        "lossy": commit.lossy,
+        "training_state": commit.training is not None,
+    }
+
+
+def when(timestamp: float) -> str:
+    """A commit time in local time, to the second."""
+    return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def tree_data(repo: Repository, commit: Commit) -> list[dict[str, Any]]:
+    """Each tensor of a commit with its stored size and how it is stored:
+    ``dedup`` (the parent has these bytes already), ``delta`` (some chunk is a
+    delta against another) or ``full``."""
+    tree = repo.read_tree(commit.tree_hash)
+    parent_ids: set[str] = set()
+    if commit.parent_hashes:
+        parent = repo.read_commit(commit.parent_hashes[0])
+        parent_ids = {e.tensor for e in repo.read_tree(parent.tree_hash).values()}
+    rows = []
+    for name, entry in tree.items():
+        stored, storage = 0, "full"
+        try:
+            for chunk in repo.objects.tensor_descriptor(entry.tensor).chunks:
+                stored += repo.objects.stored_size(chunk)
+                if repo.objects.chunk_params(chunk)[0] == Codec.DELTA:
+                    storage = "delta"
+        except CoralError:
+            storage = "damaged"
+        rows.append(
+            {
+                "name": name,
+                "shape": list(entry.shape),
+                "dtype": entry.dtype,
+                "bytes": entry.nbytes,
+                "stored_bytes": stored,
+                "storage": "dedup" if entry.tensor in parent_ids else storage,
+                "tensor": entry.tensor,
+            }
+        )
+    return rows

@@ -1,0 +1,256 @@
+"""coral-ml: every command through CliRunner, a few through a real process, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+
+from coral_cli.main import cli
+from coral_core import CheckpointConfig, CheckpointManager, Repository, TrainingState, bit_view
+from coral_core.formats import read_safetensors, write_safetensors
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder with a repository and two versions of a small model as files."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    weights = {
+        "enc.weight": rng.standard_normal((64, 32)).astype(np.float32),
+        "enc.bias": np.zeros(64, np.float32),
+    }
+    write_safetensors(tmp_path / "v1.safetensors", weights)
+    weights["enc.weight"] = weights["enc.weight"] + np.float32(1e-3)
+    write_safetensors(tmp_path / "v2.safetensors", weights)
+    np.savez(tmp_path / "head.npz", **{"head.weight": np.ones((4, 64), np.float16)})
+    assert run("init").exit_code == 0
+    return tmp_path
+
+
+def run(*args: str, ok: bool = True) -> Result:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output + result.stderr
+    return result
+
+
+def as_json(*args: str) -> Any:
+    return json.loads(run("--json", *args).stdout)
+
+
+def two_commits() -> tuple[str, str]:
+    run("add", "v1.safetensors")
+    first = as_json("commit", "-m", "first", "--metric", "val_accuracy=0.8")["commit"]
+    run("add", "v2.safetensors", "head.npz")
+    second = as_json("commit", "-m", "second", "--metric", "val_accuracy=0.9")["commit"]
+    return first, second
+
+
+def test_add_commit_log_show_ls_tree(workdir: Path) -> None:
+    run("add", "v1.safetensors")
+    status = as_json("status")
+    assert status["branch"] == "main"
+    assert status["staged"]["added"] == ["enc.bias", "enc.weight"]
+    run("commit", "-m", "first", "--metric", "val_accuracy=0.8")
+    run("add", "v2.safetensors", "head.npz")
+    assert as_json("status")["staged"]["modified"] == ["enc.weight"]
+    second = as_json("commit", "-m", "second", "--metric", "val_accuracy=0.9")["commit"]
+    log = as_json("log")
+    assert [c["message"] for c in log] == ["second", "first"]
+    assert log[0]["commit"] == second
+    assert log[0]["metrics"] == {"val_accuracy": 0.9}
+    assert "second" in run("log", "--oneline").stdout
+    assert [c["commit"] for c in as_json("log", "--filter", "val_accuracy>0.85")] == [second]
+    assert len(as_json("log", "-n", "1")) == 1
+    shown = as_json("show", "HEAD")
+    assert shown["tensors"] == 3
+    assert shown["parents"]
+    assert "Tensors: 3" in run("show").stdout
+    tree = {row["name"]: row for row in as_json("ls-tree")}
+    assert tree["enc.bias"]["storage"] == "dedup"
+    assert tree["enc.weight"]["storage"] in ("delta", "full")
+    assert tree["head.weight"]["dtype"] == "float16"
+    assert tree["head.weight"]["shape"] == [4, 64]
+    assert "enc.weight" in run("ls-tree").stdout
+
+
+def test_diff_compare_stats_and_the_plot(workdir: Path) -> None:
+    first, second = two_commits()
+    changes = as_json("diff", first, second)
+    statuses = {t["name"]: t["status"] for t in changes["tensors"]}
+    assert statuses == {"enc.bias": "unchanged", "enc.weight": "modified", "head.weight": "added"}
+    modified = next(t for t in changes["tensors"] if t["name"] == "enc.weight")
+    assert 0 < modified["relative_l2"] < 0.01
+    assert "modified" in run("diff", first).stdout
+    run("diff", first, second, "--plot", "change.png")
+    assert (workdir / "change.png").read_bytes()[:4] == b"\x89PNG"
+    compared = as_json("compare", first, second)
+    assert compared["metrics"] == {"val_accuracy": [0.8, 0.9]}
+    assert compared["tensors"]["added"] == 1
+    stats = as_json("stats")
+    assert stats["commits"] == 2
+    assert stats["ratio"] > 1
+
+
+def test_branches_tags_checkout_reflog(workdir: Path) -> None:
+    first, _ = two_commits()
+    run("tag", "v1", first, "-d", "the first", "--metric", "val_accuracy=0.8")
+    tags = as_json("tag", "--list")
+    assert tags == [
+        {
+            "name": "v1",
+            "commit": first,
+            "description": "the first",
+            "metrics": {"val_accuracy": 0.8},
+        }
+    ]
+    assert as_json("tag", "--list", "x*") == []
+    run("branch", "experiment")
+    assert {b["name"] for b in as_json("branch")} == {"main", "experiment"}
+    run("checkout", "-b", "from-v1", "v1")
+    assert as_json("status")["branch"] == "from-v1"
+    run("checkout", "main")
+    run("branch", "-d", "experiment")
+    run("tag", "--delete", "v1")
+    assert as_json("tag", "--list") == []
+    moves = as_json("reflog")
+    assert moves[0]["message"].startswith("checkout: moving from from-v1 to main")
+
+
+def test_export_import_rm_reset(workdir: Path) -> None:
+    _, second = two_commits()
+    run("export", second, "out.safetensors")
+    exported = read_safetensors(workdir / "out.safetensors")
+    original = read_safetensors(workdir / "v2.safetensors")
+    for name, array in original.items():
+        assert np.array_equal(bit_view(exported[name]), bit_view(array))
+    run("export", second, "folder")
+    assert (workdir / "folder" / "model.safetensors").is_file()
+    run("export", second, "out.npz")
+    assert set(np.load(workdir / "out.npz").files) == set(exported)
+    (workdir / "ckpts").mkdir()
+    for i in range(3):
+        write_safetensors(
+            workdir / "ckpts" / f"step-{i}.safetensors", {"w": np.full(8, i, np.int32)}
+        )
+    imported = as_json("import", "ckpts", "--branch", "run")
+    assert [c["message"] for c in imported] == [f"import step-{i}.safetensors" for i in range(3)]
+    on_branch = [c["message"] for c in as_json("log", "run")]
+    assert on_branch == [f"import step-{i}.safetensors" for i in (2, 1, 0)] + ["second", "first"]
+    run("rm", "head.weight")
+    assert as_json("status")["staged"]["removed"] == ["head.weight"]
+    run("reset")
+    assert as_json("status")["staged"]["removed"] == []
+
+
+def test_config_verify_gc_repack(workdir: Path) -> None:
+    two_commits()
+    run("config", "user.name", "ada")
+    assert as_json("config", "user.name") == {"user.name": "ada"}
+    assert as_json("config", "--list")["core.format_version"] == 1
+    assert as_json("verify")["ok"] is True
+    assert as_json("gc", "--dry-run")["dry_run"] is True
+    assert as_json("repack", "--max-chain-length", "3")["max_chain_length"] == 3
+    bad = run("config", "core.chunk_size", "big", ok=False)
+    assert bad.exit_code == 1
+    assert "core.chunk_size" in bad.stderr
+
+
+def test_experiments(workdir: Path) -> None:
+    repo = Repository(workdir)
+    for name, scale in (("lr-small", 1.0), ("lr-big", 2.0)):
+        config = CheckpointConfig(branch=name)
+        manager = CheckpointManager(repo, config, name)
+        for step in range(1, 3):
+            weights = {"w": np.full(4, step * scale, np.float32)}
+            state = TrainingState(epoch=step, global_step=step * 10, metrics={"loss": 1 / step})
+            manager.save(weights, state)
+    listed = {e["name"]: e for e in as_json("experiment", "list")}
+    assert listed["lr-big"]["checkpoints"] == 2
+    assert listed["lr-big"]["last_step"] == 20
+    shown = as_json("experiment", "show", "lr-small")
+    assert [c["step"] for c in shown["checkpoints"]] == [10, 20]
+    compared = as_json("experiment", "compare", "lr-small", "lr-big")
+    assert compared["metrics"]["loss"] == {"lr-small": 0.5, "lr-big": 0.5}
+    missing = run("experiment", "show", "nope", ok=False)
+    assert missing.exit_code == 1
+    assert "lr-big" in missing.stderr
+
+
+def test_bad_input_is_one_line_exit_1_and_changes_nothing(workdir: Path) -> None:
+    two_commits()
+    before = sorted(p.name for p in (workdir / ".coral" / "objects").rglob("*"))
+    head = as_json("log", "-n", "1")[0]["commit"]
+    (workdir / "short.safetensors").write_bytes((workdir / "v1.safetensors").read_bytes()[:100])
+    (workdir / "notes.txt").write_text("hello")
+    (workdir / "fake.safetensors").write_text("not a model at all")
+    cases = [
+        (("show", "no-such-ref"), "no-such-ref"),
+        (("add", "missing.safetensors"), "missing.safetensors"),
+        (("add", "short.safetensors"), "short.safetensors"),
+        (("add", "fake.safetensors"), "fake.safetensors"),
+        (("add", "notes.txt"), ".txt"),
+        (("add", "v1.safetensors", "v2.safetensors"), "--prefix"),
+        (("checkout", "nowhere"), "nowhere"),
+        (("diff", "HEAD", "nope"), "nope"),
+    ]
+    for args, named in cases:
+        result = run(*args, ok=False)
+        assert result.exit_code == 1, args
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert named in result.stderr, (args, result.stderr)
+    usage = run("commit", ok=False)  # -m is required
+    assert usage.exit_code == 2
+    assert run("log", "--filter", "val_accuracy~1", ok=False).exit_code == 2
+    assert as_json("log", "-n", "1")[0]["commit"] == head
+    assert as_json("status")["staged"] == {"added": [], "modified": [], "removed": []}
+    assert sorted(p.name for p in (workdir / ".coral" / "objects").rglob("*")) == before
+
+
+def test_outside_a_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = run("log", ok=False)
+    assert result.exit_code == 1
+    assert "coral-ml init" in result.stderr
+    (tmp_path / "project" / "sub").mkdir(parents=True)
+    run("init", "project")
+    monkeypatch.chdir(tmp_path / "project" / "sub")
+    assert as_json("status")["branch"] == "main"  # found from a folder below
+
+
+def coral_ml(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    script = Path(sys.executable).parent / "coral-ml"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "coral_cli.main"]
+    return subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_real_process_exit_codes_and_no_framework_imports(tmp_path: Path) -> None:
+    assert coral_ml("init", cwd=tmp_path).returncode == 0
+    helped = coral_ml("--help", cwd=tmp_path)
+    assert helped.returncode == 0
+    assert "ls-tree" in helped.stdout
+    missing = coral_ml("show", "nope", cwd=tmp_path)
+    assert missing.returncode == 1
+    assert missing.stderr.startswith("error: ")
+    assert coral_ml("no-such-command", cwd=tmp_path).returncode == 2
+    probe = (
+        "import sys; from coral_cli.main import cli; "
+        "sys.argv = ['coral-ml', 'log']; "
+        "import contextlib\n"
+        "with contextlib.suppress(SystemExit): cli()\n"
+        "print(sorted(m for m in ('torch', 'tensorflow', 'keras', 'transformers', 'mlflow') "
+        "if m in sys.modules))"
+    )
+    env = {**os.environ, "PYTHONWARNINGS": "error"}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, env=env
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
