@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -33,7 +34,8 @@ def main() -> None:
     pl.seed_everything(7 if mode.startswith("resume") else 0, verbose=False)
     model = TinyClassifier()
     train, val = loaders()
-    checkpoints = pl.callbacks.ModelCheckpoint(dirpath=f"{repo}/ckpt", save_top_k=-1)
+    # one dirpath for every run: ModelCheckpoint's state names it (nothing is written there)
+    checkpoints = pl.callbacks.ModelCheckpoint(dirpath=Path(out).parent / "ckpt", save_top_k=-1)
     trainer = pl.Trainer(
         max_epochs=EPOCHS,
         max_steps=FIRST_STEPS if mode == "first" else -1,

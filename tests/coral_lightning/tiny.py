@@ -61,3 +61,12 @@ def loaders(batch_size: int = 16) -> tuple[DataLoader[Any], DataLoader[Any]]:
         torch.randn(96, 10, generator=generator), torch.randint(0, 4, (96,), generator=generator)
     )
     return DataLoader(data, batch_size=batch_size, shuffle=True), DataLoader(data, batch_size=48)
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal dtype, shape and bytes (so -0.0 differs from 0.0 and NaNs compare)."""
+    return (
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and torch.equal(a.flatten().view(torch.uint8), b.flatten().view(torch.uint8))
+    )

@@ -1,0 +1,172 @@
+"""CoralCheckpointIO: ModelCheckpoint saves into Coral; ckpt_path resumes, bit for bit."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from coral_core import RefNotFoundError, Repository
+from coral_lightning import CoralCheckpointIO, UnstorableCheckpointError
+from coral_lightning.checkpoint_io import PATH_KEY
+from coral_torch import load_state_dict, save_model
+
+from .tiny import LEAFSPEC_FILTER, QUIET, TinyClassifier, loaders, same_bits
+
+pytestmark = pytest.mark.filterwarnings(LEAFSPEC_FILTER)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def fit_with_model_checkpoint(
+    io: CoralCheckpointIO, dirpath: Path, epochs: int = 4, **checkpointing: Any
+) -> tuple[pl.Trainer, pl.callbacks.ModelCheckpoint, TinyClassifier]:
+    pl.seed_everything(0, verbose=False)
+    model = TinyClassifier()
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=dirpath, **checkpointing)
+    trainer = pl.Trainer(max_epochs=epochs, callbacks=[checkpoint], plugins=[io], **QUIET)
+    trainer.fit(model, *loaders())
+    return trainer, checkpoint, model
+
+
+def saved_paths(repo: Repository) -> list[str]:
+    return [c.metadata.metadata[PATH_KEY] for c in repo.log()]
+
+
+def test_model_checkpoint_top_k_and_last_are_the_branch_commits(tmp_path: Path) -> None:
+    io = CoralCheckpointIO(tmp_path / "repo", "tiny")
+    dirpath = tmp_path / "ckpt"
+    trainer, checkpoint, model = fit_with_model_checkpoint(
+        io, dirpath, monitor="val_loss", save_top_k=2, save_last=True
+    )
+    repo = Repository(tmp_path / "repo")
+    assert sorted(saved_paths(repo)) == sorted(
+        [*checkpoint.best_k_models, checkpoint.last_model_path]
+    )
+    assert not dirpath.exists()  # no .ckpt file written
+    best = repo.show("tiny/best")
+    assert best.metadata.metadata[PATH_KEY] == checkpoint.best_model_path
+    assert best.metrics["val_loss"] == pytest.approx(float(checkpoint.best_model_score))
+    last = io.resolve(checkpoint.last_model_path)
+    assert repo.show(last).metadata.metadata["coral.checkpoint"]["step"] == trainer.global_step
+    for name, tensor in load_state_dict(repo, last).items():
+        assert torch.equal(tensor, model.state_dict()[name]), name
+    assert repo.gc().removed_objects > 0  # what dropped checkpoints held alone
+    assert repo.verify().ok
+
+
+def test_load_by_path_ref_or_commit_id(tmp_path: Path) -> None:
+    io = CoralCheckpointIO(tmp_path / "repo", "tiny", restore_random_state=False)
+    _, checkpoint, model = fit_with_model_checkpoint(io, tmp_path / "ckpt", epochs=2)
+    by_path = io.load_checkpoint(checkpoint.best_model_path)
+    commit = io.resolve(checkpoint.best_model_path)
+    assert io.resolve(commit[:12]) == commit
+    assert io.resolve("coral://main") == commit  # save_top_k=1: the newest only
+    assert set(by_path) >= {
+        "epoch",
+        "global_step",
+        "pytorch-lightning_version",
+        "state_dict",
+        "optimizer_states",
+        "lr_schedulers",
+        "loops",
+        "callbacks",
+        "hyper_parameters",
+    }
+    assert by_path["global_step"] == 12
+    assert isinstance(by_path["optimizer_states"][0]["state"][0]["exp_avg"], torch.Tensor)
+    (state,) = by_path["callbacks"].values()
+    assert state["best_model_path"] == checkpoint.best_model_path
+    for name, tensor in by_path["state_dict"].items():
+        assert torch.equal(tensor, model.state_dict()[name]), name
+
+    with pytest.raises(RefNotFoundError, match=r"no checkpoint 'elsewhere\.ckpt'"):
+        io.load_checkpoint("elsewhere.ckpt")
+    with pytest.raises(TypeError, match="storage_options"):
+        io.save_checkpoint(by_path, tmp_path / "x.ckpt", storage_options={"compress": True})
+
+
+def test_saving_to_a_path_again_replaces_the_commit(tmp_path: Path) -> None:
+    io = CoralCheckpointIO(tmp_path / "repo")
+    trainer, _, _ = fit_with_model_checkpoint(io, tmp_path / "ckpt", epochs=1)
+    trainer.save_checkpoint(tmp_path / "manual.ckpt")
+    trainer.save_checkpoint(tmp_path / "manual.ckpt")
+    paths = saved_paths(io.repo)
+    assert paths.count(str(tmp_path / "manual.ckpt")) == 1
+    io.remove_checkpoint(tmp_path / "manual.ckpt")
+    io.remove_checkpoint(tmp_path / "never-saved.ckpt")  # nothing there: nothing to do
+    assert str(tmp_path / "manual.ckpt") not in saved_paths(io.repo)
+    assert len(saved_paths(io.repo)) == 1
+
+
+def test_any_commit_validates_as_a_weights_only_checkpoint(tmp_path: Path) -> None:
+    repo = Repository(tmp_path / "repo", init=True)
+    pl.seed_everything(1, verbose=False)
+    trained = TinyClassifier()
+    commit = save_model(repo, trained, "weights from elsewhere")
+    model = TinyClassifier()
+    trainer = pl.Trainer(plugins=[CoralCheckpointIO(repo)], **QUIET)
+    trainer.validate(model, loaders()[1], ckpt_path=f"coral://{commit.commit_hash}", verbose=False)
+    for name, tensor in trained.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+
+
+def test_a_checkpoint_that_needs_a_pickle_is_refused(tmp_path: Path) -> None:
+    class WithDevice(TinyClassifier):
+        def __init__(self) -> None:
+            super().__init__()
+            self.save_hyperparameters({"device": torch.device("cpu")})
+
+    io = CoralCheckpointIO(tmp_path / "repo")
+    trainer = pl.Trainer(max_epochs=1, plugins=[io], **QUIET)
+    with pytest.raises(UnstorableCheckpointError, match=r"hyper_parameters/device.*device"):
+        trainer.fit(WithDevice(), *loaders())
+    assert io.repo.log() == []
+
+
+@pytest.mark.slow
+def test_exact_resume_in_a_new_process(tmp_path: Path) -> None:
+    """Stop after two epochs, resume in a new process from coral://main: bit for bit the
+    uninterrupted run; resuming without the random generators' state is not."""
+    env = {**os.environ, "PYTHONWARNINGS": "error"}
+
+    def start(mode: str, repo: str) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", "tests.coral_lightning.resume_run"]
+        return subprocess.Popen(
+            [*command, str(tmp_path / repo), str(tmp_path / f"{mode}.pt"), mode],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+
+    def finish(*processes: subprocess.Popen[bytes]) -> None:
+        for process in processes:
+            output, _ = process.communicate(timeout=180)
+            assert process.returncode == 0, output.decode()[-3000:]
+
+    def result(mode: str) -> dict[str, Any]:
+        return torch.load(tmp_path / f"{mode}.pt", weights_only=True)  # type: ignore[no-any-return]
+
+    finish(start("full", "uninterrupted"), start("first", "split"))
+    stopped = Repository(tmp_path / "split").training_state("main")
+    assert stopped is not None
+    assert (stopped.epoch, stopped.global_step) == (1, 12)
+    shutil.copytree(tmp_path / "split", tmp_path / "split-no-rng")
+    finish(start("resume", "split"), start("resume-no-rng", "split-no-rng"))
+
+    full, resumed, first = result("full"), result("resume"), result("first")
+    for name, tensor in full["model"].items():
+        assert same_bits(resumed["model"][name], tensor), name
+    for index, values in full["optimizer"]["state"].items():
+        for key, tensor in values.items():
+            assert same_bits(resumed["optimizer"]["state"][index][key], tensor), (index, key)
+    assert not same_bits(first["model"]["net.0.weight"], full["model"]["net.0.weight"])
+    no_rng = result("resume-no-rng")
+    assert not same_bits(no_rng["model"]["net.0.weight"], full["model"]["net.0.weight"])
