@@ -75,17 +75,28 @@ class CoralCallback(Checkpoint):
         self.manager: CheckpointManager | None = None
         self.last_commit: Commit | None = None
         self._last_step_checked = -1
+        self._best_model_path = ""
 
     @property
     def state_key(self) -> str:
+        """Lightning's key for this callback in a checkpoint (one per experiment)."""
         return self._generate_state_key(experiment_name=self._experiment_name)
 
     @property
     def best_model_path(self) -> str:
-        """``coral://<commit>`` of the best checkpoint ("" before one), so
-        ``trainer.test(ckpt_path="best")`` with CoralCheckpointIO loads it."""
-        best = self.manager.best if self.manager is not None else None
-        return f"{SCHEME}{best.commit_hash}" if best is not None else ""
+        """``coral://<commit>`` of the best checkpoint (the newest without ``monitor``,
+        as in ModelCheckpoint; "" before one), so ``trainer.test(ckpt_path="best")``
+        with CoralCheckpointIO loads it."""
+        if self.manager is None:
+            return self._best_model_path
+        metric = self.config.save_on_best_metric
+        chosen = self.manager.best if metric else self.manager.latest
+        return f"{SCHEME}{chosen.commit_hash}" if chosen is not None else ""
+
+    @best_model_path.setter
+    def best_model_path(self, path: str) -> None:
+        """Lightning's spawn launchers hand rank 0's best path back to the main process."""
+        self._best_model_path = path
 
     # -- Lightning's hooks -------------------------------------------------------------
 

@@ -59,9 +59,12 @@ class CoralCheckpointIO(CheckpointIO):
 
     @property
     def repo(self) -> Repository:
-        """The repository (opened, or created, on first use)."""
+        """The repository (created on first use if the folder holds none)."""
+        return self._open(create=True)
+
+    def _open(self, create: bool) -> Repository:
         if self._repo is None:
-            self._repo = Repository(self._repo_path, init=True)  # type: ignore[arg-type]
+            self._repo = Repository(self._repo_path, init=create)  # type: ignore[arg-type]
         return self._repo
 
     @property
@@ -136,8 +139,10 @@ class CoralCheckpointIO(CheckpointIO):
         device); nothing is unpickled, so ``weights_only`` changes nothing.
 
         Raises:
+            RepositoryNotFoundError: when the folder holds no repository.
             RefNotFoundError: when ``path`` names no checkpoint of this repository.
         """
+        self._open(create=False)  # every rank loads: none of them creates
         return checkpoint_from_commit(self.repo, self.resolve(path), self.restore_random_state)
 
     def remove_checkpoint(self, path: str | os.PathLike[str]) -> None:
