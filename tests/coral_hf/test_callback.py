@@ -71,6 +71,8 @@ def test_each_trainer_save_is_a_commit_with_metrics_state_and_best_tag(tmp_path:
     assert state.extra[TRAINER_STATE_KEY]["global_step"] == 12
     files = repo.show(checkpoints[-1].commit_hash).metadata.metadata[FILES_KEY]
     assert "config.json" in files
+    folder = callback.checkout(tmp_path / "best", load_best=True)
+    assert json.loads((folder / "trainer_state.json").read_text())["global_step"] == best.step
 
 
 def test_steps_lower_is_better_and_retention(tmp_path: Path) -> None:

@@ -76,7 +76,8 @@ class CoralTrainerCallback(TrainerCallback):
     ) -> None:
         self.repo = repo if isinstance(repo, Repository) else Repository(repo, init=True)
         self.experiment_name = experiment_name or "training"
-        self.config = config or CheckpointConfig()
+        self._requested = config or CheckpointConfig()
+        self.config = self._requested
         self.manager: CheckpointManager | None = None
         self._metrics: dict[str, Any] = {}
 
@@ -84,7 +85,7 @@ class CoralTrainerCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         """Set up the checkpoint manager with the Trainer's notion of best."""
-        self.config = policy_for(args, self.config)
+        self.config = policy_for(args, self._requested)
         self.manager = CheckpointManager(self.repo, self.config, self.experiment_name)
         self._metrics = {}
 
@@ -142,7 +143,9 @@ class CoralTrainerCallback(TrainerCallback):
         scaler = getattr(optimizer, "scaler", None)  # accelerate's optimizer wrapper holds it
 
         def nested(obj: Any) -> Any:
-            return to_numpy_tree(obj.state_dict(), copy=True) if include and obj else None
+            return (
+                to_numpy_tree(obj.state_dict(), copy=True) if include and obj is not None else None
+            )
 
         lr = None
         if optimizer is not None and optimizer.param_groups:
