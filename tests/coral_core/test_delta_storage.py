@@ -309,3 +309,24 @@ def test_a_tensor_past_two_gigabytes(tmp_path: Path) -> None:
     del restored
     older = repo.get_weight("big", "HEAD~1").data
     assert int(np.count_nonzero(older)) == 0
+
+
+def test_bases_borrowed_from_the_last_commit_follow_changes_in_place(tmp_path: Path) -> None:
+    """The last commit's arrays serve as the next commit's delta bases only while
+    they still hold what was committed: a training loop that commits views of
+    weights it then updates in place gets the same, exact history."""
+    repo = Repository(tmp_path, init=True, chunk_size=4096)
+    versions = training_run(4, size=3000)
+    live = versions[0].copy()
+    for i, weights in enumerate(versions):
+        live[:] = weights  # in place: the array the last commit saw changes
+        repo.commit(f"step {i}", weights={"w": live})
+    fresh = [v.copy() for v in training_run(4, size=3000, seed=1)]
+    for i, weights in enumerate(fresh):  # new arrays each time: bases are borrowed
+        repo.commit(f"run 2 step {i}", weights={"w": weights})
+    history = versions + fresh
+    for back, weights in enumerate(reversed(history)):
+        assert exact(repo.get_weight("w", f"HEAD~{back}").data, weights)
+    entry = repo.ls_tree()["w"]
+    assert Codec.DELTA in {codec for codec, _ in chunk_codecs(repo.objects, entry.tensor)}
+    assert repo.verify().ok

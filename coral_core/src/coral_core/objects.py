@@ -56,6 +56,11 @@ _DELTA_GOOD_ENOUGH = 0.6  # a delta this small is kept without trying the standa
 #: without compressing the chunk's byte planes too: they would come out about
 #: as large as that keyframe's.
 _PLANES_MARGIN = 0.95
+#: Bytes of the caller's arrays the last write keeps a reference to, so that
+#: the next write finds its delta bases without decoding them (a training run
+#: commits fresh copies of its weights; arrays changed in place since are
+#: noticed by their hash and decoded as usual). Bounded, and no copy is made.
+RECENT_BYTES = 256 << 20
 #: The largest chunk: a header claiming more is damage, not a reason to allocate.
 MAX_CHUNK_SIZE = 1 << 30
 _MAX_DECODE_DEPTH = 64  # longer chains can only come from damaged parameters
@@ -117,6 +122,18 @@ class _Base:
     depth: int  # deltas decoded to rebuild it (0 for a keyframe)
     root: str  # the keyframe at the bottom of its chain
     stored: float | None = None  # stored / raw size, when it is a keyframe itself
+    borrowed: bool = False  # ``raw`` is a caller's array: check it again after use
+
+
+@dataclass(frozen=True)
+class _Recent:
+    """A chunk the last write stored, still in the caller's memory: the raw
+    bytes of the next write's delta base without decoding anything."""
+
+    piece: memoryview
+    depth: int
+    root: str
+    stored: float | None
 
 
 @dataclass(frozen=True)
@@ -140,6 +157,7 @@ class _ChunkTask:
     base: str | None
     rebuilt: np.ndarray | None = None
     rows: tuple[int, int] = (1, 0)  # (row length, first element), for PER_AXIS_SCALED
+    remember: bool = False  # keep a reference to ``piece`` as the next write's base
 
 
 @dataclass(frozen=True)
@@ -306,6 +324,7 @@ class ObjectDatabase:
         self.delta_config = delta_config or DeltaConfig(compression_level=compression_level)
         self.threads = threads or min(2, os.cpu_count() or 1)
         self._pool: ThreadPoolExecutor | None = None
+        self._recent: dict[str, _Recent] = {}  # chunks of the last write, by id
 
     def _map(self, function: Callable[[Any], T], items: Sequence[Any]) -> list[T]:
         """Run ``function`` over ``items`` on the pool (in order), or inline for one item."""
@@ -436,6 +455,7 @@ class ObjectDatabase:
         tasks: list[_ChunkTask] = []
         kind = self.delta_config.delta_type
         lossy_kind = None if kind.is_lossless else kind
+        budget = RECENT_BYTES if lossy_kind is None else 0
         for tensor, reference in items:
             tensor_id = tensor.compute_hash()
             if self.has(tensor_id):
@@ -450,25 +470,40 @@ class ObjectDatabase:
                 rebuilt = np.empty(len(raw), dtype=np.uint8)
             shape = tensor.shape
             row_length = tensor.size // shape[0] if len(shape) > 1 and tensor.size else 1
+            remember = len(raw) <= budget
+            budget -= len(raw) if remember else 0
             first = len(tasks)
             for index, offset in enumerate(offsets):
                 piece = raw[offset : offset + self.chunk_size]
                 out = None if rebuilt is None else rebuilt[offset : offset + len(piece)]
                 rows = (row_length, offset // tensor.metadata.dtype.itemsize)
-                tasks.append(_ChunkTask(piece, dtype, bases[index] if bases else None, out, rows))
+                base = bases[index] if bases else None
+                tasks.append(_ChunkTask(piece, dtype, base, out, rows, remember))
             plans.append(_TensorPlan(tensor, tensor_id, range(first, len(tasks)), rebuilt))
-        # Two batches: every chunk is durable before a descriptor naming it is visible.
+        # Every chunk is durable and visible before a descriptor naming it is: a
+        # barrier in one batch where the store has it, two batches otherwise.
+        recent: dict[str, _Recent] = {}
         with self.store.write_batch() as batch:
-            stored = self._map(partial(self._store_chunk, batch), tasks)
+            stored = self._map(partial(self._store_chunk, batch, recent), tasks)
+            barrier = getattr(batch, "barrier", None)
+            if barrier is not None:
+                barrier()
+                results = self._store_descriptors(batch, plans, stored)
+        if barrier is None:
+            with self.store.write_batch() as batch:
+                results = self._store_descriptors(batch, plans, stored)
+        self._recent = recent
+        return results
+
+    def _store_descriptors(
+        self, batch: WriteBatch, plans: list[_TensorPlan], stored: list[_StoredChunk]
+    ) -> list[WriteResult]:
         results = []
-        with self.store.write_batch() as batch:
-            for plan in plans:
-                if plan.chunks is None:
-                    results.append(WriteResult(plan.tensor_id, 0, deduplicated=True))
-                    continue
-                results.append(
-                    self._store_descriptor(batch, plan, [stored[i] for i in plan.chunks])
-                )
+        for plan in plans:
+            if plan.chunks is None:
+                results.append(WriteResult(plan.tensor_id, 0, deduplicated=True))
+                continue
+            results.append(self._store_descriptor(batch, plan, [stored[i] for i in plan.chunks]))
         return results
 
     def _store_descriptor(
@@ -497,8 +532,10 @@ class ObjectDatabase:
         written += self._put(tensor_id, ObjectKind.TENSOR, canonical_json(descriptor), batch)
         return WriteResult(tensor_id, written, False, fingerprint, lossy)
 
-    def _store_chunk(self, batch: WriteBatch, task: _ChunkTask) -> _StoredChunk:
-        """Encode and store one chunk unless present."""
+    def _store_chunk(
+        self, batch: WriteBatch, recent: dict[str, _Recent], task: _ChunkTask
+    ) -> _StoredChunk:
+        """Encode and store one chunk unless present; remember it in ``recent``."""
         if task.rebuilt is not None:
             stored = self._store_lossy_chunk(batch, task)
             if stored is not None:
@@ -509,8 +546,13 @@ class ObjectDatabase:
         if self.store.has(key):
             return _StoredChunk(piece_id, 0)
         base = task.base if task.base != piece_id else None
-        blob = self.encode_chunk(task.piece, task.dtype, base)
-        return _StoredChunk(piece_id, len(blob) if batch.put_if_absent(key, blob) else 0)
+        blob, depth, root = self._encode_chunk(task.piece, task.dtype, base)
+        if not batch.put_if_absent(key, blob):
+            return _StoredChunk(piece_id, 0)
+        if task.remember and task.rebuilt is None:  # (what it stores is ``piece`` exactly)
+            ratio = len(blob) / len(task.piece) if depth == 0 and task.piece else None
+            recent[piece_id] = _Recent(task.piece, depth, root or piece_id, ratio)
+        return _StoredChunk(piece_id, len(blob))
 
     def _store_lossy_chunk(self, batch: WriteBatch, task: _ChunkTask) -> _StoredChunk | None:
         """Store a chunk as a lossy delta against its base, rebuilding it into
@@ -518,7 +560,7 @@ class ObjectDatabase:
         unchanged, or values the lossy codec cannot take such as NaN)."""
         assert task.rebuilt is not None
         assert task.base is not None
-        base = self._delta_base(task.base, len(task.piece))
+        base = self._delta_base(task.base, len(task.piece), borrow=False)
         if base is None or base.raw.data == task.piece:
             return None
         np_dtype = numpy_dtype(task.dtype)
@@ -567,9 +609,17 @@ class ObjectDatabase:
 
     def encode_chunk(self, piece: memoryview, dtype: str, base_id: str | None) -> bytes:
         """The smallest of: a lossless delta against ``base_id``, byte planes, raw bytes."""
+        return self._encode_chunk(piece, dtype, base_id)[0]
+
+    def _encode_chunk(
+        self, piece: memoryview, dtype: str, base_id: str | None, borrow: bool = True
+    ) -> tuple[bytes, int, str | None]:
+        """:meth:`encode_chunk`, with the chain depth of the result and its keyframe
+        (None for a keyframe itself)."""
         np_dtype = numpy_dtype(dtype)
-        candidates: list[tuple[int, Codec, bytes | memoryview, dict[str, Any] | None]] = []
-        base = self._delta_base(base_id, len(piece)) if base_id else None
+        Candidate = tuple[int, Codec, bytes | memoryview, dict[str, Any] | None]
+        candidates: list[Candidate] = []
+        base = self._delta_base(base_id, len(piece), borrow) if base_id else None
         if base is not None:
             kind = self.delta_config.delta_type
             if not kind.is_lossless:  # what a lossy write keeps exactly stays exact
@@ -582,6 +632,8 @@ class ObjectDatabase:
                 base.raw.view(np_dtype),
                 self.delta_config,
             )
+            if base.borrowed and chunk_id(base.raw.data) != base.chunk_id:
+                return self._encode_chunk(piece, dtype, base_id, borrow=False)  # changed meanwhile
             params: dict[str, Any] = {
                 "base": base.chunk_id,
                 "root": base.root,
@@ -594,14 +646,18 @@ class ObjectDatabase:
             if base.stored is not None:  # a keyframe of this tensor: planes would be about as big
                 good_enough = max(good_enough, _PLANES_MARGIN * base.stored)
             if len(data) <= good_enough * len(piece):  # no need to try the rest
-                return pack_object(ObjectKind.CHUNK, Codec.DELTA, data, len(piece), params)
+                blob = pack_object(ObjectKind.CHUNK, Codec.DELTA, data, len(piece), params)
+                return blob, base.depth + 1, base.root
             candidates.append((len(data), Codec.DELTA, data, params))
         itemsize = min(np_dtype.itemsize, 8)
         planes = encode_planes(piece, itemsize, self.compression_level)
         candidates.append((len(planes), Codec.PLANES, planes, None))
         candidates.append((len(piece), Codec.RAW, piece, None))
         _, codec, payload, chosen = min(candidates, key=lambda c: c[0])
-        return pack_object(ObjectKind.CHUNK, codec, payload, len(piece), chosen)
+        blob = pack_object(ObjectKind.CHUNK, codec, payload, len(piece), chosen)
+        if chosen is None:
+            return blob, 0, None
+        return blob, int(chosen["depth"]), str(chosen["root"])
 
     def chunk_params(self, object_id: str) -> tuple[Codec, dict[str, Any]]:
         """A chunk's codec and parameters, read without its payload."""
@@ -618,10 +674,22 @@ class ObjectDatabase:
             ) from None
         return header.codec, params
 
-    def _delta_base(self, reference_chunk: str, size: int) -> _Base | None:
+    def _delta_base(self, reference_chunk: str, size: int, borrow: bool = True) -> _Base | None:
         """The chunk a new delta of ``size`` bytes should be made against: the
         reference chunk, or its keyframe when the chain below it is already
-        ``max_chain_length`` long."""
+        ``max_chain_length`` long. With ``borrow``, straight from the caller's
+        memory when the last write stored it and it is unchanged since."""
+        table = self._recent  # (another write may swap it meanwhile)
+        reference = table.get(reference_chunk) if borrow else None
+        if reference is not None:
+            target, depth, root = reference_chunk, reference.depth, reference.root
+            if depth >= self.delta_config.max_chain_length:
+                target, depth = root, 0
+            found = table.get(target)
+            if found is not None and len(found.piece) == size:
+                raw = np.frombuffer(found.piece, np.uint8)
+                if chunk_id(raw.data) == target:  # unchanged since it was stored
+                    return _Base(target, raw, depth, root, found.stored, borrowed=True)
         try:
             read = self._read(reference_chunk, ObjectKind.CHUNK, _READ_SLOT)  # params and payload
             params = read[1] if read[0].codec == Codec.DELTA else {}

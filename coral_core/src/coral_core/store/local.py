@@ -148,6 +148,7 @@ class LocalWriteBatch(WriteBatch):
         super().__init__(store)
         self._lock = threading.Lock()
         self._pending: dict[str, Path | None] = {}  # key -> temporary file
+        self._before: set[str] = set()  # keys made visible (and durable) before the rest
 
     def put_if_absent(self, key: str, data: bytes | memoryview) -> bool:
         self.store._check_writable(key)
@@ -166,6 +167,13 @@ class LocalWriteBatch(WriteBatch):
             self._pending[key] = tmp
         return True
 
+    def barrier(self) -> None:
+        """Everything written so far becomes visible and durable before anything
+        written after (chunks before the descriptors naming them): one flush
+        more at :meth:`finish`, one fewer than a second batch would cost."""
+        with self._lock:
+            self._before.update(self._pending)
+
     def _written(self) -> list[tuple[str, Path]]:
         with self._lock:
             return [(key, tmp) for key, tmp in self._pending.items() if tmp is not None]
@@ -176,15 +184,22 @@ class LocalWriteBatch(WriteBatch):
             return
         try:
             flush_paths(self.store.root, (tmp for _, tmp in written))
-            folders: dict[Path, None] = {}
-            for key, tmp in written:  # in the order written: chunks before what names them
-                path = self.store._path(key)
-                with contextlib.suppress(FileExistsError):  # someone else stored it meanwhile
-                    os.link(tmp, path)
-                folders[path.parent] = None
-            flush_paths(self.store.root, iter(folders))
+            first = [(key, tmp) for key, tmp in written if key in self._before]
+            if first:
+                self._publish(first)
+            self._publish([(key, tmp) for key, tmp in written if key not in self._before])
         finally:
             self.abort()
+
+    def _publish(self, written: list[tuple[str, Path]]) -> None:
+        """Rename durable temporary files into place, then make the renames durable."""
+        folders: dict[Path, None] = {}
+        for key, tmp in written:  # in the order written: chunks before what names them
+            path = self.store._path(key)
+            with contextlib.suppress(FileExistsError):  # someone else stored it meanwhile
+                os.link(tmp, path)
+            folders[path.parent] = None
+        flush_paths(self.store.root, iter(folders))
 
     def abort(self) -> None:
         for _, tmp in self._written():
@@ -192,6 +207,7 @@ class LocalWriteBatch(WriteBatch):
                 tmp.unlink()
         with self._lock:
             self._pending.clear()
+            self._before.clear()
 
 
 class LocalStore(WeightStore):
