@@ -16,10 +16,11 @@ pytest.importorskip("tensorflow", reason="coral_tf tests need TensorFlow: pip in
 keras = pytest.importorskip("keras", minversion="3.0", reason="coral_tf tests need Keras 3")
 
 from coral_core import bit_view  # noqa: E402
+from coral_tf.weights import to_array  # noqa: E402
 
-#: Keras' TensorFlow backend converts variables with ``np.array(v, copy=False)``,
-#: which numpy 2 deprecates for TensorFlow's ``__array__``.
-ARRAY_COPY_WARNING = (
+#: Keras' own saving (``model.save``) converts variables with
+#: ``np.array(v, copy=False)``, which numpy 2 deprecates for TensorFlow's ``__array__``.
+KERAS_SAVE_WARNING = (
     "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
 )
 
@@ -47,7 +48,7 @@ def data(seed: int = 0, n: int = 48) -> tuple[np.ndarray, np.ndarray]:
 
 def values(variables: object) -> dict[str, np.ndarray]:
     """``{v.path: value}`` of Keras variables."""
-    return {v.path: keras.ops.convert_to_numpy(v) for v in variables}  # type: ignore[attr-defined]
+    return {v.path: to_array(v) for v in variables}  # type: ignore[attr-defined]
 
 
 def same_bits(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:

@@ -11,9 +11,7 @@ from coral_core import CheckpointConfig, ConfigError, CoralError, Repository
 from coral_tf import CoralKerasCallback, load_weights
 from coral_tf.weights import MODEL_KEY
 
-from .models import ARRAY_COPY_WARNING, data, keras, mlp, same_bits, values
-
-pytestmark = pytest.mark.filterwarnings(ARRAY_COPY_WARNING)
+from .models import data, keras, mlp, same_bits, to_array, values
 
 
 def fit(
@@ -76,7 +74,7 @@ def test_optimizer_state_restores_and_training_goes_on_identically(tmp_path: Pat
     resumed = mlp()
     load_weights(resumed, callback.repo, include_optimizer=True)
     assert same_bits(values(resumed.weights), values(model.weights))
-    iterations = [keras.ops.convert_to_numpy(m.optimizer.iterations) for m in (model, resumed)]
+    iterations = [to_array(m.optimizer.iterations) for m in (model, resumed)]
     assert iterations[0] == iterations[1] == 3
     assert iterations[1].dtype == np.int64
     inputs, targets = data(seed=2)

@@ -23,6 +23,7 @@ __all__ = [
     "publish_keras_to_mlflow",
     "read_keras_file",
     "save_weights",
+    "to_array",
     "write_keras_file",
 ]
 
@@ -35,6 +36,7 @@ _LAZY = {
     "optimizer_state": "coral_tf.weights",
     "publish_keras_to_mlflow": "coral_tf.mlflow_keras",
     "save_weights": "coral_tf.weights",
+    "to_array": "coral_tf.weights",
 }
 
 

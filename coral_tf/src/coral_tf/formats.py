@@ -66,8 +66,9 @@ def _read_h5(source: Path | IO[bytes], path: Path) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {}
     try:
         with h5py.File(source, "r") as file:
-
-            def visit(name: str, link: Any) -> None:
+            links: list[tuple[str, Any]] = []
+            file.visititems_links(lambda name, link: links.append((name, link)))
+            for name, link in links:
                 if not isinstance(link, h5py.HardLink):
                     raise ModelFileError(
                         f"{path}: {name!r} is a {type(link).__name__}; Coral reads only "
@@ -76,8 +77,6 @@ def _read_h5(source: Path | IO[bytes], path: Path) -> dict[str, np.ndarray]:
                 item = file[name]
                 if isinstance(item, h5py.Dataset):
                     arrays[name] = _array(item, name, path)
-
-            file.visititems_links(visit)
     except CoralError:
         raise
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:

@@ -2,8 +2,10 @@
 
 A model's variables are named by their stable ``v.path``
 (``sequential/d1/kernel``) and kept in the dtype they have (float32, float16,
-bfloat16, int counters). The commit records the model's name, so
-:func:`load_weights` also fits a rebuilt model Keras named ``sequential_1``.
+bfloat16, int counters). The commit records the model's name, and
+:func:`load_weights` matches names without it, so a commit also fits a
+rebuilt model Keras named ``sequential_1``, or one ``keras.models.load_model``
+made (whose paths lack the model's name: ``d1/kernel``).
 Optimizer variables (``optimizer.variables``: the step counter, learning rate,
 moments) travel as :class:`~coral_core.TrainingState` tensors in the order
 Keras creates them, as Keras' own files keep them.
@@ -51,9 +53,11 @@ class WeightsMismatchError(TensorMismatchError):
         super().__init__(f"the commit does not fit the {what}; " + "; ".join(parts))
 
 
-def to_array(variable: Any) -> np.ndarray:
-    """A variable's value as a numpy array of its own dtype."""
-    return np.asarray(keras.ops.convert_to_numpy(variable))
+def to_array(value: Any) -> np.ndarray:
+    """A variable's (or tensor's) value as a numpy array of its own dtype."""
+    if hasattr(value, "numpy"):  # no keras.ops.convert_to_numpy: it warns under numpy 2
+        return np.asarray(value.numpy())
+    return np.asarray(keras.ops.convert_to_numpy(value))
 
 
 def _layer_types(model: keras.Model) -> dict[int, str]:
@@ -127,13 +131,12 @@ def save_weights(
     )
 
 
-def _renamed(names: Sequence[str], stored_model: str | None, model: keras.Model) -> dict[str, str]:
-    """Stored name -> the model's name for it: the stored model's name prefix
-    replaced by this model's (Keras numbers models built in one process)."""
-    if stored_model is None or stored_model == model.name:
-        return {name: name for name in names}
-    old, new = f"{stored_model}/", f"{model.name}/"
-    return {name: new + name[len(old) :] if name.startswith(old) else name for name in names}
+def _relative(path: str, model_name: str | None) -> str:
+    """``path`` without its leading ``<model_name>/``: Keras puts the model's name
+    in front of some paths only (a Sequential's, not a deserialized copy's)
+    and numbers the names of models built in one process."""
+    prefix = f"{model_name}/"
+    return path[len(prefix) :] if model_name and path.startswith(prefix) else path
 
 
 def load_weights(
@@ -170,22 +173,23 @@ def load_weights(
     stored = commit.metadata.metadata.get(MODEL_KEY)
     stored_model = stored.get("name") if isinstance(stored, dict) else None
     tree = repo.ls_tree(commit.commit_hash)
-    names = _renamed(list(tree), stored_model, model)
-    targets = {variable.path: variable for variable in model.weights}
-    missing = [name for name in targets if name not in names.values()]
-    unexpected = [stored for stored, name in names.items() if name not in targets]
+    targets = {_relative(v.path, model.name): v for v in model.weights}
+    names = {stored: _relative(stored, stored_model) for stored in tree}
+    known = set(names.values())
+    missing = [v.path for key, v in targets.items() if key not in known]
+    unexpected = [stored for stored, key in names.items() if key not in targets]
     misshapen = [
         stored
-        for stored, name in names.items()
-        if name in targets and not _fits(targets[name], tree[stored].shape, tree[stored].dtype)
+        for stored, key in names.items()
+        if key in targets and not _fits(targets[key], tree[stored].shape, tree[stored].dtype)
     ]
     if misshapen or (strict and (missing or unexpected)):
         raise WeightsMismatchError(missing, unexpected, misshapen)
     optimizer = _optimizer_values(model, repo, commit) if include_optimizer else None
     for weight in repo.iter_weights(commit.commit_hash):
-        name = names[weight.name]
-        if name in targets:
-            targets[name].assign(weight.data)
+        key = names[weight.name]
+        if key in targets:
+            targets[key].assign(weight.data)
     if optimizer is not None:
         for variable, value in optimizer:
             variable.assign(value)
