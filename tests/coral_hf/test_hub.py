@@ -54,6 +54,8 @@ def test_publish_a_tag_then_import_it_back(tmp_path: Path, hub: LocalHub) -> Non
     assert card.startswith('---\nlibrary_name: "transformers"\ntags: ["coral", "v1"]\n---')
     assert "POST /api/models/org/tiny/preupload/coral" in hub.requests
     assert "main" in hub.repos["org/tiny"].branches  # the branch came from main
+    again_main = publish_to_hub(repo, base.commit_hash, "org/tiny", endpoint=hub.endpoint)
+    assert hub.repos["org/tiny"].branches["main"] == again_main.oid  # the repo existed (409)
 
     again = Repository(tmp_path / "again", init=True)
     cache = tmp_path / "cache"
@@ -68,6 +70,9 @@ def test_publish_a_tag_then_import_it_back(tmp_path: Path, hub: LocalHub) -> Non
     assert same_weights(from_pretrained(AutoModelForMaskedLM, again), model)
     words_again = from_pretrained(AutoTokenizer, again)
     assert words_again("w3 w4")["input_ids"] == words("w3 w4")["input_ids"]
+    for request in ("POST /api/validate-yaml", "GET /api/models/org/tiny/revision/coral"):
+        assert request in hub.requests
+    assert any(r.startswith("HEAD /org/tiny/resolve/") for r in hub.requests)
 
 
 def test_an_import_stores_no_tensor_the_repository_has(tmp_path: Path, hub: LocalHub) -> None:
