@@ -125,48 +125,59 @@ def test_a_checkpoint_that_needs_a_pickle_is_refused(tmp_path: Path) -> None:
 
     io = CoralCheckpointIO(tmp_path / "repo")
     trainer = pl.Trainer(max_epochs=1, plugins=[io], **QUIET)
-    with pytest.raises(UnstorableCheckpointError, match=r"hyper_parameters/device.*device"):
+    with pytest.raises(
+        UnstorableCheckpointError, match=r"entry 'hyper_parameters/device' is a device"
+    ):
         trainer.fit(WithDevice(), *loaders())
     assert io.repo.log() == []
+
+
+def test_tied_weights_are_stored_once_and_come_back_shared(tmp_path: Path) -> None:
+    model = torch.nn.Sequential(torch.nn.Embedding(8, 4), torch.nn.Linear(4, 8, bias=False))
+    model[1].weight = model[0].weight
+    io = CoralCheckpointIO(tmp_path / "repo")
+    io.save_checkpoint({"state_dict": model.state_dict(), "epoch": 0, "global_step": 3}, "tied")
+    assert sorted(io.repo.ls_tree()) == ["0.weight"]
+    loaded = io.load_checkpoint("tied")["state_dict"]
+    assert loaded["1.weight"].data_ptr() == loaded["0.weight"].data_ptr()
+    assert torch.equal(loaded["1.weight"], model[0].weight)
 
 
 @pytest.mark.slow
 def test_exact_resume_in_a_new_process(tmp_path: Path) -> None:
     """Stop after two epochs, resume in a new process from coral://main: bit for bit the
-    uninterrupted run; resuming without the random generators' state is not."""
+    uninterrupted run, from ModelCheckpoint's commit or CoralCallback's; resuming
+    without the random generators' state is not."""
     env = {**os.environ, "PYTHONWARNINGS": "error"}
 
-    def start(mode: str, repo: str) -> subprocess.Popen[bytes]:
-        command = [sys.executable, "-m", "tests.coral_lightning.resume_run"]
-        return subprocess.Popen(
-            [*command, str(tmp_path / repo), str(tmp_path / f"{mode}.pt"), mode],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+    def run(*jobs: str) -> None:
+        """The jobs in one new process (one import of Lightning)."""
+        command = [sys.executable, "-m", "tests.coral_lightning.resume_run", str(tmp_path)]
+        done = subprocess.run(
+            [*command, *jobs], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
+        assert done.returncode == 0, done.stdout.decode()[-3000:]
 
-    def finish(*processes: subprocess.Popen[bytes]) -> None:
-        for process in processes:
-            output, _ = process.communicate(timeout=180)
-            assert process.returncode == 0, output.decode()[-3000:]
+    def result(repo: str) -> dict[str, Any]:
+        return torch.load(tmp_path / f"{repo}.pt", weights_only=True)  # type: ignore[no-any-return]
 
-    def result(mode: str) -> dict[str, Any]:
-        return torch.load(tmp_path / f"{mode}.pt", weights_only=True)  # type: ignore[no-any-return]
+    run("full:uninterrupted", "first:split", "first-callback:callback")
+    first = result("split")
+    for repo in ("split", "callback"):
+        stopped = Repository(tmp_path / repo).training_state("main")
+        assert stopped is not None
+        assert (stopped.epoch, stopped.global_step) == (1, 12)
+    shutil.copytree(tmp_path / "split", tmp_path / "no-rng")
+    run("resume:split", "resume:callback", "resume-no-rng:no-rng")  # a new process
 
-    finish(start("full", "uninterrupted"), start("first", "split"))
-    stopped = Repository(tmp_path / "split").training_state("main")
-    assert stopped is not None
-    assert (stopped.epoch, stopped.global_step) == (1, 12)
-    shutil.copytree(tmp_path / "split", tmp_path / "split-no-rng")
-    finish(start("resume", "split"), start("resume-no-rng", "split-no-rng"))
-
-    full, resumed, first = result("full"), result("resume"), result("first")
-    for name, tensor in full["model"].items():
-        assert same_bits(resumed["model"][name], tensor), name
-    for index, values in full["optimizer"]["state"].items():
-        for key, tensor in values.items():
-            assert same_bits(resumed["optimizer"]["state"][index][key], tensor), (index, key)
+    full = result("uninterrupted")
+    for repo in ("split", "callback"):
+        resumed = result(repo)
+        for name, tensor in full["model"].items():
+            assert same_bits(resumed["model"][name], tensor), (repo, name)
+        for index, values in full["optimizer"]["state"].items():
+            for key, tensor in values.items():
+                assert same_bits(resumed["optimizer"]["state"][index][key], tensor), (repo, key)
     assert not same_bits(first["model"]["net.0.weight"], full["model"]["net.0.weight"])
-    no_rng = result("resume-no-rng")
+    no_rng = result("no-rng")
     assert not same_bits(no_rng["model"]["net.0.weight"], full["model"]["net.0.weight"])

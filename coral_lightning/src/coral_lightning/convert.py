@@ -61,24 +61,25 @@ def checkpoint_to_commit(
         raise UnstorableCheckpointError(
             "the Lightning checkpoint has no 'state_dict'; Coral commits the model's tensors"
         )
-    weights, ties = state_dict_to_weights(checkpoint["state_dict"], model)
-    optimizers = checkpoint.get("optimizer_states")
-    rest = {key: value for key, value in checkpoint.items() if key not in _OWN_PLACES}
-    state = TrainingState(
-        epoch=int(checkpoint.get("epoch", 0)),
-        global_step=int(checkpoint.get("global_step", 0)),
-        learning_rate=_learning_rate(optimizers),
-        metrics=plain_metrics(metrics or {}),
-        optimizer_state=to_numpy_tree(optimizers),
-        scheduler_state=to_numpy_tree(checkpoint.get("lr_schedulers")),
-        random_state=capture_rng(),
-        extra={ENTRIES_KEY: to_numpy_tree(rest)},
-    )
     try:
+        weights, ties = state_dict_to_weights(checkpoint["state_dict"], model)
+        optimizers = checkpoint.get("optimizer_states")
+        rest = {key: value for key, value in checkpoint.items() if key not in _OWN_PLACES}
+        state = TrainingState(
+            epoch=int(checkpoint.get("epoch", 0)),
+            global_step=int(checkpoint.get("global_step", 0)),
+            learning_rate=_learning_rate(optimizers),
+            metrics=plain_metrics(metrics or {}),
+            optimizer_state=to_numpy_tree(optimizers),
+            scheduler_state=to_numpy_tree(checkpoint.get("lr_schedulers")),
+            random_state=capture_rng(),
+            extra={ENTRIES_KEY: to_numpy_tree(rest)},
+        )
         state.to_storage()  # refuse before anything is written
     except TensorMismatchError as error:
+        where = str(error).replace(f"extra/{ENTRIES_KEY}/", "")  # Lightning's own key names
         raise UnstorableCheckpointError(
-            f"cannot commit this Lightning checkpoint: {error}. Coral stores checkpoints as "
+            f"cannot commit this Lightning checkpoint: {where}. Coral stores checkpoints as "
             "JSON and tensors, never as pickles: make that entry a plain value (for "
             "hyper-parameters, save_hyperparameters() of numbers, strings, lists and dicts)"
         ) from None
