@@ -254,3 +254,24 @@ def test_real_process_exit_codes_and_no_framework_imports(tmp_path: Path) -> Non
         [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, env=env
     )
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+
+
+def test_merge_and_the_graph(workdir: Path) -> None:
+    first, _ = two_commits()
+    run("checkout", "-b", "side", first)
+    write_safetensors(workdir / "side.safetensors", {"enc.weight": np.ones((64, 32), np.float32)})
+    run("add", "side.safetensors")
+    run("commit", "-m", "side change")
+    run("checkout", "main")
+    conflict = run("merge", "side", ok=False)
+    assert conflict.exit_code == 1
+    assert "enc.weight" in conflict.stderr
+    done = as_json("merge", "side", "--strategy", "weighted", "--alpha", "0.25")
+    assert done["merge"]["strategy"] == "weighted"
+    assert done["merge"]["options"]["alpha"] == 0.25
+    assert len(as_json("show")["parents"]) == 2
+    graph = run("log", "--graph", "--oneline").stdout.splitlines()
+    assert graph[0].startswith("* ")
+    assert any(line.startswith("| * ") for line in graph)  # the side branch beside main
+    assert run("merge", "side").stdout.strip() == "already up to date"
+    assert run("merge", "side", "--weights", "a,b", ok=False).exit_code == 2

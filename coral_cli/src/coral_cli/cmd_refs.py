@@ -141,4 +141,70 @@ def tag(
     env.output.emit(data, render)
 
 
-COMMANDS = [branch, checkout, tag]
+@click.command()
+@click.argument("refs", nargs=-1, required=True)
+@click.option(
+    "-s",
+    "--strategy",
+    default="fail",
+    show_default=True,
+    help="ours, theirs, fail, average, weighted, task_arithmetic, ties, dare, slerp, or a plugin.",
+)
+@click.option("-m", "--message", help="The merge commit's message.")
+@click.option("--alpha", type=float, help="weighted: alpha * ours + (1 - alpha) * theirs.")
+@click.option("--weights", help="One weight per version, current branch first: 0.5,0.3,0.2.")
+@click.option("--scaling", type=float, help="task_arithmetic/ties/dare: scale of the task vector.")
+@click.option("--density", type=float, help="ties: fraction of each task vector kept.")
+@click.option("--drop-rate", type=float, help="dare: fraction of each task vector dropped.")
+@click.option("--seed", type=int, help="dare: random seed.")
+@click.option("--t", "t", type=float, help="slerp: 0 is ours, 1 theirs.")
+@click.option(
+    "--no-ff", is_flag=True, help="Make a merge commit even when a fast-forward would do."
+)
+@pass_env
+def merge(
+    env: Env, /, refs: tuple[str, ...], strategy: str, message: str | None, **options: Any
+) -> None:
+    """Merge branches into the current one (several at once: a model soup).
+
+    Tensors changed on one side only are taken; tensors changed on several
+    sides are resolved by the strategy (fail: list them and change nothing).
+
+    Example: coral-ml merge experiment --strategy ties --density 0.3
+    """
+    no_ff = options.pop("no_ff")
+    chosen = {k: v for k, v in options.items() if v is not None}
+    if "weights" in chosen:
+        try:
+            chosen["weights"] = [float(w) for w in chosen["weights"].split(",")]
+        except ValueError:
+            raise click.BadParameter(
+                "a comma-separated list of numbers", param_hint="--weights"
+            ) from None
+    with user_errors():
+        repo = env.repo()
+        before = repo.resolve("HEAD")
+        made = repo.merge(list(refs), strategy, message, no_ff=no_ff, **chosen)
+    is_merge = len(made.parent_hashes) > 1 and made.parent_hashes[0] == before
+    data = {
+        "commit": made.commit_hash,
+        "up_to_date": made.commit_hash == before,
+        "fast_forward": made.commit_hash != before and not is_merge,
+        "merge": made.metadata.metadata.get("coral.merge") if is_merge else None,
+    }
+
+    def render(d: dict[str, Any]) -> str:
+        if d["up_to_date"]:
+            return "already up to date"
+        if d["fast_forward"]:
+            return f"fast-forward to {d['commit'][:12]}"
+        record = d["merge"]
+        text = f"[{d['commit'][:12]}] merged with {record['strategy']}: "
+        text += f"{len(record['resolved'])} conflicting tensor(s) resolved"
+        kept = record["kept_ours"]
+        return text + (f"; integer tensors kept from ours: {', '.join(kept)}" if kept else "")
+
+    env.output.emit(data, render)
+
+
+COMMANDS = [branch, checkout, tag, merge]

@@ -39,6 +39,7 @@ from coral_core.formats import (
     format_for,
 )
 from coral_core.maintenance import GCResult, Problem, VerifyReport
+from coral_core.merge import MergeConflictError, MergeOptions, MergeStrategy, SoupResult
 from coral_core.model import Branch, Commit, CommitMetadata, Tag, TreeEntry
 from coral_core.refs import ReflogEntry
 from coral_core.repository import Repository
@@ -78,6 +79,9 @@ __all__ = [
     "LocalStore",
     "LockTimeoutError",
     "MemoryStore",
+    "MergeConflictError",
+    "MergeOptions",
+    "MergeStrategy",
     "MissingObjectError",
     "ModelFileError",
     "ModelFormat",
@@ -90,6 +94,7 @@ __all__ = [
     "RepoConfig",
     "Repository",
     "RepositoryNotFoundError",
+    "SoupResult",
     "Tag",
     "TensorDiff",
     "TensorMismatchError",

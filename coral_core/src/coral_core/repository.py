@@ -18,7 +18,7 @@ import platform
 import re
 import threading
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -55,6 +55,15 @@ from coral_core.maintenance import (
     repack,
     verify_repository,
 )
+from coral_core.merge import (
+    MergeOptions,
+    MergeStrategy,
+    SoupResult,
+    greedy_soup,
+    merge_base,
+    merge_trees,
+    strategy_name,
+)
 from coral_core.model import (
     LOSSY_KEY,
     Branch,
@@ -76,6 +85,8 @@ from coral_core.training_state import TrainingState
 
 CORAL_DIR = ".coral"
 DEFAULT_BRANCH = "main"
+#: Commit metadata key of a merge: strategy, options, base, what was resolved.
+MERGE_KEY = "coral.merge"
 #: What a commit or ``stage_weights`` takes per name: values, or an entry stored before.
 Weight = WeightTensor | np.ndarray | TreeEntry
 _ANCESTRY = re.compile(r"^(.*?)((?:[~^]\d*)*)$")
@@ -465,6 +476,8 @@ class Repository:
         branch: str | None = None,
         allow_empty: bool = False,
         training_state: TrainingState | None = None,
+        merge_parents: Sequence[str] = (),
+        expected_parent: str | None = None,
     ) -> Commit:
         """Record a commit and move the branch to it.
 
@@ -487,9 +500,13 @@ class Repository:
                 (optimizer, scheduler, RNG state, ...), stored as JSON and
                 tensors delta-encoded against the parent's; read it back with
                 :meth:`training_state`.
+            merge_parents: further parents after the branch's tip (a merge commit).
+            expected_parent: refuse to commit unless the branch's tip is this
+                commit (compare-and-swap, for writers that computed against it).
 
         Raises:
             NothingToCommitError: when nothing is staged and ``allow_empty`` is False.
+            CoralError: when ``expected_parent`` is no longer the tip.
         """
         clean = clean_metrics(metrics)
         if branch is not None:
@@ -509,6 +526,11 @@ class Repository:
                     parent = self.refs.read(HEADS + target)
                     if parent is None and branch is not None:
                         parent = head.commit
+                if expected_parent is not None and parent != expected_parent:
+                    raise CoralError(
+                        f"{target or 'HEAD'} moved to {str(parent)[:12]} while this commit was "
+                        f"prepared against {expected_parent[:12]}; nothing was committed, run again"
+                    )
                 staged = self.index.read() if snapshot is None else Staged(snapshot, replace=True)
                 if snapshot is None and staged.empty and not allow_empty:
                     raise NothingToCommitError(
@@ -530,7 +552,7 @@ class Repository:
                 commit = Commit(
                     commit_hash="",
                     tree_hash=tree_hash,
-                    parent_hashes=(parent,) if parent else (),
+                    parent_hashes=(*((parent,) if parent else ()), *merge_parents),
                     training=training,
                     metadata=CommitMetadata(
                         message=message,
@@ -762,6 +784,139 @@ class Repository:
                 f"checkout: moving from {source} to {ref}",
             )
         return self.read_commit(commit)
+
+    # -- merging -------------------------------------------------------------------
+
+    def merge_base(self, ref_a: str, ref_b: str) -> str | None:
+        """The best common ancestor of two commits (None when they share no history)."""
+        return merge_base(self._parents, self.resolve(ref_a), self.resolve(ref_b))
+
+    def _parents(self, commit: str) -> tuple[str, ...]:
+        return self.read_commit(commit).parent_hashes
+
+    def merge(
+        self,
+        refs: str | Sequence[str],
+        strategy: MergeStrategy | str = MergeStrategy.FAIL,
+        message: str | None = None,
+        *,
+        author: str | None = None,
+        no_ff: bool = False,
+        **options: Any,
+    ) -> Commit:
+        """Merge one branch (or several: a "model soup") into the current branch.
+
+        A three-way merge per tensor against the merge base: changes of one
+        side are taken; tensors changed on several sides are resolved by
+        ``strategy`` (see :mod:`coral_core.merge`). When the current branch
+        is an ancestor of the other, the branch fast-forwards (unless ``no_ff``).
+        The merge commit has every merged commit as a parent and records the
+        strategy, its options and what it resolved under ``coral.merge``.
+
+        Args:
+            refs: the branch, tag or commit to merge, or several.
+            strategy: a :class:`MergeStrategy` or the name of a plugin.
+            message: the commit message (default names what was merged).
+            no_ff: make a merge commit even when a fast-forward would do.
+            **options: :class:`MergeOptions` fields: ``alpha``, ``weights``
+                (one per version, the current branch first), ``scaling``,
+                ``density``, ``drop_rate``, ``seed``, ``t``.
+
+        Returns:
+            the merge commit (or, for a fast-forward or nothing to merge, the
+            commit the branch now points at).
+
+        Raises:
+            MergeConflictError: listing every conflict the strategy cannot
+                resolve (all of them with ``FAIL``); the repository is unchanged.
+            DirtyIndexError: when changes are staged.
+            CoralError: when HEAD is detached.
+        """
+        names = [refs] if isinstance(refs, str) else list(refs)
+        if "weights" in options and options["weights"] is not None:
+            options["weights"] = tuple(float(w) for w in options["weights"])
+        settings = MergeOptions(**options)
+        chosen = strategy_name(strategy)
+        branch = self.current_branch
+        if branch is None:
+            raise CoralError("HEAD is detached; check out the branch to merge into first")
+        if not self.index.read().empty:
+            raise DirtyIndexError("changes are staged; commit them or reset before merging")
+        ours = self.resolve("HEAD")
+        theirs = [self.resolve(name) for name in names]
+        base: str | None = ours
+        for other in theirs:
+            base = merge_base(self._parents, base, other) if base is not None else None
+        others = [t for t in dict.fromkeys(theirs) if t != ours and t != base]
+        if not others:  # everything is already in the current branch
+            return self.read_commit(ours)
+        if len(others) == 1 and base == ours and not no_ff:
+            return self._fast_forward(branch, ours, others[0], names[0])
+        trees = [self.read_tree(self.read_commit(c).tree_hash) for c in (ours, *others)]
+        base_tree = self.read_tree(self.read_commit(base).tree_hash) if base else {}
+        outcome = merge_trees(trees, base_tree, chosen, settings, self.objects.read_tensor)
+        record = {
+            "strategy": chosen,
+            "options": settings.to_dict(),
+            "base": base,
+            "merged": others,
+            "resolved": outcome.resolved,
+            "kept_ours": outcome.kept_ours,
+        }
+        return self.commit(
+            message or f"Merge {', '.join(names)} into {branch} ({chosen})",
+            author=author,
+            metadata={MERGE_KEY: record},
+            weights=outcome.entries,
+            branch=branch,
+            merge_parents=others,
+            expected_parent=ours,
+        )
+
+    def _fast_forward(self, branch: str, old: str, new: str, name: str) -> Commit:
+        with self.refs.lock():
+            if self.refs.read(HEADS + branch) != old:
+                raise CoralError(f"branch {branch!r} moved while merging; nothing was changed")
+            message = f"merge {name}: fast-forward"
+            self._move(branch, old, new, self._author(None), message, self.refs.head())
+        return self.read_commit(new)
+
+    def soup(
+        self,
+        refs: Sequence[str],
+        evaluate: Callable[[dict[str, np.ndarray]], float],
+        message: str | None = None,
+    ) -> tuple[Commit, SoupResult]:
+        """Greedy model soup of ``refs`` committed onto the current branch.
+
+        Each model is scored by ``evaluate`` (higher is better); models join the
+        uniform average, best first, while it does not score worse. The commit
+        has the current tip and the ingredients as parents and records the scores.
+        Every model is held in memory at once.
+        """
+        branch = self.current_branch
+        if branch is None:
+            raise CoralError("HEAD is detached; check out the branch to commit the soup onto")
+        commits = list(dict.fromkeys(self.resolve(r) for r in refs))
+        models = {c: {w.name: w.data for w in self._load(self.ls_tree(c), c)} for c in commits}
+        result = greedy_soup(models, evaluate)
+        tip = self.refs.read(HEADS + branch)
+        record = {
+            "strategy": "greedy_soup",
+            "ingredients": result.ingredients,
+            "score": result.score,
+            "scores": result.scores,
+        }
+        made = self.commit(
+            message or f"Greedy soup of {len(result.ingredients)} of {len(commits)} models",
+            metrics={"soup_score": result.score},
+            metadata={MERGE_KEY: record},
+            weights=result.weights,
+            branch=branch,
+            merge_parents=[c for c in result.ingredients if c != tip],
+            expected_parent=tip,
+        )
+        return made, result
 
     # -- tags ----------------------------------------------------------------------
 
