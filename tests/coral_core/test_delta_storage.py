@@ -330,3 +330,13 @@ def test_bases_borrowed_from_the_last_commit_follow_changes_in_place(tmp_path: P
     entry = repo.ls_tree()["w"]
     assert Codec.DELTA in {codec for codec, _ in chunk_codecs(repo.objects, entry.tensor)}
     assert repo.verify().ok
+
+
+def test_a_borrowed_base_that_is_no_longer_stored_is_not_used(tmp_path: Path) -> None:
+    repo = Repository(tmp_path, init=True, chunk_size=4096)
+    first, second = training_run(2)
+    repo.commit("first", weights={"w": first})
+    for chunk in repo.objects.tensor_descriptor(repo.ls_tree()["w"].tensor).chunks:
+        repo.objects.delete(chunk)  # as if collected: the arrays are still in memory
+    repo.commit("second", weights={"w": second})
+    assert exact(repo.get_weight("w").data, second)

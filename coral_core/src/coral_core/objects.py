@@ -65,6 +65,7 @@ RECENT_BYTES = 256 << 20
 MAX_CHUNK_SIZE = 1 << 30
 _MAX_DECODE_DEPTH = 64  # longer chains can only come from damaged parameters
 _BASE_SLOT = 2  # scratch slot of delta bases (the delta codecs use 0 and 1)
+_SHARES_PER_THREAD = 4  # pool tasks per thread when there are many items
 _READ_SLOT = 3  # scratch slots of chunk objects read, one per link of a chain from here
 T = TypeVar("T")
 
@@ -332,7 +333,17 @@ class ObjectDatabase:
             return [function(item) for item in items]
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="coral-codec")
-        return list(self._pool.map(function, items))
+        shares = self.threads * _SHARES_PER_THREAD
+        if len(items) <= shares:
+            return list(self._pool.map(function, items))
+        # Many items (a small model's tensors): a few tasks of every share-th item
+        # each, not a pool task per item, whose overhead would rival the work.
+        groups = [items[start::shares] for start in range(shares)]
+        done = list(self._pool.map(lambda group: [function(item) for item in group], groups))
+        results: list[T] = []
+        for index in range(len(items)):
+            results.append(done[index % shares][index // shares])
+        return results
 
     # -- raw objects -------------------------------------------------------------
 
@@ -688,7 +699,8 @@ class ObjectDatabase:
             found = table.get(target)
             if found is not None and len(found.piece) == size:
                 raw = np.frombuffer(found.piece, np.uint8)
-                if chunk_id(raw.data) == target:  # unchanged since it was stored
+                # Unchanged since it was stored, and still stored (not collected since):
+                if chunk_id(raw.data) == target and self.has(target):
                     return _Base(target, raw, depth, root, found.stored, borrowed=True)
         try:
             read = self._read(reference_chunk, ObjectKind.CHUNK, _READ_SLOT)  # params and payload
