@@ -108,8 +108,12 @@ def test_steps_lower_is_better_and_retention(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("changes", "resume_step"),
-    [({}, 4), ({"save_strategy": "steps", "save_steps": 3}, 6)],
-    ids=["epoch-boundary", "mid-epoch"],
+    [
+        ({}, 4),
+        ({"save_strategy": "steps", "save_steps": 3}, 6),
+        ({"save_strategy": "steps", "save_steps": 3, "gradient_accumulation_steps": 2}, 3),
+    ],
+    ids=["epoch-boundary", "mid-epoch", "mid-epoch-accumulating"],
 )
 def test_resume_from_a_coral_commit_equals_the_uninterrupted_run(
     tmp_path: Path, changes: dict[str, object], resume_step: int

@@ -60,6 +60,8 @@ def test_the_folder_matches_what_transformers_writes(tmp_path: Path) -> None:
     assert ours_weights.keys() == their_weights.keys()  # the same tied names left out
     for name, array in their_weights.items():
         assert ours_weights[name].tobytes() == array.tobytes(), name
+    with pytest.raises(CoralError, match=r"theirs is not empty; write commit \w{12} into a new"):
+        write_model_folder(repo, None, theirs)  # stale shards or files would be read with it
 
 
 def test_binary_files_travel_as_base64(tmp_path: Path) -> None:

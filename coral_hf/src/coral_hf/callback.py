@@ -209,7 +209,8 @@ def checkout_checkpoint(repo: Repository, ref: str | None, folder: str | os.Path
 
     Raises:
         RefNotFoundError: when ``ref`` names nothing.
-        CoralError: when the commit was not made by :class:`CoralTrainerCallback`.
+        CoralError: when the commit was not made by :class:`CoralTrainerCallback`,
+            or ``folder`` exists and is not empty.
     """
     commit = repo.show(ref)
     state = repo.training_state(commit.commit_hash)

@@ -134,9 +134,15 @@ def write_model_folder(repo: Repository, ref: str | None, folder: str | os.PathL
 
     Raises:
         RefNotFoundError: when ``ref`` names nothing.
+        CoralError: when ``folder`` exists and is not empty.
     """
     commit = repo.show(ref)
     target = Path(folder)
+    if target.is_dir() and any(target.iterdir()):
+        raise CoralError(
+            f"{target} is not empty; write commit {commit.short_hash} into a new or empty "
+            "folder (files left from another model would be read with it)"
+        )
     target.mkdir(parents=True, exist_ok=True)
     arrays = {weight.name: weight.data for weight in repo.iter_weights(commit.commit_hash)}
     write_safetensors(target / WEIGHTS_NAME, arrays)
