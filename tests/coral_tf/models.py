@@ -8,6 +8,7 @@ TensorFlow is imported once.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pytest
@@ -51,7 +52,12 @@ def values(variables: object) -> dict[str, np.ndarray]:
     return {v.path: to_array(v) for v in variables}  # type: ignore[attr-defined]
 
 
-def same_bits(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:
+def optimizer_values(model: keras.Model) -> dict[int, np.ndarray]:
+    """The optimizer's variables by position (paths differ: ``adam/...``, ``adam_1/...``)."""
+    return dict(enumerate(to_array(v) for v in model.optimizer.variables))
+
+
+def same_bits(a: Mapping[Any, np.ndarray], b: Mapping[Any, np.ndarray]) -> bool:
     """Whether two arrays-by-name hold the same names, dtypes, shapes and bits."""
     return a.keys() == b.keys() and all(
         a[k].dtype == b[k].dtype

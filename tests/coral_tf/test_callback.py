@@ -11,7 +11,7 @@ from coral_core import CheckpointConfig, ConfigError, CoralError, Repository
 from coral_tf import CoralKerasCallback, load_weights
 from coral_tf.weights import MODEL_KEY
 
-from .models import data, keras, mlp, same_bits, to_array, values
+from .models import data, keras, mlp, optimizer_values, same_bits, to_array, values
 
 
 def fit(
@@ -119,3 +119,20 @@ def test_arguments_are_checked(tmp_path: Path) -> None:
     mode = CoralKerasCallback(tmp_path, monitor="val_acc", mode="min").config
     assert mode.save_on_best_metric == "val_acc"
     assert mode.minimize
+
+
+def test_mixed_precision_runs_keep_the_loss_scale_optimizer(tmp_path: Path) -> None:
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = mlp()
+        callback = CoralKerasCallback(tmp_path / "repo", "mixed")
+        fit(model, callback, epochs=1, validation_data=None)
+        state = callback.repo.training_state()
+        assert state is not None
+        assert state.optimizer_state["class"] == "LossScaleOptimizer"
+        resumed = mlp()
+        load_weights(resumed, callback.repo, include_optimizer=True)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert same_bits(values(resumed.weights), values(model.weights))
+    assert same_bits(optimizer_values(resumed), optimizer_values(model))

@@ -13,7 +13,10 @@ Keras creates them, as Keras' own files keep them.
 
 from __future__ import annotations
 
+import re
+import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import keras  # type: ignore[import-untyped]
@@ -21,10 +24,14 @@ import numpy as np
 
 from coral_core import Commit, Repository, TensorMismatchError, WeightMetadata, WeightTensor
 from coral_core.dtypes import dtype_name
+from coral_tf.formats import write_keras_file
 
 #: Commit metadata key: ``{"name": model.name, "class": ...}`` of the model committed.
 MODEL_KEY = "coral_tf.model"
 _LISTED = 20  # names shown per kind in a mismatch message
+#: Tensor names of a commit made from a Keras file: ``layers/dense/vars/0``.
+_FILE_LAYOUT = re.compile(r"(?:.+/)?vars/\d+")
+_NO_OPTIMIZER = "model {!r} has no optimizer to restore; compile it first"
 
 
 class WeightsMismatchError(TensorMismatchError):
@@ -158,6 +165,11 @@ def load_weights(
         include_optimizer: restore the compiled optimizer's variables too
             (built first if needed) from the commit's training state.
 
+    A commit of a Keras file's weights (``coral-ml add model.keras``: names
+    like ``layers/dense/vars/0``) is loaded by Keras' own loader, which knows
+    that layout; its optimizer variables are then part of the file's, and a
+    mismatch is Keras' error (as a ``TensorMismatchError``).
+
     Returns:
         the commit loaded.
 
@@ -173,6 +185,9 @@ def load_weights(
     stored = commit.metadata.metadata.get(MODEL_KEY)
     stored_model = stored.get("name") if isinstance(stored, dict) else None
     tree = repo.ls_tree(commit.commit_hash)
+    if stored is None and tree and all(_FILE_LAYOUT.fullmatch(name) for name in tree):
+        _load_file_layout(model, repo, commit, strict, include_optimizer)
+        return commit
     targets = {_relative(v.path, model.name): v for v in model.weights}
     names = {stored: _relative(stored, stored_model) for stored in tree}
     known = set(names.values())
@@ -196,6 +211,32 @@ def load_weights(
     return commit
 
 
+def _load_file_layout(
+    model: keras.Model, repo: Repository, commit: Commit, strict: bool, include_optimizer: bool
+) -> None:
+    """Load a commit in Keras' file layout through ``model.load_weights``."""
+    optimizer = getattr(model, "optimizer", None)
+    if include_optimizer:
+        if optimizer is None:
+            raise TensorMismatchError(_NO_OPTIMIZER.format(model.name))
+        if not optimizer.built:
+            optimizer.build(model.trainable_variables)
+    arrays = {weight.name: weight.data for weight in repo.iter_weights(commit.commit_hash)}
+    if include_optimizer and not any(name.startswith("optimizer/") for name in arrays):
+        raise TensorMismatchError(f"commit {commit.short_hash} holds no optimizer variables")
+    skip = [optimizer] if optimizer is not None and not include_optimizer else None
+    with tempfile.TemporaryDirectory(prefix="coral-tf-") as folder:
+        path = Path(folder) / "commit.weights.h5"
+        write_keras_file(path, arrays)
+        try:
+            model.load_weights(path, skip_mismatch=not strict, objects_to_skip=skip)
+        except ValueError as exc:
+            raise TensorMismatchError(
+                f"commit {commit.short_hash} (a Keras file's weights) does not fit model "
+                f"{model.name!r}: {exc}"
+            ) from None
+
+
 def _fits(variable: Any, shape: Sequence[int], dtype: str) -> bool:
     return tuple(variable.shape) == tuple(shape) and dtype_name(variable.dtype) == dtype
 
@@ -206,9 +247,7 @@ def _optimizer_values(
     """The model's optimizer variables paired with the commit's values, checked."""
     optimizer = getattr(model, "optimizer", None)
     if optimizer is None:
-        raise TensorMismatchError(
-            f"model {model.name!r} has no optimizer to restore; compile it first"
-        )
+        raise TensorMismatchError(_NO_OPTIMIZER.format(model.name))
     state = repo.training_state(commit.commit_hash)
     saved = state.optimizer_state if state is not None else None
     if not isinstance(saved, dict) or "values" not in saved:
