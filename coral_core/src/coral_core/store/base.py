@@ -7,16 +7,22 @@ so a new backend only has to move bytes. Keys are ``/``-separated names made of
 
 from __future__ import annotations
 
+import contextlib
 import re
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
 
-from coral_core.errors import InvalidKeyError, ReadOnlyStoreError
+from coral_core.errors import CoralError, InvalidKeyError, LockTimeoutError, ReadOnlyStoreError
 
 KEY_SEGMENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 MAX_KEY_LENGTH = 1024
+#: A ref lock object older than this belongs to a writer that died; it is broken.
+LOCK_LEASE_SECONDS = 30.0
+#: How long :meth:`WeightStore.compare_and_swap` waits for a lock held by a live writer.
+LOCK_WAIT_SECONDS = 60.0
 
 
 def validate_key(key: str) -> str:
@@ -86,6 +92,44 @@ class WeightStore(ABC):
             return False
         self.put(key, data)
         return True
+
+    def compare_and_swap(self, key: str, expected: bytes | None, new: bytes) -> bool:
+        """Set ``key`` to ``new`` only if it now holds ``expected`` (None: absent).
+
+        Returns True when swapped, False when the value was something else;
+        for refs, so two writers racing never silently overwrite each other.
+        Backends with conditional writes override this; the default takes a
+        lock object (``<key>.lock``, created with :meth:`put_if_absent`) around
+        the read-compare-write, and breaks a lock older than
+        :data:`LOCK_LEASE_SECONDS` (its writer died).
+
+        Raises:
+            LockTimeoutError: when the lock stays taken for ``LOCK_WAIT_SECONDS``.
+        """
+        self._check_writable(key)
+        lock = f"{key}.lock"
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while not self.put_if_absent(lock, str(time.time()).encode()):
+            self._break_stale_lock(lock)
+            if time.monotonic() > deadline:
+                raise LockTimeoutError(
+                    f"{self!r}: {lock!r} has been taken for {LOCK_WAIT_SECONDS} s; if no "
+                    "other writer is running, delete it"
+                )
+            time.sleep(0.05)
+        try:
+            current = self.get(key) if self.has(key) else None
+            if current != expected:
+                return False
+            self.put(key, new)
+            return True
+        finally:
+            self.delete(lock)
+
+    def _break_stale_lock(self, lock: str) -> None:
+        with contextlib.suppress(CoralError, ValueError):
+            if time.time() - float(self.get(lock)) > LOCK_LEASE_SECONDS:
+                self.delete(lock)
 
     @contextmanager
     def write_batch(self) -> Iterator[WriteBatch]:

@@ -38,6 +38,14 @@ class MemoryStore(WeightStore):
             self._objects[key] = bytes(data)
             return True
 
+    def compare_and_swap(self, key: str, expected: bytes | None, new: bytes) -> bool:
+        self._check_writable(key)
+        with self._lock:
+            if self._objects.get(key) != expected:
+                return False
+            self._objects[key] = bytes(new)
+            return True
+
     def has(self, key: str) -> bool:
         return validate_key(key) in self._objects
 

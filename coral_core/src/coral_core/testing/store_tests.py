@@ -357,6 +357,30 @@ class StoreTests:
         assert len(won) == 1
         assert store.get("race/x") == f"worker {won[0]}".encode()
 
+    def test_compare_and_swap(self, store: WeightStore) -> None:
+        assert store.compare_and_swap("refs/heads/main", None, b"a\n")  # create
+        assert not store.compare_and_swap("refs/heads/main", None, b"b\n")  # exists now
+        assert not store.compare_and_swap("refs/heads/main", b"x\n", b"b\n")  # wrong value
+        assert store.get("refs/heads/main") == b"a\n"
+        assert store.compare_and_swap("refs/heads/main", b"a\n", b"b\n")
+        assert store.get("refs/heads/main") == b"b\n"
+        assert set(store.list("refs/")) == {"refs/heads/main"}  # no lock left behind
+
+    def test_concurrent_compare_and_swap_loses_no_update(self, store: WeightStore) -> None:
+        """Eight writers each add one to a counter by swapping: every add lands."""
+        store.put("count", b"0")
+        rounds = 5
+
+        def add(worker: int) -> None:
+            done = 0
+            while done < rounds:
+                current = store.get("count")
+                if store.compare_and_swap("count", current, str(int(current) + 1).encode()):
+                    done += 1
+
+        _run_threads(8, add)
+        assert store.get("count") == str(8 * rounds).encode()
+
     def test_readers_see_whole_values_while_a_key_is_replaced(self, store: WeightStore) -> None:
         values = [bytes([fill]) * 65536 for fill in (0x11, 0x22, 0x33)]
         store.put("atomic/x", values[0])
