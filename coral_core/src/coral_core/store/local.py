@@ -225,18 +225,21 @@ class LocalStore(WeightStore):
         self.fsync = fsync
 
     def _path(self, key: str) -> Path:
-        if len(key) <= MAX_KEY_LENGTH and _PLAIN_KEY.fullmatch(key):
-            return self.root / key  # the common case, checked in one match
-        validate_key(key)
-        if any(len(segment) > MAX_FILE_NAME for segment in key.split("/")):
-            raise InvalidKeyError(
-                f"store key {key!r} has a segment longer than {MAX_FILE_NAME} characters, "
-                "the longest file name a local file system takes"
-            )
-        return self.root / key
+        return Path(self._file(key))
+
+    def _file(self, key: str) -> str:
+        """The file of ``key`` as a string (cheaper than a Path on the hot paths)."""
+        if len(key) > MAX_KEY_LENGTH or not _PLAIN_KEY.fullmatch(key):  # one match, usually
+            validate_key(key)
+            if any(len(segment) > MAX_FILE_NAME for segment in key.split("/")):
+                raise InvalidKeyError(
+                    f"store key {key!r} has a segment longer than {MAX_FILE_NAME} characters, "
+                    "the longest file name a local file system takes"
+                )
+        return os.path.join(self.root, key)
 
     def get(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
-        path = self._path(key)
+        path = self._file(key)
         try:
             with open(path, "rb") as handle:
                 if byte_range is None:
@@ -252,7 +255,7 @@ class LocalStore(WeightStore):
     def read_into(self, key: str, allocate: Callable[[int], np.ndarray]) -> memoryview:
         """:meth:`get` into ``allocate(size)`` (a uint8 array of that many bytes,
         which a caller may reuse) instead of fresh memory; returns a view of it."""
-        path = self._path(key)
+        path = self._file(key)
         try:
             fd = os.open(path, os.O_RDONLY)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
@@ -295,7 +298,7 @@ class LocalStore(WeightStore):
         return True
 
     def has(self, key: str) -> bool:
-        return self._path(key).is_file()
+        return os.path.isfile(self._file(key))
 
     def _new_batch(self) -> WriteBatch:
         return LocalWriteBatch(self) if self.fsync else WriteBatch(self)
