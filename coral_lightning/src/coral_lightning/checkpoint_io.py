@@ -52,7 +52,7 @@ class CoralCheckpointIO(CheckpointIO):
         restore_random_state: bool = True,
     ) -> None:
         self._repo = repo if isinstance(repo, Repository) else None
-        self._repo_path = None if isinstance(repo, Repository) else Path(repo)
+        self._repo_path = repo.path if isinstance(repo, Repository) else Path(repo)
         self.experiment_name = experiment_name
         self._branch = branch
         self.restore_random_state = restore_random_state
@@ -64,7 +64,7 @@ class CoralCheckpointIO(CheckpointIO):
 
     def _open(self, create: bool) -> Repository:
         if self._repo is None:
-            self._repo = Repository(self._repo_path, init=create)  # type: ignore[arg-type]
+            self._repo = Repository(self._repo_path, init=create)
         return self._repo
 
     @property
@@ -147,7 +147,7 @@ class CoralCheckpointIO(CheckpointIO):
 
     def remove_checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Drop the checkpoint saved at ``path`` from the branch's history (no-op when none)."""
-        if self._repo is None and not (self._repo_path and self._repo_path.exists()):
+        if self._repo is None and not self._repo_path.exists():
             return
         earlier = self._commits_at(_path_key(path))
         if earlier:
