@@ -1,7 +1,8 @@
-"""The Keras MLflow publisher against a real sqlite tracking store, and the example script."""
+"""The Keras MLflow publisher against a real sqlite tracking store; the example and README run."""
 
 from __future__ import annotations
 
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -70,3 +71,14 @@ def test_the_keras_example_runs(
     assert "restored bit for bit: True" in out
     assert out.count("  epoch ") >= 3
     assert Repository(tmp_path / "example").resolve("classifier/best")
+
+
+def test_the_readme_fit_block_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (ROOT / "coral_tf" / "README.md").read_text()
+    block = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)[0]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": "__readme__"}
+    exec(compile(block, "coral_tf/README.md", "exec"), namespace)
+    repo = Repository(tmp_path / "runs")
+    assert len(repo.log()) == 5
+    assert repo.resolve("classifier/best")
