@@ -8,6 +8,7 @@ from pathlib import Path
 import huggingface_hub.constants
 import pytest
 import torch
+from huggingface_hub import HfApi
 from huggingface_hub.errors import RepositoryNotFoundError
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
@@ -79,6 +80,10 @@ def test_an_import_stores_no_tensor_the_repository_has(tmp_path: Path, hub: Loca
     repo = Repository(tmp_path / "repo", init=True)
     commit = save_pretrained(masked_lm(), repo, "base")
     publish_to_hub(repo, None, "org/tiny", endpoint=hub.endpoint)
+    for other in ("pytorch_model.bin", "flax_model.msgpack"):  # formats an import leaves out
+        HfApi(endpoint=hub.endpoint).upload_file(
+            path_or_fileobj=b"not read", path_in_repo=other, repo_id="org/tiny"
+        )
     imported = import_from_hub(
         repo, "org/tiny", branch="hub", endpoint=hub.endpoint, cache_dir=tmp_path / "cache"
     )
@@ -86,6 +91,8 @@ def test_an_import_stores_no_tensor_the_repository_has(tmp_path: Path, hub: Loca
     assert theirs.keys() == ours.keys()
     assert all(theirs[name].tensor == ours[name].tensor for name in ours)  # the same objects
     assert repo.resolve("hub") == imported.commit_hash
+    assert not any(r.endswith(("pytorch_model.bin", "flax_model.msgpack")) for r in hub.requests)
+    assert "pytorch_model.bin" not in imported.metadata.metadata["coral_hf.files"]
     assert repo.resolve("HEAD") == commit.commit_hash
 
 
@@ -109,12 +116,13 @@ def test_import_a_save_pretrained_folder(tmp_path: Path, shard: str | None) -> N
         model.save_pretrained(folder, max_shard_size=shard)
         assert len(list(folder.glob("*.safetensors"))) > 1
     words.save_pretrained(folder)
+    (folder / "pytorch_model.bin").write_bytes(b"a second copy, not read")
     repo = Repository(tmp_path / "repo", init=True)
     commit = import_folder(repo, folder)
     assert commit.message == "import folder"
     files = set(commit.metadata.metadata["coral_hf.files"])
     assert "config.json" in files
-    assert not any(name.endswith(".index.json") for name in files)
+    assert not any(name.endswith((".index.json", ".bin")) for name in files)
     stored = repo.ls_tree()
     on_disk = {name for path in folder.glob("*.safetensors") for name in read_safetensors(path)}
     assert set(stored) == on_disk

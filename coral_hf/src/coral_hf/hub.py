@@ -35,6 +35,9 @@ SOURCE_KEY = "coral_hf.source"
 #: Files of a model folder that are neither weights nor needed to load it.
 _NOT_KEPT = ("README.md", ".gitattributes")
 _INDEX_SUFFIX = ".index.json"  # model.safetensors.index.json: the shard map
+#: Weight formats other than safetensors (PyTorch pickles, TF, Flax, ONNX, GGUF, ...):
+#: never kept as files, and not downloaded when the revision has safetensors.
+_OTHER_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf", ".ot")
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,8 @@ def import_folder(
     """Commit a ``save_pretrained`` folder: its ``*.safetensors`` weights (every
     shard; ``.bin`` files only without them, read with ``weights_only=True``)
     and its other files (``config.json``, tokenizer files) as in
-    :func:`~coral_hf.save_pretrained`.
+    :func:`~coral_hf.save_pretrained`. Only the folder's top level is read;
+    other weight formats (TF, Flax, ONNX, ...) are left out.
 
     Raises:
         ModelFileError: when the folder holds no weights file, or two shards
@@ -159,8 +163,10 @@ def import_folder(
             if name in weights:
                 raise ModelFileError(f"{path}: tensor {name!r} is in another shard as well")
             weights[name] = array
-    skip = [p.name for p in weight_files] + [
-        p.name for p in source.iterdir() if p.name in _NOT_KEPT or p.name.endswith(_INDEX_SUFFIX)
+    skip = [
+        p.name
+        for p in source.iterdir()
+        if p.name in _NOT_KEPT or p.name.endswith((".safetensors", _INDEX_SUFFIX, *_OTHER_WEIGHTS))
     ]
     details = {**(metadata or {}), FILES_KEY: encode_files(source, skip)}
     details.setdefault(SOURCE_KEY, {"folder": str(source.absolute())})
@@ -184,18 +190,28 @@ def import_from_hub(
 
     The commit records the source (:data:`SOURCE_KEY`: repo id, revision and
     the Hub's commit sha) and holds the tensors and files as
-    :func:`import_folder` does.
+    :func:`import_folder` does. When the revision has ``*.safetensors`` files,
+    its other weight formats (``pytorch_model.bin``, TF, Flax, ONNX) are not
+    downloaded.
 
     Raises:
         huggingface_hub.errors.RepositoryNotFoundError, RevisionNotFoundError:
             when the Hub has no such repo or revision.
     """
     api = HfApi(endpoint=endpoint, token=token)
-    sha = api.repo_info(repo_id, revision=revision).sha
-    if sha is None:
+    info = api.model_info(repo_id, revision=revision)
+    if info.sha is None:
         raise CoralError(f"the Hub gave no commit sha for {repo_id}@{revision}")
+    sha = info.sha
+    names = [sibling.rfilename for sibling in info.siblings or []]
+    has_safetensors = any(name.endswith(".safetensors") for name in names)
     folder = snapshot_download(
-        repo_id, revision=sha, token=token, endpoint=endpoint, cache_dir=cache_dir
+        repo_id,
+        revision=sha,
+        token=token,
+        endpoint=endpoint,
+        cache_dir=cache_dir,
+        ignore_patterns=[f"*{suffix}" for suffix in _OTHER_WEIGHTS] if has_safetensors else None,
     )
     source = {"hub": repo_id, "revision": revision, "sha": sha}
     return import_folder(
