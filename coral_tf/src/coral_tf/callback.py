@@ -16,6 +16,7 @@ import warnings
 from typing import Any, Literal
 
 import keras  # type: ignore[import-untyped]
+import numpy as np
 
 from coral_core import (
     CheckpointConfig,
@@ -135,11 +136,10 @@ class CoralKerasCallback(keras.callbacks.Callback):  # type: ignore[misc]
         metrics = self._metrics()
         optimizer = getattr(self.model, "optimizer", None)
         learning_rate = float(to_array(optimizer.learning_rate)) if optimizer else None
-        loss = metrics.get("loss")
         state = TrainingState(
             epoch=self._epoch,
             global_step=self._step,
-            loss=float(loss) if isinstance(loss, (int, float)) else None,
+            loss=metrics.get("loss"),
             learning_rate=learning_rate,
             metrics=metrics,
             optimizer_state=optimizer_state(self.model) if self.config.include_optimizer else None,
@@ -161,12 +161,14 @@ class CoralKerasCallback(keras.callbacks.Callback):  # type: ignore[misc]
             return fallback
         return int(to_array(optimizer.iterations))
 
-    def _metrics(self) -> dict[str, Any]:
-        """The latest logs as plain numbers and strings."""
-        return {
-            key: float(value) if not isinstance(value, str) else value
-            for key, value in self._logs.items()
-        }
+    def _metrics(self) -> dict[str, float]:
+        """The latest logs' numbers as floats (arrays, like per-class scores, left out)."""
+        metrics = {}
+        for key, value in self._logs.items():
+            array = np.asarray(value)
+            if array.ndim == 0 and array.dtype.kind in "biuf":
+                metrics[key] = float(array)
+        return metrics
 
     def _scheduled_by_metric_only(self) -> bool:
         return (

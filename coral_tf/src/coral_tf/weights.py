@@ -1,6 +1,6 @@
 """Keras models in and out of a Coral repository, bit for bit.
 
-A model's variables are named by their stable ``v.path``
+A model's variables are named by their ``v.path``
 (``sequential/d1/kernel``) and kept in the dtype they have (float32, float16,
 bfloat16, int counters). The commit records the model's name, and
 :func:`load_weights` matches names without it, so a commit also fits a
@@ -57,7 +57,8 @@ class WeightsMismatchError(TensorMismatchError):
                 shown = ", ".join(names[:_LISTED])
                 more = f" and {len(names) - _LISTED} more" if len(names) > _LISTED else ""
                 parts.append(f"{len(names)} {label}: {shown}{more}")
-        super().__init__(f"the commit does not fit the {what}; " + "; ".join(parts))
+        hint = " (strict=False assigns those that match)" if self.missing or self.unexpected else ""
+        super().__init__(f"the commit does not fit the {what}; " + "; ".join(parts) + hint)
 
 
 def to_array(value: Any) -> np.ndarray:
@@ -104,7 +105,7 @@ def model_weights(model: keras.Model) -> dict[str, WeightTensor]:
 
 
 def model_details(model: keras.Model) -> dict[str, Any]:
-    """Commit metadata that lets :func:`load_weights` rename the model's paths."""
+    """Commit metadata naming the model, so :func:`load_weights` can match paths without it."""
     return {MODEL_KEY: {"name": model.name, "class": type(model).__name__}}
 
 
