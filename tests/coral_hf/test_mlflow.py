@@ -61,4 +61,6 @@ def test_a_commit_without_tokenizer_is_refused(tmp_path: Path) -> None:
     repo = Repository(tmp_path / "repo", init=True)
     save_pretrained(masked_lm(), repo, "no tokenizer")
     with pytest.raises(CoralError, match="carries no tokenizer"):
-        publish_to_mlflow(repo, "tiny", task="fill-mask", tracking_uri="sqlite:///unused.db")
+        publish_to_mlflow(
+            repo, "tiny", task="fill-mask", tracking_uri=f"sqlite:///{tmp_path / 'unused.db'}"
+        )
