@@ -136,3 +136,15 @@ def test_mixed_precision_runs_keep_the_loss_scale_optimizer(tmp_path: Path) -> N
         keras.mixed_precision.set_global_policy("float32")
     assert same_bits(values(resumed.weights), values(model.weights))
     assert same_bits(optimizer_values(resumed), optimizer_values(model))
+
+
+def test_a_resumed_fit_goes_on_counting_and_steps_per_execution_is_met(tmp_path: Path) -> None:
+    repo = Repository(tmp_path / "repo", init=True)
+    model = mlp()
+    model.compile(optimizer="adam", loss="mse", steps_per_execution=2)
+    # three batches an epoch, two per execution: Keras reports steps 2, 3, then 5, 6
+    fit(model, CoralKerasCallback(repo, "run", save_freq=4), epochs=1, validation_data=None)
+    resumed = CoralKerasCallback(repo, "run", save_freq=4)  # as a new process would
+    fit(model, resumed, epochs=2, validation_data=None, initial_epoch=1)
+    steps = [(c.epoch, c.step) for c in resumed.manager.checkpoints]
+    assert steps == [(0, 3), (1, 5), (1, 6)]  # the end; step 4 passed by at 5; the end
