@@ -42,6 +42,7 @@ from coral_core.maintenance import GCResult, Problem, VerifyReport
 from coral_core.merge import MergeConflictError, MergeOptions, MergeStrategy, SoupResult
 from coral_core.model import Branch, Commit, CommitMetadata, Tag, TreeEntry
 from coral_core.refs import ReflogEntry
+from coral_core.remote import PushRejectedError, TransferResult, clone
 from coral_core.repository import Repository
 from coral_core.similarity import Deduplicator, LSHIndex, simhash
 from coral_core.store import LocalStore, MemoryStore, WeightStore
@@ -87,6 +88,7 @@ __all__ = [
     "ModelFormat",
     "NothingToCommitError",
     "Problem",
+    "PushRejectedError",
     "ReadOnlyStoreError",
     "RefExistsError",
     "RefNotFoundError",
@@ -100,6 +102,7 @@ __all__ = [
     "TensorMismatchError",
     "TensorNotFoundError",
     "TrainingState",
+    "TransferResult",
     "TreeEntry",
     "UnknownModelFormatError",
     "UnsafeModelFileError",
@@ -111,6 +114,7 @@ __all__ = [
     "WeightTensor",
     "available_formats",
     "bit_view",
+    "clone",
     "dtype_name",
     "format_for",
     "numpy_dtype",

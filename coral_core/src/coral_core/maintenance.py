@@ -12,7 +12,7 @@ from coral_core.errors import CoralError
 from coral_core.fingerprints import Fingerprint
 from coral_core.locks import fair_lock
 from coral_core.objects import ObjectKind, object_key
-from coral_core.refs import HEADS, TAGS
+from coral_core.refs import HEADS, REMOTES, TAGS
 from coral_core.store.local import LocalStore
 
 if TYPE_CHECKING:
@@ -64,6 +64,7 @@ class VerifyReport:
 
 def _roots(repo: Repository) -> list[tuple[str, ObjectKind]]:
     roots = [(c, ObjectKind.COMMIT) for c in repo.refs.list_refs(HEADS).values()]
+    roots += [(c, ObjectKind.COMMIT) for c in repo.refs.list_refs(REMOTES).values()]
     roots += [(t, repo.objects.kind_of(t)) for t in repo.refs.list_refs(TAGS).values()]
     head = repo.refs.head().commit
     if head:
@@ -178,6 +179,7 @@ def verify_repository(repo: Repository) -> VerifyReport:
             return None
 
     stack = list(repo.refs.list_refs(HEADS).values())
+    stack += repo.refs.list_refs(REMOTES).values()
     for name, tag_id in repo.refs.list_refs(TAGS).items():
         target = attempt(tag_id, f"tag {name}", partial(repo.peel, tag_id))
         if target is not None:

@@ -23,6 +23,7 @@ from coral_core.store.local import TEMP_PREFIX, append_lines, write_file_atomic
 
 HEADS = "refs/heads/"
 TAGS = "refs/tags/"
+REMOTES = "refs/remotes/"  # branches as last fetched from (or pushed to) each remote
 _SYMREF = "ref: "
 
 

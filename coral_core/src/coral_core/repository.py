@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from coral_core import __version__
+from coral_core import __version__, remote
 from coral_core.config import RepoConfig
 from coral_core.delta import DeltaConfig
 from coral_core.diff import CommitDiff, diff_trees
@@ -76,7 +76,7 @@ from coral_core.model import (
 )
 from coral_core.objects import ObjectDatabase, ObjectKind
 from coral_core.refnames import validate_ref_name
-from coral_core.refs import HEADS, TAGS, Head, RefDatabase, ReflogEntry
+from coral_core.refs import HEADS, REMOTES, TAGS, Head, RefDatabase, ReflogEntry
 from coral_core.similarity import Deduplicator
 from coral_core.store.base import WeightStore
 from coral_core.store.local import LocalStore
@@ -220,7 +220,7 @@ class Repository:
                     f"branch {head.branch!r} has no commits yet; stage weights and commit first"
                 )
             return head.commit
-        for full in (name, HEADS + name, TAGS + name):
+        for full in (name, HEADS + name, TAGS + name, REMOTES + name):
             if full.startswith("refs/") and ".." not in full:
                 target = self.refs.read(full)
                 if target is not None:
@@ -918,6 +918,59 @@ class Repository:
         )
         return made, result
 
+    # -- remotes -------------------------------------------------------------------
+
+    def add_remote(self, name: str, url: str) -> None:
+        """Remember a remote: ``s3://bucket/prefix``, ``file://path`` or a folder."""
+        remote.add_remote(self, name, url)
+
+    def remove_remote(self, name: str) -> None:
+        """Forget a remote and its remote-tracking branches."""
+        remote.remove_remote(self, name)
+
+    def list_remotes(self) -> dict[str, str]:
+        """Remote name -> URL."""
+        return remote.list_remotes(self)
+
+    def push(
+        self,
+        remote_name: str = "origin",
+        branches: Sequence[str] | None = None,
+        *,
+        tags: bool = False,
+        force: bool = False,
+        progress: remote.Progress | None = None,
+    ) -> remote.TransferResult:
+        """Send branches (HEAD's by default) and tags; see :func:`coral_core.remote.push`."""
+        return remote.push(self, remote_name, branches, tags=tags, force=force, progress=progress)
+
+    def fetch(
+        self, remote_name: str = "origin", progress: remote.Progress | None = None
+    ) -> remote.TransferResult:
+        """Bring a remote's branches (as ``<remote>/<branch>``) and tags here, verified."""
+        return remote.fetch(self, remote_name, progress)
+
+    def pull(
+        self,
+        remote_name: str = "origin",
+        branch: str | None = None,
+        strategy: MergeStrategy | str = MergeStrategy.FAIL,
+        progress: remote.Progress | None = None,
+    ) -> remote.TransferResult:
+        """Fetch, then merge the remote's branch into the current one."""
+        name = strategy.value if isinstance(strategy, MergeStrategy) else strategy
+        return remote.pull(self, remote_name, branch, name, progress)
+
+    def sync(
+        self, remote_name: str = "origin", progress: remote.Progress | None = None
+    ) -> remote.TransferResult:
+        """Fetch, then push every branch the remote is behind on, and the tags."""
+        return remote.sync(self, remote_name, progress)
+
+    def sync_status(self, remote_name: str = "origin") -> list[remote.BranchSync]:
+        """Per branch: commits only here (ahead) and only on the remote (behind)."""
+        return remote.sync_status(self, remote_name)
+
     # -- tags ----------------------------------------------------------------------
 
     def tag_version(
@@ -1026,8 +1079,9 @@ class Repository:
         return commits
 
     def ref_commits(self) -> list[str]:
-        """Commits every branch, tag and HEAD point at."""
+        """Commits every branch (local and remote-tracking), tag and HEAD point at."""
         starts = list(self.refs.list_refs(HEADS).values())
+        starts += self.refs.list_refs(REMOTES).values()
         starts += [self.peel(t) for t in self.refs.list_refs(TAGS).values()]
         if self.refs.head().commit:
             starts.append(self.refs.head().commit)  # type: ignore[arg-type]

@@ -1,0 +1,240 @@
+"""Remotes on a folder: push, fetch, pull, clone, sync; races, interruptions, damage."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from coral_core import (
+    CorruptObjectError,
+    PushRejectedError,
+    RefNotFoundError,
+    Repository,
+    bit_view,
+    clone,
+)
+from coral_core.objects import object_key
+
+from .conftest import flip_last_bit
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def model(step: int, size: int = 64 * 1024) -> dict[str, np.ndarray]:
+    """A model whose big tensor changes in a small region each step (fine-tune-like)."""
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal(size).astype(np.float32)
+    weight[: step * 64] += np.float32(1e-3)
+    return {"encoder.weight": weight, "encoder.bias": np.full(16, step, np.float32)}
+
+
+def history(repo: Repository) -> dict[str, list[str]]:
+    return {b.name: [c.commit_hash for c in repo.log(b.name)] for b in repo.list_branches()}
+
+
+@pytest.fixture
+def origin(tmp_path: Path) -> Repository:
+    repo = Repository(tmp_path / "origin", init=True)
+    for step in range(3):
+        repo.commit(f"step {step}", weights=model(step), metrics={"loss": 1.0 / (step + 1)})
+    repo.tag_version("v1", "first release", metrics={"loss": 0.5}, ref="HEAD~1")
+    repo.create_branch("experiment", "HEAD~1")
+    repo.commit("experiment", weights=model(9), branch="experiment")
+    repo.add_remote("origin", str(tmp_path / "remote"))
+    return repo
+
+
+def test_push_clone_round_trip_with_branches_tags_and_deltas(
+    origin: Repository, tmp_path: Path
+) -> None:
+    sent = origin.push("origin", ["main", "experiment"], tags=True)
+    assert sent.objects > 0
+    assert set(sent.refs) == {"refs/heads/main", "refs/heads/experiment", "refs/tags/v1"}
+    again = origin.push("origin", ["main", "experiment"], tags=True)
+    assert (again.objects, again.bytes, again.refs) == (0, 0, {})  # nothing missing
+    copy = clone(str(tmp_path / "remote"), tmp_path / "copy")
+    assert history(copy) == history(origin)
+    assert copy.current_branch == "main"
+    assert copy.list_tags()[0].metrics == {"loss": 0.5}
+    assert copy.resolve("v1") == origin.resolve("v1")
+    for commit in origin.log(all_refs=True):
+        for name, weight in origin.get_all_weights(commit.commit_hash).items():
+            restored = copy.get_weight(name, commit.commit_hash).data
+            assert np.array_equal(bit_view(restored), bit_view(weight.data))
+    assert copy.verify().ok
+    assert copy.resolve("origin/experiment") == origin.resolve("experiment")
+    copy.gc()  # remote-tracking refs keep their commits alive
+    assert copy.verify().ok
+
+
+def test_a_small_change_sends_about_its_delta(origin: Repository) -> None:
+    origin.push()
+    origin.commit("step 3", weights=model(3))
+    sent = origin.push()
+    model_bytes = sum(a.nbytes for a in model(3).values())
+    assert 0 < sent.bytes < 0.2 * model_bytes, (sent.bytes, model_bytes)
+
+
+def test_a_push_behind_the_remote_is_rejected_until_pulled(
+    origin: Repository, tmp_path: Path
+) -> None:
+    origin.push()
+    other = clone(str(tmp_path / "remote"), tmp_path / "other")
+    other.commit("from the other clone", weights=model(5))
+    other.push()
+    origin.commit("diverging", weights={**model(2), "head.weight": np.ones(4, np.float32)})
+    before = origin.resolve("main")
+    with pytest.raises(PushRejectedError, match="fetch first"):
+        origin.push()
+    unknown = {row.branch: row for row in origin.sync_status()}["main"]
+    assert (unknown.ahead, unknown.behind) == (None, None)  # not fetched: cannot count
+    origin.fetch()
+    known = {row.branch: row for row in origin.sync_status()}["main"]
+    assert (known.ahead, known.behind) == (1, 1)
+    origin.pull("origin", "main", strategy="theirs")
+    assert origin.resolve("main~1") == before  # the local commit is kept: a merge
+    origin.push()
+    other.pull()  # a fast-forward
+    assert other.resolve("main") == origin.resolve("main")
+    status = {row.branch: row for row in origin.sync_status()}
+    assert (status["main"].ahead, status["main"].behind) == (0, 0)
+    assert status["experiment"].remote is None
+
+
+def test_fetch_verifies_objects_and_moves_nothing_on_damage(
+    origin: Repository, tmp_path: Path
+) -> None:
+    origin.push()
+    remote_objects = tmp_path / "remote" / "objects"
+    chunk = origin.objects.tensor_descriptor(origin.ls_tree()["encoder.weight"].tensor).chunks[-1]
+    path = remote_objects / object_key(chunk)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    fresh = Repository(tmp_path / "fresh", init=True)
+    fresh.add_remote("origin", f"file://{tmp_path / 'remote'}")
+    with pytest.raises(CorruptObjectError, match=chunk):
+        fresh.fetch()
+    assert fresh.refs.list_refs("refs/remotes/") == {}
+    assert not fresh.objects.has(chunk)
+
+
+def test_remote_management_errors(origin: Repository, tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="exists"):
+        origin.add_remote("origin", str(tmp_path / "elsewhere"))
+    with pytest.raises(Exception, match="s3:// and file://"):
+        origin.add_remote("web", "https://example.com/repo")
+    with pytest.raises(RefNotFoundError, match="no remote named 'nope'"):
+        origin.push("nope")
+    origin.push()
+    assert origin.list_remotes() == {"origin": str(tmp_path / "remote")}
+    origin.remove_remote("origin")
+    assert origin.list_remotes() == {}
+    assert origin.refs.list_refs("refs/remotes/") == {}
+    with pytest.raises(Exception, match="already holds"):
+        clone(str(tmp_path / "remote"), origin.path)
+
+
+PUSHER = textwrap.dedent(
+    """
+    import sys
+    from coral_core import PushRejectedError, Repository
+    repo = Repository(sys.argv[1])
+    try:
+        repo.push()
+        print("pushed")
+    except PushRejectedError as exc:
+        print("rejected", exc)
+    """
+)
+
+
+def test_racing_pushes_from_two_processes_lose_no_commit(
+    origin: Repository, tmp_path: Path
+) -> None:
+    origin.push()
+    clones = [clone(str(tmp_path / "remote"), tmp_path / f"clone{i}") for i in range(2)]
+    mine = []
+    for i, repo in enumerate(clones):
+        mine.append(repo.commit(f"clone {i}", weights=model(10 + i)).commit_hash)
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", PUSHER, str(repo.path)], stdout=subprocess.PIPE, text=True
+        )
+        for repo in clones
+    ]
+    outputs = [run.communicate(timeout=120)[0] for run in runs]
+    assert sorted(o.split()[0] for o in outputs) == ["pushed", "rejected"], outputs
+    assert "fetch first" in next(o for o in outputs if o.startswith("rejected"))
+    remote_tip = origin.fetch().refs["refs/remotes/origin/main"][1]
+    assert remote_tip in mine  # the winner's commit, whole
+    loser = clones[mine.index(next(m for m in mine if m != remote_tip))]
+    loser.pull(strategy="ours")
+    loser.push()  # after pulling, the loser's commit lands too
+    final = Repository(tmp_path / "origin")
+    final.fetch()
+    landed = {c.commit_hash for c in final.log("origin/main")}
+    assert set(mine) <= landed
+
+
+KILLED_PUSHER = textwrap.dedent(
+    """
+    import sys
+    from coral_core import Repository
+    repo = Repository(sys.argv[1])
+    print("start", flush=True)
+    repo.push()
+    """
+)
+
+
+def test_a_killed_push_leaves_the_remote_sound_and_can_be_run_again(tmp_path: Path) -> None:
+    repo = Repository(tmp_path / "big", init=True)
+    for step in range(12):
+        repo.commit(f"step {step}", weights={**model(step, size=256 * 1024), "x": np.full(8, step)})
+    repo.add_remote("origin", str(tmp_path / "remote"))
+    for delay in (0.05, 0.2):
+        run = subprocess.Popen(
+            [sys.executable, "-c", KILLED_PUSHER, str(repo.path)], stdout=subprocess.PIPE, text=True
+        )
+        assert run.stdout is not None
+        run.stdout.readline()
+        time.sleep(delay)
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait()
+        run.stdout.close()
+        copy = clone(str(tmp_path / "remote"), tmp_path / f"after-kill-{delay}")
+        assert copy.verify().ok  # whatever the remote's main names is complete
+        if copy.refs.read("refs/heads/main") is not None:
+            assert copy.resolve("main") == repo.resolve("main")
+    repo.push()
+    final = clone(str(tmp_path / "remote"), tmp_path / "final")
+    assert history(final)["main"] == history(repo)["main"]
+    assert final.verify().ok
+
+
+def test_many_small_objects(tmp_path: Path) -> None:
+    repo = Repository(tmp_path / "small", init=True)
+    repo.commit("1000 tensors", weights={f"t{i}": np.full(3, i, np.int32) for i in range(1000)})
+    repo.add_remote("origin", str(tmp_path / "remote"))
+    sent = repo.push()
+    assert sent.objects >= 1000
+    copy = clone(str(tmp_path / "remote"), tmp_path / "copy")
+    assert copy.get_weight("t999").data.tolist() == [999, 999, 999]
+
+
+def test_a_damaged_local_object_is_not_pushed_silently(origin: Repository, tmp_path: Path) -> None:
+    """Pushing copies bytes; the clone's verification catches what was damaged here."""
+    chunk = origin.objects.tensor_descriptor(origin.ls_tree()["encoder.bias"].tensor).chunks[0]
+    flip_last_bit(origin, chunk)
+    origin.push()
+    with pytest.raises(CorruptObjectError):
+        clone(str(tmp_path / "remote"), tmp_path / "copy")
