@@ -104,7 +104,10 @@ def test_reading_never_deserializes_the_model(
 ) -> None:
     _, folder = trained
     hostile = tmp_path / "hostile.keras"
-    with zipfile.ZipFile(folder / "m.keras") as source, zipfile.ZipFile(hostile, "w") as target:
+    with (
+        zipfile.ZipFile(folder / "m.keras") as source,
+        zipfile.ZipFile(hostile, "w", zipfile.ZIP_DEFLATED) as target,  # not as Keras stores
+    ):
         target.writestr("config.json", '{"class_name": "Lambda", "config": {"function": "!!"}}')
         target.writestr(WEIGHTS_MEMBER, source.read(WEIGHTS_MEMBER))
     assert same_bits(read_keras_file(hostile), read_keras_file(folder / "m.keras"))
@@ -113,7 +116,7 @@ def test_reading_never_deserializes_the_model(
 def test_damaged_files_raise_model_file_errors_naming_them(
     trained: tuple[keras.Model, Path], tmp_path: Path
 ) -> None:
-    _, folder = trained
+    model, folder = trained
     for name in ("m.keras", "m.weights.h5", "legacy.h5"):
         whole = (folder / name).read_bytes()
         for size in (0, 10, len(whole) // 2, len(whole) - 1):
@@ -121,6 +124,13 @@ def test_damaged_files_raise_model_file_errors_naming_them(
             cut.write_bytes(whole[:size])
             with pytest.raises(ModelFileError, match=str(cut)):
                 read_keras_file(cut)
+    kernel = to_array(model.get_layer("d1").kernel).tobytes()
+    whole = (folder / "m.keras").read_bytes()
+    at = whole.index(kernel) + 5
+    flipped = tmp_path / "flipped.keras"
+    flipped.write_bytes(whole[:at] + bytes([whole[at] ^ 1]) + whole[at + 1 :])
+    with pytest.raises(ModelFileError, match=r"flipped\.keras.*CRC"):
+        read_keras_file(flipped)
     no_weights = tmp_path / "empty.keras"
     with zipfile.ZipFile(no_weights, "w") as archive:
         archive.writestr("config.json", "{}")

@@ -6,7 +6,10 @@ variables (``layers/dense/vars/0``, ``optimizer/vars/0``, ...); a
 or ``model.save("m.h5")``) keeps them under ``model_weights/...``. Every
 dataset is read by its path in the file, without deserializing the model's
 config (so no ``keras.models.load_model`` and no Lambda layer runs) and
-without importing Keras. Links to other files or paths are refused.
+without importing Keras. Links to other files or paths are refused. A
+``.keras`` member's CRC is checked, so a damaged byte in it is found; HDF5
+keeps no checksum of its data, so in a bare ``.h5`` only damage to its
+structure is.
 
 Files are written in the layout Keras 3 reads with ``model.load_weights``: a
 ``.weights.h5`` file, or a ``.keras`` archive holding only its weights. A
@@ -57,6 +60,11 @@ def read_keras_file(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
                     f"(members: {', '.join(archive.namelist()[:10]) or 'none'})"
                 )
             with archive.open(WEIGHTS_MEMBER) as member:
+                if archive.getinfo(WEIGHTS_MEMBER).compress_type != zipfile.ZIP_STORED:
+                    return _read_h5(io.BytesIO(member.read()), path)  # seeks would re-inflate
+                while member.read(1 << 24):  # to the end, where zipfile checks the CRC:
+                    pass  # HDF5 has no checksum of its data, so damage shows only here
+                member.seek(0)
                 return _read_h5(member, path)
     except (zipfile.BadZipFile, EOFError) as exc:
         raise ModelFileError(f"{path} is not a readable .keras file: {exc}") from None
