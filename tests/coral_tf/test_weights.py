@@ -69,6 +69,9 @@ def test_a_commit_that_does_not_fit_names_what_differs_and_changes_nothing(
         {"k": to_array(other.weights[0])},
         {"k": repo.get_weight("mlp/d1/kernel").data},
     )
+    unbuilt = keras.Sequential([keras.layers.Dense(2)], name="mlp")
+    with pytest.raises(TensorMismatchError, match="'mlp' is not built"):
+        load_weights(unbuilt, repo)
     float32_head = mlp(half="float32")
     with pytest.raises(WeightsMismatchError, match="2 of another shape or dtype: mlp/d2/bias"):
         load_weights(float32_head, repo, strict=False)  # d2 is float16 in the commit

@@ -179,9 +179,15 @@ def load_weights(
             unexpected; always, when a name matches but its shape or dtype
             does not, or the optimizer's variables do not fit. The model is
             unchanged then.
-        TensorMismatchError: with ``include_optimizer``, when the model has no
-            optimizer or the commit no optimizer state.
+        TensorMismatchError: when the model is not built; with
+            ``include_optimizer``, when it has no optimizer or the commit no
+            optimizer state.
     """
+    if not model.built:
+        raise TensorMismatchError(
+            f"model {model.name!r} is not built, so it has no variables to load into; "
+            "give it a keras.Input or call it on a batch first"
+        )
     commit = repo.show(ref)
     stored = commit.metadata.metadata.get(MODEL_KEY)
     stored_model = stored.get("name") if isinstance(stored, dict) else None
