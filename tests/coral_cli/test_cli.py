@@ -275,3 +275,36 @@ def test_merge_and_the_graph(workdir: Path) -> None:
     assert any(line.startswith("| * ") for line in graph)  # the side branch beside main
     assert run("merge", "side").stdout.strip() == "already up to date"
     assert run("merge", "side", "--weights", "a,b", ok=False).exit_code == 2
+
+
+def test_remotes_push_clone_pull_sync(workdir: Path) -> None:
+    two_commits()
+    run("tag", "v1")
+    run("remote", "add", "origin", str(workdir / "shared"))
+    assert as_json("remote", "list") == {"origin": str(workdir / "shared")}
+    pushed = as_json("push", "--tags")
+    assert pushed["objects"] > 0
+    assert set(pushed["refs"]) == {"refs/heads/main", "refs/tags/v1"}
+    assert as_json("push")["objects"] == 0
+    run("clone", str(workdir / "shared"), str(workdir / "copy"))
+    copy = ["-C", str(workdir / "copy")]
+    assert [c["message"] for c in as_json(*copy, "log")] == ["second", "first"]
+    write_safetensors(workdir / "v3.safetensors", {"enc.bias": np.ones(64, np.float32)})
+    run(*copy, "add", str(workdir / "v3.safetensors"))
+    run(*copy, "commit", "-m", "third")
+    run(*copy, "push")
+    status = {r["branch"]: r for r in as_json("sync-status")}
+    assert status["main"]["ahead"] is None  # the remote's new commit is not here yet
+    run("fetch")
+    status = {r["branch"]: r for r in as_json("sync-status")}
+    assert (status["main"]["ahead"], status["main"]["behind"]) == (0, 1)
+    pulled = as_json("pull")
+    assert pulled["head"] == as_json(*copy, "log", "-n", "1")[0]["commit"]
+    run("branch", "side")
+    assert "refs/heads/side" in as_json("sync")["refs"]
+    behind = run(*copy, "push", ok=False)  # nothing to push: fine
+    assert behind.exit_code == 0
+    run("remote", "remove", "origin")
+    missing = run("push", ok=False)
+    assert missing.exit_code == 1
+    assert "coral-ml remote add" in missing.stderr

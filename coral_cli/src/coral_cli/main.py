@@ -81,9 +81,16 @@ def cli(ctx: click.Context, repo_dir: Path | None, as_json: bool, quiet: bool) -
 
 
 def _register() -> None:
-    from coral_cli import cmd_experiment, cmd_history, cmd_refs, cmd_repo, cmd_weights
+    from coral_cli import (
+        cmd_experiment,
+        cmd_history,
+        cmd_refs,
+        cmd_remote,
+        cmd_repo,
+        cmd_weights,
+    )
 
-    for module in (cmd_repo, cmd_weights, cmd_history, cmd_refs, cmd_experiment):
+    for module in (cmd_repo, cmd_weights, cmd_history, cmd_refs, cmd_remote, cmd_experiment):
         for command in module.COMMANDS:
             cli.add_command(command)
 
