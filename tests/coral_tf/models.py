@@ -47,6 +47,20 @@ def data(seed: int = 0, n: int = 48) -> tuple[np.ndarray, np.ndarray]:
     return inputs, (inputs[:, :2] * 0.5 + 0.1).astype(np.float32)
 
 
+def odd_bits(model: keras.Model) -> None:
+    """Put NaN payloads, -0.0, infinities and subnormals into d1's kernel and d2's bias."""
+    kernel = model.get_layer("d1").kernel
+    odd = np.zeros(kernel.shape, np.float32).reshape(-1)
+    odd[:4] = np.array([0x7FC12345, 0xFF800001, 0x80000000, 0x00000001], np.uint32).view(np.float32)
+    odd[4:6] = (np.inf, -np.inf)
+    kernel.assign(odd.reshape(kernel.shape))
+    bias = model.get_layer("d2").bias
+    bits = np.array([0x7E01, 0x0001], np.uint16)
+    bias.assign(bits.view(to_array(bias).dtype))
+    assert np.array_equal(bit_view(to_array(kernel).reshape(-1)), bit_view(odd))  # as put in
+    assert np.array_equal(bit_view(to_array(bias)), bits)
+
+
 def values(variables: object) -> dict[str, np.ndarray]:
     """``{v.path: value}`` of Keras variables."""
     return {v.path: to_array(v) for v in variables}  # type: ignore[attr-defined]

@@ -20,6 +20,7 @@ from .models import (
     data,
     keras,
     mlp,
+    odd_bits,
     optimizer_values,
     same_bits,
     to_array,
@@ -35,6 +36,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[keras.Model, Path
     folder = tmp_path_factory.mktemp("files")
     model = mlp(half="bfloat16")
     model.fit(*data(), epochs=1, batch_size=16, verbose=0)
+    odd_bits(model)
     model.save(folder / "m.keras")
     model.save_weights(folder / "m.weights.h5")
     mlp().save(folder / "legacy.h5")  # float16: the legacy format leaves bfloat16 unmarked

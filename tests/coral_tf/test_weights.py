@@ -9,7 +9,7 @@ import pytest
 from coral_core import Repository, TensorMismatchError
 from coral_tf import WeightsMismatchError, load_weights, model_weights, save_weights
 
-from .models import data, keras, mlp, same_bits, to_array, values
+from .models import data, keras, mlp, odd_bits, same_bits, to_array, values
 
 
 @pytest.fixture
@@ -20,6 +20,7 @@ def repo(tmp_path: Path) -> Repository:
 def test_names_are_paths_and_every_dtype_comes_back_bit_for_bit(repo: Repository) -> None:
     model = mlp(half="bfloat16")
     model.fit(*data(), epochs=1, batch_size=16, verbose=0)
+    odd_bits(model)
     weights = model_weights(model)
     assert list(weights) == [v.path for v in model.weights]
     assert "mlp/d1/kernel" in weights
