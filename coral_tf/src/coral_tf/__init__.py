@@ -8,9 +8,22 @@ pays for importing TensorFlow.
 
 __version__ = "0.1.0"
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coral_tf.formats import KERAS_FORMAT, read_keras_file, write_keras_file
+
+if TYPE_CHECKING:  # what __getattr__ imports on first use, for type checkers
+    from coral_tf.callback import CoralKerasCallback
+    from coral_tf.mlflow_keras import publish_keras_to_mlflow
+    from coral_tf.weights import (
+        MODEL_KEY,
+        WeightsMismatchError,
+        load_weights,
+        model_weights,
+        optimizer_state,
+        save_weights,
+        to_array,
+    )
 
 __all__ = [
     "KERAS_FORMAT",
