@@ -172,3 +172,13 @@ def test_drop_commits_rewrites_history_and_moves_tags(repo: Repository) -> None:
     with pytest.raises(RefNotFoundError):
         repo.drop_commits("nope", [])
     assert len(repo.log()) == 3  # a refused rewrite changed nothing
+
+
+def test_a_manager_sees_history_another_writer_rewrote(repo: Repository) -> None:
+    config = CheckpointConfig(max_checkpoints=2, tag_best_checkpoints=False)
+    first, second = CheckpointManager(repo, config, "exp"), CheckpointManager(repo, config, "exp")
+    for step in range(3):
+        save(first, step)  # first's retention rewrites the branch: second's ids go stale
+    save(second, 3)
+    assert [c.step for c in second.checkpoints] == [2, 3]
+    assert {c.commit_hash for c in second.checkpoints} == {c.commit_hash for c in repo.log()}

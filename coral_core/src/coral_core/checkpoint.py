@@ -295,10 +295,21 @@ class CheckpointManager:
             branch=self.branch,
             training_state=state,
         )
-        self._checkpoints.append(_record(commit, self.experiment_name))  # type: ignore[arg-type]
+        if self._moved_elsewhere(commit):  # another writer rewrote or added to the branch
+            self._checkpoints = self._scan()
+        else:
+            self._checkpoints.append(_record(commit, self.experiment_name))  # type: ignore[arg-type]
         if improved and self.config.tag_best_checkpoints:
             self._tag_best()
         return self._retain(commit)
+
+    def _moved_elsewhere(self, commit: Commit) -> bool:
+        """Whether the branch changed since this manager last looked: the new
+        commit's parent is not the newest checkpoint it knows (a cheap test
+        that spares a walk of the history on every save)."""
+        parent = commit.parent_hashes[0] if commit.parent_hashes else None
+        latest = self.latest
+        return parent != (latest.commit_hash if latest is not None else None)
 
     def _tag_best(self) -> None:
         best = self.best
