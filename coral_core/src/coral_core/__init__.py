@@ -30,6 +30,7 @@ from coral_core.errors import (
     UnsafeModelFileError,
     UnsupportedDtypeError,
     UnsupportedFormatError,
+    WeightsMismatchError,
 )
 from coral_core.formats import (
     SAFETENSORS,
@@ -112,6 +113,7 @@ __all__ = [
     "WeightMetadata",
     "WeightStore",
     "WeightTensor",
+    "WeightsMismatchError",
     "available_formats",
     "bit_view",
     "clone",

@@ -8,6 +8,8 @@ line.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class CoralError(Exception):
     """Base class of every error raised by Coral."""
@@ -62,6 +64,40 @@ class UnsupportedDtypeError(CoralError, TypeError):
 
 class TensorMismatchError(CoralError, ValueError):
     """Data that does not match its metadata (shape, dtype) or a bad tensor."""
+
+
+class WeightsMismatchError(TensorMismatchError):
+    """A commit's tensors do not fit a model: names missing, unexpected, or misshapen.
+
+    The lists are sorted; the message shows up to 20 names of each kind.
+    """
+
+    LISTED = 20
+
+    def __init__(
+        self,
+        missing: Sequence[str] = (),
+        unexpected: Sequence[str] = (),
+        misshapen: Sequence[str] = (),
+        what: str = "model",
+    ) -> None:
+        self.missing = sorted(missing)
+        self.unexpected = sorted(unexpected)
+        self.misshapen = sorted(misshapen)
+        parts = []
+        for label, names in (
+            ("missing from the commit", self.missing),
+            (f"in the commit but not in the {what}", self.unexpected),
+            ("of another shape or dtype", self.misshapen),
+        ):
+            if names:
+                shown = ", ".join(names[: self.LISTED])
+                more = f" and {len(names) - self.LISTED} more" if len(names) > self.LISTED else ""
+                parts.append(f"{len(names)} {label}: {shown}{more}")
+        hint = ""
+        if self.missing or self.unexpected:
+            hint = " (strict=False loads the tensors that match by name and shape)"
+        super().__init__(f"the commit does not fit the {what}; " + "; ".join(parts) + hint)
 
 
 class TensorNotFoundError(CoralError, KeyError):

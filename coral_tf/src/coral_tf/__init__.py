@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 from typing import TYPE_CHECKING, Any
 
+from coral_core import WeightsMismatchError
 from coral_tf.formats import KERAS_FORMAT, read_keras_file, write_keras_file
 
 if TYPE_CHECKING:  # what __getattr__ imports on first use, for type checkers
@@ -17,7 +18,6 @@ if TYPE_CHECKING:  # what __getattr__ imports on first use, for type checkers
     from coral_tf.mlflow_keras import publish_keras_to_mlflow
     from coral_tf.weights import (
         MODEL_KEY,
-        WeightsMismatchError,
         load_weights,
         model_weights,
         optimizer_state,
@@ -43,7 +43,6 @@ __all__ = [
 _LAZY = {
     "CoralKerasCallback": "coral_tf.callback",
     "MODEL_KEY": "coral_tf.weights",
-    "WeightsMismatchError": "coral_tf.weights",
     "load_weights": "coral_tf.weights",
     "model_weights": "coral_tf.weights",
     "optimizer_state": "coral_tf.weights",

@@ -22,43 +22,22 @@ from typing import Any
 import keras  # type: ignore[import-untyped]
 import numpy as np
 
-from coral_core import Commit, Repository, TensorMismatchError, WeightMetadata, WeightTensor
+from coral_core import (
+    Commit,
+    Repository,
+    TensorMismatchError,
+    WeightMetadata,
+    WeightsMismatchError,
+    WeightTensor,
+)
 from coral_core.dtypes import dtype_name
 from coral_tf.formats import write_keras_file
 
 #: Commit metadata key: ``{"name": model.name, "class": ...}`` of the model committed.
 MODEL_KEY = "coral_tf.model"
-_LISTED = 20  # names shown per kind in a mismatch message
 #: Tensor names of a commit made from a Keras file: ``layers/dense/vars/0``.
 _FILE_LAYOUT = re.compile(r"(?:.+/)?vars/\d+")
 _NO_OPTIMIZER = "model {!r} has no optimizer to restore; compile it first"
-
-
-class WeightsMismatchError(TensorMismatchError):
-    """A commit's tensors do not fit the model: names missing, unexpected, or misshapen."""
-
-    def __init__(
-        self,
-        missing: Sequence[str] = (),
-        unexpected: Sequence[str] = (),
-        misshapen: Sequence[str] = (),
-        what: str = "model",
-    ) -> None:
-        self.missing = sorted(missing)
-        self.unexpected = sorted(unexpected)
-        self.misshapen = sorted(misshapen)
-        parts = []
-        for label, names in (
-            ("missing from the commit", self.missing),
-            (f"in the commit but not in the {what}", self.unexpected),
-            ("of another shape or dtype", self.misshapen),
-        ):
-            if names:
-                shown = ", ".join(names[:_LISTED])
-                more = f" and {len(names) - _LISTED} more" if len(names) > _LISTED else ""
-                parts.append(f"{len(names)} {label}: {shown}{more}")
-        hint = " (strict=False assigns those that match)" if self.missing or self.unexpected else ""
-        super().__init__(f"the commit does not fit the {what}; " + "; ".join(parts) + hint)
 
 
 def to_array(value: Any) -> np.ndarray:

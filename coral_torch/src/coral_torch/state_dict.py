@@ -14,40 +14,22 @@ from typing import Any
 
 import torch
 
-from coral_core import Commit, Repository, TensorMismatchError, WeightMetadata, WeightTensor
+from coral_core import (
+    Commit,
+    Repository,
+    TensorMismatchError,
+    WeightMetadata,
+    WeightsMismatchError,
+    WeightTensor,
+)
 from coral_torch.tensors import TORCH_DTYPES, to_array, to_tensor
 
 #: Commit metadata key: ``{alias: name stored}`` for tensors sharing memory.
 TIES_KEY = "coral_torch.ties"
-_LISTED = 20  # names shown per kind in a mismatch message
 
 
-class StateDictMismatchError(TensorMismatchError):
-    """A commit's tensors do not fit the model: names missing, unexpected, or misshapen."""
-
-    def __init__(
-        self,
-        missing: Sequence[str] = (),
-        unexpected: Sequence[str] = (),
-        misshapen: Sequence[str] = (),
-    ) -> None:
-        self.missing = sorted(missing)
-        self.unexpected = sorted(unexpected)
-        self.misshapen = sorted(misshapen)
-        parts = []
-        for label, names in (
-            ("missing from the commit", self.missing),
-            ("in the commit but not in the model", self.unexpected),
-            ("of another shape or dtype", self.misshapen),
-        ):
-            if names:
-                shown = ", ".join(names[:_LISTED])
-                more = f" and {len(names) - _LISTED} more" if len(names) > _LISTED else ""
-                parts.append(f"{len(names)} {label}: {shown}{more}")
-        super().__init__(
-            "the commit does not fit the model; " + "; ".join(parts) + " (strict=False loads "
-            "the tensors that match by name and shape)"
-        )
+class StateDictMismatchError(WeightsMismatchError):
+    """A commit's tensors do not fit the module's ``state_dict``."""
 
 
 def find_ties(state_dict: Mapping[str, torch.Tensor]) -> dict[str, str]:
