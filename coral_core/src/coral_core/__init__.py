@@ -2,6 +2,8 @@
 
 __version__ = "0.1.0"
 
+from typing import TYPE_CHECKING, Any
+
 from coral_core.checkpoint import Checkpoint, CheckpointConfig, CheckpointManager
 from coral_core.config import FORMAT_VERSION, RepoConfig
 from coral_core.delta import Delta, DeltaConfig, DeltaEncoder, DeltaType
@@ -50,6 +52,19 @@ from coral_core.store import LocalStore, MemoryStore, WeightStore
 from coral_core.tensor import WeightMetadata, WeightTensor
 from coral_core.training_state import TrainingState
 
+if TYPE_CHECKING:
+    from coral_core.store import S3Config, S3Store
+
+
+def __getattr__(name: str) -> Any:
+    """The optional backends (boto3, h5py) load on first use; see :mod:`coral_core.store`."""
+    from coral_core import store
+
+    if name in store._LAZY:
+        return getattr(store, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "FORMAT_VERSION",
     "SAFETENSORS",
@@ -97,6 +112,8 @@ __all__ = [
     "RepoConfig",
     "Repository",
     "RepositoryNotFoundError",
+    "S3Config",
+    "S3Store",
     "SoupResult",
     "Tag",
     "TensorDiff",
