@@ -308,3 +308,17 @@ def test_remotes_push_clone_pull_sync(workdir: Path) -> None:
     missing = run("push", ok=False)
     assert missing.exit_code == 1
     assert "coral-ml remote add" in missing.stderr
+
+
+@pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")
+def test_publish_to_mlflow(workdir: Path) -> None:
+    pytest.importorskip("mlflow", reason="mlflow is not installed")
+    _, second = two_commits()
+    tracking = f"sqlite:///{workdir / 'mlflow.db'}"
+    artifacts = (workdir / "artifacts").as_uri()
+    options = ["--to", "mlflow", "--name", "tiny", "--tracking-uri", tracking]
+    first = as_json("publish", "HEAD~1", *options, "--artifact-location", artifacts)
+    again = as_json("publish", *options)
+    assert (first["version"], again["version"]) == ("1", "2")
+    assert again["commit"] == second
+    assert run("publish", "--to", "mlflow", ok=False).exit_code == 2  # --name is needed

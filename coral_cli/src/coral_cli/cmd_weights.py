@@ -9,6 +9,7 @@ from typing import Any
 import click
 import numpy as np
 
+from coral_cli.cmd_publish import hf_module
 from coral_cli.main import Env, pass_env
 from coral_cli.output import Output, human_bytes, table, user_errors
 from coral_cli.parsing import metric_pairs
@@ -211,21 +212,38 @@ def export(env: Env, ref: str, path: Path) -> None:
 
 
 @click.command("import")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("sources", nargs=-1, required=True)
 @click.option("-m", "--message", default="import", help="Message prefix of each commit.")
 @click.option("--branch", help="Commit onto this branch (created from HEAD if new).")
+@click.option("--endpoint", envvar="HF_ENDPOINT", help="hf://: a Hub other than huggingface.co.")
 @pass_env
-def import_(env: Env, paths: tuple[Path, ...], message: str, branch: str | None) -> None:
+def import_(
+    env: Env, sources: tuple[str, ...], message: str, branch: str | None, endpoint: str | None
+) -> None:
     """Commit each model file as a version of its own, in the order given.
 
-    A folder stands for its model files, by name (a run's checkpoint-*.safetensors).
+    A folder stands for its model files, by name (a run's checkpoint-*.safetensors);
+    hf://org/model@revision imports a Hugging Face Hub revision (needs coral-hf).
 
     Example: coral-ml import checkpoints/
     """
     with user_errors():
         repo = env.repo()
-        files = model_files(paths)
         made = []
+        hub = [s for s in sources if s.startswith("hf://")]
+        for source in hub:
+            repo_id, _, revision = source.removeprefix("hf://").partition("@")
+            made.append(
+                hf_module().import_from_hub(
+                    repo,
+                    repo_id,
+                    revision or "main",
+                    message=f"{message} {source}",
+                    branch=branch,
+                    endpoint=endpoint,
+                )
+            )
+        files = model_files([Path(s) for s in sources if not s.startswith("hf://")])
         for path in env.output.progress(files, "importing"):
             arrays = format_for(path).read(path)
             made.append(repo.commit(f"{message} {path.name}", weights=arrays, branch=branch))

@@ -84,13 +84,23 @@ def _register() -> None:
     from coral_cli import (
         cmd_experiment,
         cmd_history,
+        cmd_publish,
         cmd_refs,
         cmd_remote,
         cmd_repo,
         cmd_weights,
     )
 
-    for module in (cmd_repo, cmd_weights, cmd_history, cmd_refs, cmd_remote, cmd_experiment):
+    modules = (
+        cmd_repo,
+        cmd_weights,
+        cmd_history,
+        cmd_refs,
+        cmd_remote,
+        cmd_experiment,
+        cmd_publish,
+    )
+    for module in modules:
         for command in module.COMMANDS:
             cli.add_command(command)
 
