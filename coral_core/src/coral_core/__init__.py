@@ -53,7 +53,7 @@ from coral_core.tensor import WeightMetadata, WeightTensor
 from coral_core.training_state import TrainingState
 
 if TYPE_CHECKING:
-    from coral_core.store import S3Config, S3Store
+    from coral_core.store import HDF5Store, S3Config, S3Store
 
 
 def __getattr__(name: str) -> Any:
@@ -89,6 +89,7 @@ __all__ = [
     "Deduplicator",
     "DirtyIndexError",
     "GCResult",
+    "HDF5Store",
     "InvalidKeyError",
     "InvalidMetricError",
     "InvalidRefNameError",

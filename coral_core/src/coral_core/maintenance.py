@@ -148,6 +148,8 @@ def collect_garbage(repo: Repository, dry_run: bool = False) -> GCResult:
                 if not dry_run:
                     with contextlib.suppress(FileNotFoundError):
                         temp.unlink()
+        if garbage and not dry_run:
+            store.reclaim()
     return GCResult(removed, freed, kept, temps, dry_run)
 
 

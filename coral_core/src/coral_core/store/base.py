@@ -152,6 +152,9 @@ class WeightStore(ABC):
         """The batch :meth:`write_batch` uses; the default writes through at once."""
         return WriteBatch(self)
 
+    def reclaim(self) -> None:  # noqa: B027 (a no-op hook; gc calls it after deleting)
+        """Give back the space of deleted objects where deleting alone does not (HDF5)."""
+
     def close(self) -> None:  # noqa: B027 (a no-op hook for backends that hold resources)
         """Release resources; the default holds none."""
 
