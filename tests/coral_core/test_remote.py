@@ -22,6 +22,7 @@ from coral_core import (
     clone,
 )
 from coral_core.objects import object_key
+from coral_core.testing.s3_server import ACCESS_KEY, REGION, SECRET_KEY, s3_server  # noqa: F401
 
 from .conftest import flip_last_bit
 
@@ -40,27 +41,44 @@ def history(repo: Repository) -> dict[str, list[str]]:
     return {b.name: [c.commit_hash for c in repo.log(b.name)] for b in repo.list_branches()}
 
 
+@pytest.fixture(params=["folder", "s3"])
+def remote_url(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """A remote: a folder, or a bucket on the real S3 server of the test session
+    (reached the way users reach theirs: the endpoint and credentials from the environment)."""
+    if request.param == "folder":
+        return str(tmp_path / "remote")
+    server = request.getfixturevalue("s3_server")
+    config = server.make_bucket()
+    monkeypatch.setenv("CORAL_S3_ENDPOINT_URL", server.endpoint_url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    return f"s3://{config.bucket}/team/models"
+
+
 @pytest.fixture
-def origin(tmp_path: Path) -> Repository:
+def origin(tmp_path: Path, remote_url: str) -> Repository:
     repo = Repository(tmp_path / "origin", init=True)
     for step in range(3):
         repo.commit(f"step {step}", weights=model(step), metrics={"loss": 1.0 / (step + 1)})
     repo.tag_version("v1", "first release", metrics={"loss": 0.5}, ref="HEAD~1")
     repo.create_branch("experiment", "HEAD~1")
     repo.commit("experiment", weights=model(9), branch="experiment")
-    repo.add_remote("origin", str(tmp_path / "remote"))
+    repo.add_remote("origin", remote_url)
     return repo
 
 
 def test_push_clone_round_trip_with_branches_tags_and_deltas(
-    origin: Repository, tmp_path: Path
+    origin: Repository, tmp_path: Path, remote_url: str
 ) -> None:
     sent = origin.push("origin", ["main", "experiment"], tags=True)
     assert sent.objects > 0
     assert set(sent.refs) == {"refs/heads/main", "refs/heads/experiment", "refs/tags/v1"}
     again = origin.push("origin", ["main", "experiment"], tags=True)
     assert (again.objects, again.bytes, again.refs) == (0, 0, {})  # nothing missing
-    copy = clone(str(tmp_path / "remote"), tmp_path / "copy")
+    copy = clone(remote_url, tmp_path / "copy")
     assert history(copy) == history(origin)
     assert copy.current_branch == "main"
     assert copy.list_tags()[0].metrics == {"loss": 0.5}
@@ -84,10 +102,10 @@ def test_a_small_change_sends_about_its_delta(origin: Repository) -> None:
 
 
 def test_a_push_behind_the_remote_is_rejected_until_pulled(
-    origin: Repository, tmp_path: Path
+    origin: Repository, tmp_path: Path, remote_url: str
 ) -> None:
     origin.push()
-    other = clone(str(tmp_path / "remote"), tmp_path / "other")
+    other = clone(remote_url, tmp_path / "other")
     other.commit("from the other clone", weights=model(5))
     other.push()
     origin.commit("diverging", weights={**model(2), "head.weight": np.ones(4, np.float32)})
@@ -109,6 +127,7 @@ def test_a_push_behind_the_remote_is_rejected_until_pulled(
     assert status["experiment"].remote is None
 
 
+@pytest.mark.parametrize("remote_url", ["folder"], indirect=True)
 def test_fetch_verifies_objects_and_moves_nothing_on_damage(
     origin: Repository, tmp_path: Path
 ) -> None:
@@ -127,6 +146,7 @@ def test_fetch_verifies_objects_and_moves_nothing_on_damage(
     assert not fresh.objects.has(chunk)
 
 
+@pytest.mark.parametrize("remote_url", ["folder"], indirect=True)
 def test_remote_management_errors(origin: Repository, tmp_path: Path) -> None:
     with pytest.raises(Exception, match="exists"):
         origin.add_remote("origin", str(tmp_path / "elsewhere"))
@@ -158,10 +178,10 @@ PUSHER = textwrap.dedent(
 
 
 def test_racing_pushes_from_two_processes_lose_no_commit(
-    origin: Repository, tmp_path: Path
+    origin: Repository, tmp_path: Path, remote_url: str
 ) -> None:
     origin.push()
-    clones = [clone(str(tmp_path / "remote"), tmp_path / f"clone{i}") for i in range(2)]
+    clones = [clone(remote_url, tmp_path / f"clone{i}") for i in range(2)]
     mine = []
     for i, repo in enumerate(clones):
         mine.append(repo.commit(f"clone {i}", weights=model(10 + i)).commit_hash)
@@ -196,11 +216,13 @@ KILLED_PUSHER = textwrap.dedent(
 )
 
 
-def test_a_killed_push_leaves_the_remote_sound_and_can_be_run_again(tmp_path: Path) -> None:
+def test_a_killed_push_leaves_the_remote_sound_and_can_be_run_again(
+    tmp_path: Path, remote_url: str
+) -> None:
     repo = Repository(tmp_path / "big", init=True)
     for step in range(12):
         repo.commit(f"step {step}", weights={**model(step, size=256 * 1024), "x": np.full(8, step)})
-    repo.add_remote("origin", str(tmp_path / "remote"))
+    repo.add_remote("origin", remote_url)
     for delay in (0.05, 0.2):
         run = subprocess.Popen(
             [sys.executable, "-c", KILLED_PUSHER, str(repo.path)], stdout=subprocess.PIPE, text=True
@@ -211,30 +233,32 @@ def test_a_killed_push_leaves_the_remote_sound_and_can_be_run_again(tmp_path: Pa
         os.kill(run.pid, signal.SIGKILL)
         run.wait()
         run.stdout.close()
-        copy = clone(str(tmp_path / "remote"), tmp_path / f"after-kill-{delay}")
+        copy = clone(remote_url, tmp_path / f"after-kill-{delay}")
         assert copy.verify().ok  # whatever the remote's main names is complete
         if copy.refs.read("refs/heads/main") is not None:
             assert copy.resolve("main") == repo.resolve("main")
     repo.push()
-    final = clone(str(tmp_path / "remote"), tmp_path / "final")
+    final = clone(remote_url, tmp_path / "final")
     assert history(final)["main"] == history(repo)["main"]
     assert final.verify().ok
 
 
-def test_many_small_objects(tmp_path: Path) -> None:
+def test_many_small_objects(tmp_path: Path, remote_url: str) -> None:
     repo = Repository(tmp_path / "small", init=True)
     repo.commit("1000 tensors", weights={f"t{i}": np.full(3, i, np.int32) for i in range(1000)})
-    repo.add_remote("origin", str(tmp_path / "remote"))
+    repo.add_remote("origin", remote_url)
     sent = repo.push()
     assert sent.objects >= 1000
-    copy = clone(str(tmp_path / "remote"), tmp_path / "copy")
+    copy = clone(remote_url, tmp_path / "copy")
     assert copy.get_weight("t999").data.tolist() == [999, 999, 999]
 
 
-def test_a_damaged_local_object_is_not_pushed_silently(origin: Repository, tmp_path: Path) -> None:
+def test_a_damaged_local_object_is_not_pushed_silently(
+    origin: Repository, tmp_path: Path, remote_url: str
+) -> None:
     """Pushing copies bytes; the clone's verification catches what was damaged here."""
     chunk = origin.objects.tensor_descriptor(origin.ls_tree()["encoder.bias"].tensor).chunks[0]
     flip_last_bit(origin, chunk)
     origin.push()
     with pytest.raises(CorruptObjectError):
-        clone(str(tmp_path / "remote"), tmp_path / "copy")
+        clone(remote_url, tmp_path / "copy")
