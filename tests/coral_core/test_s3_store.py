@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -50,8 +51,8 @@ class TestS3Store(StoreTests):
 def test_objects_live_under_the_prefix(s3_server: S3Server) -> None:  # noqa: F811
     config = s3_server.make_bucket(prefix="/team/project/")
     store = S3Store(config)
-    at_root = S3Store(S3Config(**{**config.__dict__, "prefix": ""}))
-    other = S3Store(S3Config(**{**config.__dict__, "prefix": "team/other"}))
+    at_root = S3Store(dataclasses.replace(config, prefix=""))
+    other = S3Store(dataclasses.replace(config, prefix="team/other"))
     store.put("ab/cdef", b"v")
     assert set(at_root.list()) == {"team/project/ab/cdef"}
     assert at_root.get("team/project/ab/cdef") == b"v"
@@ -126,6 +127,35 @@ def test_a_thousand_small_objects_sync_both_ways(
     assert all(copy.get(key) == local.get(key) for key in local.list())
     assert store.sync_to_local(copy)["skipped"] == 1000
     assert elapsed < 30, f"1000 uploads took {elapsed:.1f} s"
+
+
+@pytest.mark.parametrize("expected", [None, b"old"], ids=["create", "replace"])
+def test_a_swap_whose_answer_was_lost_still_counts(
+    s3_config: S3Config,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    expected: bytes | None,
+) -> None:
+    """The first attempt landed, its answer was lost, the retry was refused (412)."""
+    store = S3Store(s3_config)
+    if expected is not None:
+        store.put("refs/heads/main", expected)
+    real_put = store._client.put_object
+
+    def landed_then_refused(**kwargs: Any) -> Any:
+        real_put(**kwargs)
+        response = {
+            "Error": {
+                "Code": "PreconditionFailed",
+                "Message": "At least one of the pre-conditions",
+            },
+            "ResponseMetadata": {"HTTPStatusCode": 412, "RetryAttempts": 1},
+        }
+        raise store._exceptions.ClientError(response, "PutObject")
+
+    monkeypatch.setattr(store._client, "put_object", landed_then_refused)
+    assert store.compare_and_swap("refs/heads/main", expected, b"new") is True
+    assert store.compare_and_swap("refs/heads/main", expected, b"other") is False
+    assert store.get("refs/heads/main") == b"new"
 
 
 def test_errors_name_the_bucket(s3_server: S3Server) -> None:  # noqa: F811

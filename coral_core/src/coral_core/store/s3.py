@@ -199,6 +199,12 @@ class S3Store(WeightStore):
             return str(error.response.get("Error", {}).get("Code", ""))
         return ""
 
+    def _response(self, error: BaseException) -> dict[str, Any]:
+        """The response metadata of a refused request (``RetryAttempts``, ...)."""
+        if isinstance(error, self._exceptions.ClientError):
+            return dict(error.response.get("ResponseMetadata", {}))
+        return {}
+
     def _call(self, operation: str, key: str | None, **kwargs: Any) -> Any:
         """One S3 request, retried by botocore; a failure as a Coral error.
 
@@ -225,15 +231,25 @@ class S3Store(WeightStore):
             time.sleep(min(0.1 * 2**attempt, 5.0))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _conditional(self, write: Callable[[], object]) -> bool:
-        """Run a conditional write; False when its condition did not hold."""
+    def _conditional(self, write: Callable[[], object], key: str, new: bytes | None = None) -> bool:
+        """Run a conditional write of ``key``; False when its condition did not hold.
+
+        With ``new``: a condition that failed only on a retry of the request (the
+        first attempt may have landed and its answer been lost) counts as met
+        when ``key`` now holds ``new``.
+        """
         try:
             write()
         except (S3StoreError, MissingObjectError) as error:
             cause = error.__cause__
-            if cause is not None and self._code(cause) in _PRECONDITION_CODES | _MISSING_CODES:
-                return False
-            raise
+            if cause is None or self._code(cause) not in _PRECONDITION_CODES | _MISSING_CODES:
+                raise
+            if new is not None and self._response(cause).get("RetryAttempts", 0) > 0:
+                try:
+                    return self.get(key) == new
+                except MissingObjectError:
+                    return False
+            return False
         return True
 
     def _map_parts(self, function: Callable[[Any], T], items: list[Any]) -> list[T]:
@@ -325,23 +341,24 @@ class S3Store(WeightStore):
         self._check_writable(key)
         if not self.config.conditional_writes:
             return super().put_if_absent(key, data)
-        return self._conditional(lambda: self._upload(key, data, IfNoneMatch="*"))
+        return self._conditional(lambda: self._upload(key, data, IfNoneMatch="*"), key)
 
     def compare_and_swap(self, key: str, expected: bytes | None, new: bytes) -> bool:
         """Swap with a conditional write: ``If-None-Match: *`` to create, ``If-Match``
-        on the ETag of the value read to replace."""
+        on the ETag of the value read to replace. A write whose answer was lost,
+        retried and refused reports True when the key holds ``new`` (it landed)."""
         self._check_writable(key)
         if not self.config.conditional_writes:
             return super().compare_and_swap(key, expected, new)
         if expected is None:
-            return self.put_if_absent(key, new)
+            return self._conditional(lambda: self._upload(key, new, IfNoneMatch="*"), key, new)
         try:
             response = self._call("get_object", key, Key=self._key(key))
         except MissingObjectError:
             return False
         if response["Data"] != expected:
             return False
-        return self._conditional(lambda: self._upload(key, new, IfMatch=response["ETag"]))
+        return self._conditional(lambda: self._upload(key, new, IfMatch=response["ETag"]), key, new)
 
     def has(self, key: str) -> bool:
         try:

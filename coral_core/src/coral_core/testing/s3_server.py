@@ -64,6 +64,7 @@ class S3Server:
         self.port = port or free_port()
         self.endpoint_url = f"http://127.0.0.1:{self.port}"
         self._process: subprocess.Popen[bytes] | None = None
+        self._client: Any = None
         self._log = Path(tempfile.mkdtemp(prefix="coral-moto-")) / "server.log"
 
     def start(self) -> None:
@@ -103,16 +104,18 @@ class S3Server:
         self.start()
 
     def client(self) -> Any:
-        """A boto3 S3 client of this server."""
-        import boto3  # type: ignore[import-untyped]
+        """A boto3 S3 client of this server (one, made on first use)."""
+        if self._client is None:
+            import boto3  # type: ignore[import-untyped]
 
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint_url,
-            aws_access_key_id=ACCESS_KEY,
-            aws_secret_access_key=SECRET_KEY,
-            region_name=REGION,
-        )
+            self._client = boto3.client(
+                "s3",
+                endpoint_url=self.endpoint_url,
+                aws_access_key_id=ACCESS_KEY,
+                aws_secret_access_key=SECRET_KEY,
+                region_name=REGION,
+            )
+        return self._client
 
     def config(self, bucket: str, **settings: Any) -> S3Config:
         """An :class:`S3Config` for ``bucket`` on this server (``settings`` override)."""
