@@ -110,11 +110,15 @@ class HDF5Store(WeightStore):
             handle.attrs[FORMAT_ATTRIBUTE] = FORMAT_VERSION
         return handle
 
-    def _group(self, name: str) -> Any:
-        """The top-level group ``name`` (None when absent in a read-only file)."""
+    def _handle(self) -> Any:
+        """The open file; the caller holds the lock."""
         if self._file is None:
             raise CoralError(f"HDF5 store {self.filepath} is closed")
-        group = self._file.get(name)
+        return self._file
+
+    def _group(self, name: str) -> Any:
+        """The top-level group ``name`` (None when absent in a read-only file)."""
+        group = self._handle().get(name)
         if group is None and not self.read_only:
             group = self._file.create_group(name)
         return group
@@ -126,7 +130,7 @@ class HDF5Store(WeightStore):
         return found if isinstance(found, self._h5py.Dataset) else None
 
     def _flush(self) -> None:
-        self._file.flush()
+        self._handle().flush()
 
     def _writable(self, what: str) -> None:
         if self.read_only:
@@ -222,8 +226,8 @@ class HDF5Store(WeightStore):
     def _remove(self, group_name: str, name: str) -> bool:
         """Delete dataset ``group/name`` and the folders it leaves empty; the caller
         holds the lock and flushes."""
-        group = self._group(group_name)
-        if not isinstance(group.get(name), self._h5py.Dataset):
+        group = self._handle().get(group_name)
+        if group is None or not isinstance(group.get(name), self._h5py.Dataset):
             return False
         del group[name]
         self._deleted = True
