@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import huggingface_hub.constants
-import pytest
 from click.testing import CliRunner
 
 from coral_cli.main import cli
@@ -16,15 +13,6 @@ from coral_hf import save_pretrained
 
 from .hub_server import LocalHub
 from .tiny import masked_lm
-
-
-@pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalHub]:
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    with LocalHub() as server:
-        yield server
-    assert server.unhandled == []
 
 
 def test_publish_then_import_through_the_cli(tmp_path: Path, hub: LocalHub) -> None:

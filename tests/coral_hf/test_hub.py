@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import huggingface_hub.constants
 import pytest
 import torch
 from huggingface_hub import HfApi
@@ -20,15 +18,6 @@ from coral_torch import save_model
 
 from .hub_server import LocalHub
 from .tiny import masked_lm, tokenizer
-
-
-@pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalHub]:
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    with LocalHub() as server:
-        yield server
-    assert server.unhandled == []  # the client asked for nothing the server does not know
 
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
