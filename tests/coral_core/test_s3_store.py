@@ -174,6 +174,57 @@ def test_errors_name_the_bucket(s3_server: S3Server) -> None:  # noqa: F811
         present.size("ab/none")
 
 
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("AccessDenied", "access to S3 bucket 'b' at http.* was denied .AccessDenied"),
+        ("InvalidAccessKeyId", "denied .InvalidAccessKeyId.*check the credentials"),
+        ("InternalError", r"s3://b/ab/x failed: InternalError"),
+    ],
+)
+def test_refusals_become_coral_errors(
+    s3_server: S3Server,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    code: str,
+    message: str,
+) -> None:
+    store = S3Store(s3_server.config("b"))
+
+    def refuse(**kwargs: Any) -> Any:
+        response = {"Error": {"Code": code, "Message": "no"}, "ResponseMetadata": {}}
+        raise store._exceptions.ClientError(response, "GetObject")
+
+    monkeypatch.setattr(store._client, "get_object", refuse)
+    with pytest.raises(S3StoreError, match=message):
+        store.get("ab/x")
+
+
+def test_credentials_come_from_the_aws_chain_when_not_given(
+    tmp_path: Path,
+    s3_server: S3Server,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = s3_server.make_bucket(access_key=None, secret_key=None)
+    for name in (
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "from-the-environment")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    S3Store(config).put("ab/x", b"1")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(S3StoreError, match="no AWS credentials for S3 bucket"):
+        S3Store(config).get("ab/x")
+
+
 def test_an_unreachable_server_is_a_clear_error() -> None:
     skip_without_s3()
     config = S3Config(
