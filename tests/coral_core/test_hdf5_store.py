@@ -177,7 +177,8 @@ def test_compact_gives_the_space_back(tmp_path: Path) -> None:
     for i in range(8):
         store.put(f"ab/big{i}", payload)
     store.put("keep/small", b"kept")
-    store.store(WeightTensor(np.arange(10.0), name="w"))
+    store.store(WeightTensor(np.zeros(100_000, dtype=np.float32), name="w"))
+    compressed = store.get_storage_info()["compressed_bytes"]
     full = path.stat().st_size
     for i in range(8):
         assert store.delete(f"ab/big{i}")
@@ -188,6 +189,7 @@ def test_compact_gives_the_space_back(tmp_path: Path) -> None:
     assert list(store.list()) == ["keep/small"]
     assert store.get("keep/small") == b"kept"
     assert len(store.list_weights()) == 1
+    assert store.get_storage_info()["compressed_bytes"] == compressed  # still compressed
     store.put("ab/after", b"still writable")
     assert store.get("ab/after") == b"still writable"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5"]  # no temporary file left
