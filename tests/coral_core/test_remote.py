@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from coral_core import (
+    CoralError,
     CorruptObjectError,
     PushRejectedError,
     RefNotFoundError,
@@ -262,3 +264,39 @@ def test_a_damaged_local_object_is_not_pushed_silently(
     origin.push()
     with pytest.raises(CorruptObjectError):
         clone(remote_url, tmp_path / "copy")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("remote_url", ["s3"], indirect=True)
+def test_one_200_mb_tensor_goes_up_and_comes_back(tmp_path: Path, remote_url: str) -> None:
+    repo = Repository(tmp_path / "big", init=True)
+    weight = np.random.default_rng(1).standard_normal(50 * 1024 * 1024, dtype=np.float32)
+    repo.commit("200 MB", weights={"w": weight})
+    repo.add_remote("origin", remote_url)
+    sent = repo.push()
+    assert sent.objects > 50  # 4 MiB chunks, in parallel
+    copy = clone(remote_url, tmp_path / "copy")
+    assert np.array_equal(bit_view(copy.get_weight("w").data), bit_view(weight))
+
+
+@pytest.mark.parametrize("remote_url", ["s3"], indirect=True)
+def test_a_server_stopped_mid_push_then_back_takes_the_push_again(
+    tmp_path: Path, remote_url: str, request: pytest.FixtureRequest
+) -> None:
+    server = request.getfixturevalue("s3_server")
+    repo = Repository(tmp_path / "repo", init=True)
+    for step in range(8):
+        repo.commit(f"step {step}", weights=model(step, size=512 * 1024))
+    repo.add_remote("origin", remote_url)
+    bucket = remote_url.removeprefix("s3://").split("/")[0]
+    stopper = threading.Timer(0.3, server.stop)
+    stopper.start()
+    with pytest.raises(CoralError):
+        repo.push()
+    stopper.join()
+    server.start()  # moto keeps nothing across a restart: the bucket is made again
+    server.client().create_bucket(Bucket=bucket)
+    repo.push()
+    copy = clone(remote_url, tmp_path / "copy")
+    assert history(copy)["main"] == history(repo)["main"]
+    assert copy.verify().ok
