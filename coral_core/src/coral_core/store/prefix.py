@@ -43,6 +43,9 @@ class PrefixStore(WeightStore):
     def size(self, key: str) -> int:
         return self.inner.size(self._key(key))
 
+    def reclaim(self) -> None:
+        self.inner.reclaim()
+
     def close(self) -> None:
         self.inner.close()
 
