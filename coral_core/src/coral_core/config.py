@@ -75,7 +75,7 @@ class RepoConfig:
         """
         try:
             stored = json.loads(path.read_text())
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             raise CorruptObjectError(f"{path} is not valid JSON: {exc}") from None
         if not isinstance(stored, dict) or not all(isinstance(s, dict) for s in stored.values()):
             raise CorruptObjectError(f"{path} is not a config: expected an object of sections")

@@ -17,6 +17,7 @@ import math
 import os
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
@@ -149,7 +150,7 @@ def read_safetensors(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
             raise damaged(f"header of {header_size} bytes does not fit a {size}-byte file")
         try:
             header = json.loads(file.read(header_size))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise damaged(f"header is not JSON ({exc})") from None
     if not isinstance(header, dict):
         raise damaged("header is not a JSON object")
@@ -222,9 +223,16 @@ SAFETENSORS = ModelFormat("safetensors", (".safetensors",), read_safetensors, wr
 def read_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """The arrays of an ``.npz`` file (object arrays, which need pickles, refused)."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        # numpy leaves the file open when it is not a zip: open and close it here
+        with open(path, "rb") as handle:
+            archive = np.load(handle, allow_pickle=False)
+            if not isinstance(archive, np.lib.npyio.NpzFile):  # an .npy file
+                raise ValueError("it holds one array, not a zip of arrays (an .npy file?)")
+            with archive:
+                return {name: archive[name] for name in archive.files}
+    # RuntimeError: an encrypted member or an unknown compression method; zlib.error:
+    # a damaged deflated member
+    except (ValueError, OSError, EOFError, RuntimeError, zipfile.BadZipFile, zlib.error) as exc:
         if isinstance(exc, FileNotFoundError):
             raise
         raise ModelFileError(f"{path} is not a readable .npz file: {exc}") from None

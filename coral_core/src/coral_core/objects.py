@@ -877,7 +877,21 @@ class ObjectDatabase:
     # -- graph -------------------------------------------------------------------
 
     def references(self, object_id: str, kind: ObjectKind) -> list[tuple[str, ObjectKind]]:
-        """Objects this one points to, with their kinds (a commit's tree and parents, ...)."""
+        """Objects this one points to, with their kinds (a commit's tree and parents, ...).
+
+        Raises:
+            MissingObjectError, CorruptObjectError: also for an object whose
+                parameters or document do not name valid object ids.
+        """
+        try:
+            found = self._references(object_id, kind)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise CorruptObjectError(f"object {object_id} is malformed: {exc!r}") from None
+        if not all(isinstance(child, str) and is_object_id(child) for child, _ in found):
+            raise CorruptObjectError(f"object {object_id} names something that is not an id")
+        return found
+
+    def _references(self, object_id: str, kind: ObjectKind) -> list[tuple[str, ObjectKind]]:
         if kind == ObjectKind.CHUNK:
             codec, params = self.chunk_params(object_id)
             return [(str(params["base"]), ObjectKind.CHUNK)] if codec == Codec.DELTA else []

@@ -33,6 +33,8 @@ MAX_PLANES_SIZE = blosc.MAX_BUFFERSIZE
 _FRAME_HEADER = 16
 #: Blosc 1 frame header after its 4 flag bytes: raw size, block size, frame size.
 _SIZES = struct.Struct("<III")
+#: What Blosc raises on a damaged frame (its own ``blosc_extension.error`` among them).
+_BLOSC_ERRORS = (ValueError, RuntimeError, blosc.blosc_extension.error)
 
 
 def encode_planes(data: bytes | memoryview | np.ndarray, itemsize: int, level: int = 1) -> bytes:
@@ -67,7 +69,7 @@ def decode_planes(payload: bytes | memoryview, raw_size: int) -> bytes:
     frame = _checked_frame(payload, raw_size)
     try:
         raw: bytes = blosc.decompress(bytes(frame))
-    except (ValueError, RuntimeError) as exc:
+    except _BLOSC_ERRORS as exc:
         raise CorruptObjectError(f"byte-plane payload does not decode: {exc}") from None
     return raw
 
@@ -86,7 +88,7 @@ def decode_planes_into(payload: bytes | memoryview, out: np.ndarray) -> None:
         return
     try:
         blosc.decompress_ptr(frame, out.ctypes.data)
-    except (ValueError, RuntimeError) as exc:
+    except _BLOSC_ERRORS as exc:
         raise CorruptObjectError(f"byte-plane payload does not decode: {exc}") from None
 
 

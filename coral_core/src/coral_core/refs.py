@@ -65,9 +65,19 @@ class RefDatabase:
             yield
 
     def _path(self, ref: str) -> Path:
-        """The file of a full ref name; names that could leave ``.coral`` are refused."""
+        """The file of a full ref name; names that could leave ``.coral``, or that
+        no file can have (a NUL byte, a part over 255 bytes), are refused."""
         if not ref.startswith("refs/") or ".." in ref or "\\" in ref or "//" in ref:
             raise InvalidRefNameError(f"{ref!r} is not a ref under refs/")
+        try:
+            fits = all(b"\0" not in p and len(p) <= 255 for p in map(os.fsencode, ref.split("/")))
+        except UnicodeEncodeError:
+            fits = False
+        if not fits:
+            raise InvalidRefNameError(
+                f"{ref[:80]!r} cannot name a file: a NUL, an unencodable character "
+                "or a part longer than 255 bytes"
+            )
         return self.root / ref
 
     def _write(self, path: Path, text: str) -> None:
