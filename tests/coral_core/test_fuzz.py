@@ -212,7 +212,7 @@ def test_a_delta_chunk_without_a_base_is_corrupt_not_a_key_error() -> None:
 
 # -- model files ---------------------------------------------------------------------
 
-SAMPLE_ARRAYS = {
+SAMPLE_ARRAYS: dict[str, np.ndarray] = {
     "w": np.arange(24, dtype=np.float32).reshape(4, 6),
     "b": np.array([1, -2, 3], dtype=np.int16),
     "empty": np.zeros((0, 3), dtype=np.float64),
@@ -352,7 +352,8 @@ def test_ref_names_never_leave_coral(name: str) -> None:
     CoralError; nothing appears outside ``.coral``."""
     with tempfile.TemporaryDirectory() as tmp:
         top = Path(tmp)
-        repo = Repository(top / "repo", init=True)
+        Repository(top / "repo", init=True).config.set("core.fsync", False)  # speed only
+        repo = Repository(top / "repo")
         commit = repo.commit("one", weights={"w": np.arange(3.0)}).commit_hash
         before = files_under(top)
         for operation in (
@@ -369,7 +370,7 @@ def test_ref_names_never_leave_coral(name: str) -> None:
         # The ref database trusts its callers to validate names (a name that
         # clashes with a folder is an OSError there) but never leaves .coral.
         refs = RefDatabase(repo.coral_dir)
-        for operation in (
+        for low_level in (
             lambda: refs.write(HEADS + name, commit),
             lambda: refs.read(HEADS + name),
             lambda: refs.log_move(HEADS + name, None, commit, "fuzz", "fuzz"),
@@ -378,7 +379,7 @@ def test_ref_names_never_leave_coral(name: str) -> None:
             lambda: refs.delete(name),
         ):
             with contextlib.suppress(CoralError, OSError):
-                operation()
+                low_level()
         coral = repo.coral_dir.resolve()
         outside = [p for p in files_under(top) - before if coral not in p.resolve().parents]
         assert outside == []
