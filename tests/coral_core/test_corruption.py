@@ -41,9 +41,7 @@ class History:
     arrays: dict[str, dict[str, np.ndarray]]  # commit -> tensor name -> data
     needs: dict[str, dict[str, set[str]]]  # commit -> tensor name -> objects it reads
     own: dict[str, set[str]]  # commit -> its commit and tree objects
-    parents: dict[str, tuple[str, ...]]
-    tips: list[str]  # what the branches point at
-    tags: dict[str, str]  # tag object -> its commit
+    roots: list[str]  # what the branches and tags point at
     bases: dict[str, str]  # delta chunk -> its base chunk
     edges: dict[str, list[str]]  # object -> the objects it names
 
@@ -61,7 +59,7 @@ class History:
     def known(self, damaged: set[str]) -> set[str]:
         """Objects ``verify`` can know of: named by the refs or by a readable object."""
         seen: set[str] = set()
-        stack = self.tips + list(self.tags)
+        stack = list(self.roots)
         while stack:
             object_id = stack.pop()
             if object_id not in seen:
@@ -72,15 +70,7 @@ class History:
 
     def reached(self, damaged: set[str]) -> set[str]:
         """Commits ``verify`` reaches: from the refs, through commits it can read."""
-        seen: set[str] = set()
-        stack = self.tips + [commit for tag, commit in self.tags.items() if tag not in damaged]
-        while stack:
-            commit = stack.pop()
-            if commit not in seen:
-                seen.add(commit)
-                if commit not in damaged:
-                    stack.extend(self.parents[commit])
-        return seen
+        return self.known(damaged) & set(self.arrays)
 
 
 def evolve(step: int) -> dict[str, np.ndarray]:
@@ -103,13 +93,12 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> History:
     repo.create_branch("side", start=commits[1])
     side = repo.commit("side step", weights=evolve(10), branch="side").commit_hash
     repo.tag_version("v1", ref=commits[0])
-    arrays, needs, own, parents = {}, {}, {}, {}
+    arrays, needs, own = {}, {}, {}
     for commit in [*commits, side]:
         tree = repo.ls_tree(commit)
         arrays[commit] = {name: w.data for name, w in repo.get_all_weights(commit).items()}
         needs[commit] = {name: closure(repo.objects, e.tensor) for name, e in tree.items()}
         own[commit] = {commit, repo.read_commit(commit).tree_hash}
-        parents[commit] = repo.read_commit(commit).parent_hashes
     bases, edges = {}, {}
     for object_id in repo.objects.iter_ids():
         kind = repo.objects.kind_of(object_id)
@@ -117,9 +106,8 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> History:
         if kind == ObjectKind.CHUNK and repo.objects.chunk_params(object_id)[0] == Codec.DELTA:
             bases[object_id] = edges[object_id][0]
     assert len(bases) >= 6, "the history has too few delta chunks to test their bases"
-    tags = {str(repo.refs.read("refs/tags/v1")): commits[0]}
-    tips = [commits[-1], side]
-    return History(repo, arrays, needs, own, parents, tips, tags, bases, edges)
+    roots = [commits[-1], side, str(repo.refs.read("refs/tags/v1"))]
+    return History(repo, arrays, needs, own, roots, bases, edges)
 
 
 def all_objects(history: History) -> list[str]:
