@@ -18,10 +18,12 @@ import os
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -198,14 +200,22 @@ def write_safetensors(path: str | os.PathLike[str], arrays: Mapping[str, np.ndar
         offset += array.nbytes
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)
-    target = Path(path)
+    with replacing_file(Path(path)) as handle:
+        handle.write(len(encoded).to_bytes(8, "little") + encoded)
+        for part in parts:  # tensor by tensor: no second copy of the model in memory
+            handle.write(part.data)
+
+
+@contextmanager
+def replacing_file(target: Path) -> Iterator[IO[bytes]]:
+    """A temporary file beside ``target``, flushed to disk and renamed onto it
+    when the block succeeds (removed when it fails): a reader sees the old
+    file or the whole new one, never half of it."""
     with tempfile.NamedTemporaryFile(
         dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False
     ) as handle:
         try:
-            handle.write(len(encoded).to_bytes(8, "little") + encoded)
-            for part in parts:  # tensor by tensor: no second copy of the model in memory
-                handle.write(part.data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         except BaseException:
@@ -239,8 +249,8 @@ def read_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 
 
 def write_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> None:
-    """Write arrays as an uncompressed ``.npz`` file."""
-    with Path(path).open("wb") as handle:
+    """Write arrays as an uncompressed ``.npz`` file (atomically)."""
+    with replacing_file(Path(path)) as handle:
         np.savez(handle, **dict(arrays))  # type: ignore[arg-type]
 
 
@@ -259,7 +269,8 @@ def write_npy(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) ->
     """Write the one array of ``arrays`` as an ``.npy`` file."""
     if len(arrays) != 1:
         raise ModelFileError(f"{path}: an .npy file holds one array, not {len(arrays)}")
-    np.save(Path(path), next(iter(arrays.values())), allow_pickle=False)
+    with replacing_file(Path(path)) as handle:
+        np.save(handle, next(iter(arrays.values())), allow_pickle=False)
 
 
 NPZ = ModelFormat("npz", (".npz",), read_npz, write_npz)

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import zipfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -33,6 +31,7 @@ import numpy as np
 
 from coral_core import CoralError, ModelFileError, ModelFormat
 from coral_core.dtypes import dtype_name, numpy_dtype
+from coral_core.formats import replacing_file
 
 SUFFIXES = (".keras", ".h5", ".hdf5")
 #: The archive member of a ``.keras`` file that holds the weights.
@@ -130,10 +129,10 @@ def write_keras_file(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarr
     if lowered.endswith(".keras"):
         buffer = io.BytesIO()
         _write_h5(buffer, arrays, target)
-        with _replacing(target) as handle, zipfile.ZipFile(handle, "w") as archive:
+        with replacing_file(target) as handle, zipfile.ZipFile(handle, "w") as archive:
             archive.writestr(WEIGHTS_MEMBER, buffer.getvalue())
     elif lowered.endswith(".weights.h5"):
-        with _replacing(target) as handle:
+        with replacing_file(target) as handle:
             _write_h5(handle, arrays, target)
     else:
         stem = target.name.rsplit(".", 1)[0]
@@ -156,22 +155,6 @@ def _write_h5(handle: IO[bytes], arrays: Mapping[str, np.ndarray], target: Path)
                     file.create_dataset(name, data=array)
             except ValueError as exc:
                 raise ModelFileError(f"{target}: cannot write tensor {name!r}: {exc}") from None
-
-
-@contextmanager
-def _replacing(target: Path) -> Iterator[IO[bytes]]:
-    """A temporary file beside ``target``, flushed to disk and renamed onto it on success."""
-    with tempfile.NamedTemporaryFile(
-        dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False
-    ) as handle:
-        try:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        except BaseException:
-            os.unlink(handle.name)
-            raise
-    os.replace(handle.name, target)
 
 
 #: The ``coral.formats`` plugin (entry point ``keras``) for ``.keras`` / ``.h5`` / ``.hdf5``.
