@@ -9,7 +9,9 @@ whole run, and, as the floor an async commit can reach, the time of copying
 the model and optimizer tensors once (the copies the snapshot makes). Issue
 4's target: async training is never blocked longer than that snapshot copy.
 Async runs with ``max_pending=2``: a third checkpoint waits for the first to
-be written, and that wait counts as blocked time.
+be written, and that wait counts as blocked time. The first async checkpoint
+allocates the snapshot's buffers; later ones copy into the buffers of a
+snapshot already written.
 
     python benchmarks/async_commit.py [--steps 24] [--every 4] [--json PATH]
 """
@@ -75,6 +77,7 @@ def run(steps: int, every: int, async_commit: bool, root: Path) -> dict[str, Any
         "checkpoints": len(blocked),
         "blocked_median_s": statistics.median(blocked),
         "blocked_max_s": max(blocked),
+        "blocked_s": blocked,
         "wall_s": wall,
         "snapshot_copy_s": statistics.median(snapshot),
         "commits": len(repo.log()),
@@ -96,17 +99,22 @@ def main() -> None:
             results.append(run(args.steps, args.every, mode, Path(tmp) / str(mode)))
     print(f"model: {params / 1e6:.1f}M parameters, float32 + AdamW state")
     print(f"{args.steps} steps, a checkpoint every {args.every}\n")
-    print("| commits | checkpoints | training blocked, median (s) | worst (s) | run wall (s) |")
+    print("| commits | first blocked (s) | later, median (s) | later, worst (s) | run wall (s) |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for r in results:
         name = "async_commit=True" if r["async_commit"] else "synchronous"
+        later = r["blocked_s"][1:]
         print(
-            f"| {name} | {r['checkpoints']} | {r['blocked_median_s']:.3f} | "
-            f"{r['blocked_max_s']:.3f} | {r['wall_s']:.2f} |"
+            f"| {name} | {r['blocked_s'][0]:.3f} | {statistics.median(later):.3f} | "
+            f"{max(later):.3f} | {r['wall_s']:.2f} |"
         )
     floor = results[1]["snapshot_copy_s"]
     print(f"\ntarget (async): blocked <= one snapshot copy of the tensors = {floor:.3f} s")
-    print(f"measured (async): median {results[1]['blocked_median_s']:.3f} s")
+    later = results[1]["blocked_s"][1:]
+    print(
+        f"measured (async): first {results[1]['blocked_s'][0]:.3f} s (allocates the snapshot "
+        f"buffers), later median {statistics.median(later):.3f} s, worst {max(later):.3f} s"
+    )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     report = {"machine": platform.platform(), "parameters": params, "runs": results}
     args.json.write_text(json.dumps(report, indent=2))

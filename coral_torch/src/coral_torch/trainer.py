@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -36,6 +36,15 @@ from coral_core import (
 )
 from coral_torch.state_dict import TIES_KEY, load_model, state_dict_to_weights
 from coral_torch.training_state import capture_rng, restore_rng, to_numpy_tree, to_torch_tree
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """The arrays an async checkpoint copied: the model's by name, and its state."""
+
+    model: dict[str, Any]
+    state: TrainingState
+
 
 #: ``TrainingState.extra`` key of the loop's own position (for exact resume by ``fit``).
 LOOP_KEY = "coral_torch.loop"
@@ -90,7 +99,8 @@ class CoralTrainer:
         self._callbacks: list[CheckpointCallback] = []
         self._pool = ThreadPoolExecutor(1, "coral-commit") if async_commit else None
         self._max_pending = max_pending
-        self._pending: list[tuple[Future[Commit], TrainingState]] = []
+        self._pending: list[tuple[Future[Commit], _Snapshot]] = []
+        self._spare: list[_Snapshot] = []
         self._epoch_done = False
         self._batch_in_epoch = 0
         self._epoch_start_rng: dict[str, Any] | None = None
@@ -102,7 +112,8 @@ class CoralTrainer:
     def register_checkpoint_callback(self, callback: CheckpointCallback) -> None:
         """Call ``callback(state, commit_hash)`` after each checkpoint commit (on
         the training thread; with ``async_commit``, at the first call after the
-        commit finished)."""
+        commit finished, and the state's arrays are reused by the next
+        snapshot: copy what you keep)."""
         self._callbacks.append(callback)
 
     # -- the loop's hooks ----------------------------------------------------------
@@ -151,10 +162,15 @@ class CoralTrainer:
         """
         self._deliver()
         snapshot = self._pool is not None
-        weights, ties = state_dict_to_weights(self.model.state_dict(), self.model)
+        while snapshot and len(self._pending) >= self._max_pending:
+            self._finish(*self._pending.pop(0))
+        spare = self._spare.pop() if self._spare else None  # a finished snapshot's arrays
+        model_state = self.model.state_dict()
+        weights, ties = state_dict_to_weights(model_state, self.model)
         if snapshot:
-            weights = {n: WeightTensor(w.data.copy(), w.metadata) for n, w in weights.items()}
-        state = self._snapshot_state(copy=snapshot)
+            arrays = to_numpy_tree(model_state, copy=True, reuse=spare.model if spare else None)
+            weights = {n: WeightTensor(arrays[n], w.metadata) for n, w in weights.items()}
+        state = self._snapshot_state(copy=snapshot, reuse=spare.state if spare else None)
         metadata = {TIES_KEY: ties} if ties else None
 
         def commit() -> Commit:
@@ -164,19 +180,21 @@ class CoralTrainer:
             done = commit()
             self._notify(state, done)
             return done
-        while len(self._pending) >= self._max_pending:
-            self._finish(*self._pending.pop(0))
-        self._pending.append((self._pool.submit(commit), state))
+        taken = _Snapshot({n: w.data for n, w in weights.items()}, state)
+        self._pending.append((self._pool.submit(commit), taken))
         return None
 
-    def _snapshot_state(self, copy: bool) -> TrainingState:
+    def _snapshot_state(self, copy: bool, reuse: TrainingState | None = None) -> TrainingState:
         lr = None
         if self.optimizer is not None and self.optimizer.param_groups:
             lr = float(self.optimizer.param_groups[0]["lr"])
         include = self.config.include_optimizer
 
-        def nested(obj: Any) -> Any:
-            return to_numpy_tree(obj.state_dict(), copy) if include and obj is not None else None
+        def nested(obj: Any, field: str) -> Any:
+            if not include or obj is None:
+                return None
+            earlier = getattr(reuse, field) if reuse is not None else None
+            return to_numpy_tree(obj.state_dict(), copy, earlier)
 
         loop: dict[str, Any] = {
             "epoch_done": self._epoch_done,
@@ -188,9 +206,9 @@ class CoralTrainer:
             self.state,
             learning_rate=lr,
             metrics=dict(self.state.metrics),
-            optimizer_state=nested(self.optimizer),
-            scheduler_state=nested(self.scheduler),
-            grad_scaler_state=nested(self.grad_scaler),
+            optimizer_state=nested(self.optimizer, "optimizer_state"),
+            scheduler_state=nested(self.scheduler, "scheduler_state"),
+            grad_scaler_state=nested(self.grad_scaler, "grad_scaler_state"),
             random_state=capture_rng(),
             extra={**self.state.extra, LOOP_KEY: loop},
             timestamp=time.time(),
@@ -200,8 +218,9 @@ class CoralTrainer:
         for callback in self._callbacks:
             callback(state, commit.commit_hash)
 
-    def _finish(self, future: Future[Commit], state: TrainingState) -> None:
-        self._notify(state, future.result())  # a failed commit raises here
+    def _finish(self, future: Future[Commit], taken: _Snapshot) -> None:
+        self._notify(taken.state, future.result())  # a failed commit raises here
+        self._spare = [taken]  # its arrays take the next snapshot (one set kept)
 
     def _deliver(self) -> None:
         """Hand finished background commits to the callbacks; raise a failed one's error."""
