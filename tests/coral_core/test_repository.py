@@ -392,3 +392,18 @@ def test_public_names_are_importable() -> None:
 
     missing = [name for name in coral_core.__all__ if not hasattr(coral_core, name)]
     assert missing == []
+
+
+def test_long_maintenance_reports_progress(repo: Repository) -> None:
+    for seed in range(3):
+        repo.commit(f"v{seed}", weights=make_weights(seed))
+    repo.create_branch("gone")
+    repo.commit("only on gone", weights=make_weights(9), branch="gone")
+    repo.delete_branch("gone")
+    seen: dict[str, list[tuple[int, int | None]]] = {"verify": [], "repack": [], "gc": []}
+    repo.verify(lambda done, total: seen["verify"].append((done, total)))
+    repo.repack(progress=lambda done, total: seen["repack"].append((done, total)))
+    result = repo.gc(progress=lambda done, total: seen["gc"].append((done, total)))
+    assert seen["verify"] == [(1, None), (2, None), (3, None)]
+    assert seen["repack"] == [(1, 3), (2, 3), (3, 3)]
+    assert seen["gc"][-1] == (result.removed_objects, result.removed_objects)

@@ -156,8 +156,8 @@ def verify(env: Env) -> None:
 
     Example: coral-ml verify
     """
-    with user_errors():
-        report = env.repo().verify()
+    with user_errors(), env.output.counter("commits checked") as progress:
+        report = env.repo().verify(progress)
     data = {
         "ok": report.ok,
         "objects_checked": report.objects_checked,
@@ -193,8 +193,8 @@ def gc(env: Env, dry_run: bool) -> None:
 
     Example: coral-ml gc --dry-run
     """
-    with user_errors():
-        result = env.repo().gc(dry_run=dry_run)
+    with user_errors(), env.output.counter("objects deleted") as progress:
+        result = env.repo().gc(dry_run=dry_run, progress=progress)
     verb = "would remove" if dry_run else "removed"
     env.output.emit(
         dataclasses.asdict(result),
@@ -213,8 +213,8 @@ def repack(env: Env, max_chain_length: int | None) -> None:
 
     Example: coral-ml repack --max-chain-length 4
     """
-    with user_errors():
-        result = env.repo().repack(max_chain_length)
+    with user_errors(), env.output.counter("commits repacked") as progress:
+        result = env.repo().repack(max_chain_length, progress)
     env.output.emit(
         dataclasses.asdict(result),
         lambda d: (

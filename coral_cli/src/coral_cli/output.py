@@ -47,6 +47,25 @@ class Output:
         if not self.json and not self.quiet:
             click.echo(message)
 
+    @contextmanager
+    def counter(self, label: str) -> Iterator[Callable[[int, int | None], None] | None]:
+        """A ``(done, total)`` callback that keeps one status line on a terminal's
+        stderr (``label: done/total``); None in json/quiet mode or without a terminal."""
+        if self.json or self.quiet or not sys.stderr.isatty():
+            yield None
+            return
+
+        def show(done: int, total: int | None) -> None:
+            shown = f"{done}/{total}" if total is not None else str(done)
+            sys.stderr.write(f"\r{label}: {shown}")
+            sys.stderr.flush()
+
+        try:
+            yield show
+        finally:
+            sys.stderr.write("\r\033[K")  # clear the line before the result is printed
+            sys.stderr.flush()
+
     def progress(self, items: Sequence[T], label: str) -> Iterator[T]:
         """Iterate ``items`` with a progress bar on a terminal (never in json/quiet mode)."""
         if self.json or self.quiet or not sys.stderr.isatty() or len(items) < 2:

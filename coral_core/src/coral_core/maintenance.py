@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from coral_core.repository import Repository
 
 T = TypeVar("T")
+#: ``progress(done, total)``: how far a long operation is (total None when unknown).
+Progress = Callable[[int, "int | None"], None]
 
 
 @dataclass(frozen=True)
@@ -122,21 +124,26 @@ def in_deletion_order(repo: Repository, garbage: list[str]) -> list[str]:
     return order
 
 
-def collect_garbage(repo: Repository, dry_run: bool = False) -> GCResult:
+def collect_garbage(
+    repo: Repository, dry_run: bool = False, progress: Progress | None = None
+) -> GCResult:
     """Delete every object nothing references, and leftovers of interrupted writes.
 
     Runs under the exclusive gc lock, so no commit is writing objects meanwhile;
-    a commit waits for ``gc`` to finish and the other way round.
+    a commit waits for ``gc`` to finish and the other way round. ``progress``
+    is called with (objects done, objects to delete).
     """
     with fair_lock(repo.coral_dir / "locks" / "gc.lock"), repo.refs.lock():
         keep = reachable_objects(repo)
         stored = list(repo.objects.iter_ids())
         garbage = in_deletion_order(repo, [i for i in stored if i not in keep])
         kept, removed, freed = len(stored) - len(garbage), len(garbage), 0
-        for object_id in garbage:
+        for done, object_id in enumerate(garbage, 1):
             freed += repo.objects.stored_size(object_id)
             if not dry_run:
                 repo.objects.delete(object_id)
+            if progress is not None:
+                progress(done, len(garbage))
         if garbage and not dry_run:
             live = [p for p in repo.fingerprints.read_all() if p.tensor_id in keep]
             repo.fingerprints.rewrite(live)
@@ -153,8 +160,11 @@ def collect_garbage(repo: Repository, dry_run: bool = False) -> GCResult:
     return GCResult(removed, freed, kept, temps, dry_run)
 
 
-def verify_repository(repo: Repository) -> VerifyReport:
-    """Read every object once, check it against its id, and name what each problem affects."""
+def verify_repository(repo: Repository, progress: Progress | None = None) -> VerifyReport:
+    """Read every object once, check it against its id, and name what each problem affects.
+
+    ``progress`` is called with (commits checked, None) as the walk goes.
+    """
     report = VerifyReport()
     problems: dict[str, str] = {}
     users: dict[str, list[str]] = {}
@@ -200,6 +210,8 @@ def verify_repository(repo: Repository) -> VerifyReport:
         if commit is None:
             continue
         report.commits_checked += 1
+        if progress is not None:
+            progress(report.commits_checked, None)
         stack.extend(commit.parent_hashes)
         for label, tree_hash in commit_trees(commit).items():
             tree = attempt(tree_hash, user, partial(repo.read_tree, tree_hash), commit_id)
@@ -239,7 +251,7 @@ class RepackResult:
     max_chain_length: int
 
 
-def repack(repo: Repository) -> RepackResult:
+def repack(repo: Repository, progress: Progress | None = None) -> RepackResult:
     """Re-choose the stored form of every reachable chunk along history.
 
     Commits are visited oldest first; each chunk is re-encoded as the smallest
@@ -256,7 +268,9 @@ def repack(repo: Repository) -> RepackResult:
         done: set[str] = set()
         fingerprints: dict[str, Fingerprint] = {}
         totals = RepackTotals()
-        for commit in commits:
+        for visited, commit in enumerate(commits, 1):
+            if progress is not None:
+                progress(visited, len(commits))
             parent = commit.parent_hashes[0] if commit.parent_hashes else None
             parent_trees = commit_trees(repo.read_commit(parent)) if parent else {}
             for label, tree_hash in commit_trees(commit).items():

@@ -49,6 +49,7 @@ from coral_core.index import Staged, StagingIndex
 from coral_core.locks import fair_lock
 from coral_core.maintenance import (
     GCResult,
+    Progress,
     RepackResult,
     VerifyReport,
     collect_garbage,
@@ -1135,15 +1136,17 @@ class Repository:
 
     # -- maintenance ---------------------------------------------------------------
 
-    def gc(self, dry_run: bool = False) -> GCResult:
+    def gc(self, dry_run: bool = False, progress: Progress | None = None) -> GCResult:
         """Delete objects no branch, tag, HEAD or staged entry references; frees disk.
 
         The reflog does not keep commits alive: after a branch is deleted and
         ``gc`` runs, its unique commits are gone.
         """
-        return collect_garbage(self, dry_run=dry_run)
+        return collect_garbage(self, dry_run=dry_run, progress=progress)
 
-    def repack(self, max_chain_length: int | None = None) -> RepackResult:
+    def repack(
+        self, max_chain_length: int | None = None, progress: Progress | None = None
+    ) -> RepackResult:
         """Re-choose every chunk's delta base along history (see ``maintenance.repack``).
 
         Args:
@@ -1153,11 +1156,11 @@ class Repository:
             config = replace(self.objects.delta_config, max_chain_length=max_chain_length)
             self.config.set_delta_config(config)
             self.objects.delta_config = config
-        return repack(self)
+        return repack(self, progress)
 
-    def verify(self) -> VerifyReport:
+    def verify(self, progress: Progress | None = None) -> VerifyReport:
         """Check every object against its id (fsck); the report names what is affected."""
-        return verify_repository(self)
+        return verify_repository(self, progress)
 
 
 def _lossy_summary(entries: Mapping[str, TreeEntry]) -> dict[str, Any] | None:
