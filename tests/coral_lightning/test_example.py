@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 from coral_core import Repository
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lightning_mnist_like.py"
+from tests.examples import load_example
 
 
 def test_the_lightning_example_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    spec = importlib.util.spec_from_file_location("lightning_mnist_like", EXAMPLE)
-    assert spec is not None
-    assert spec.loader is not None
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_example("lightning_mnist_like")
     result = example.main(str(tmp_path / "repo"), epochs=2)
     best = result["best"]
     assert result["restored_accuracy"] == pytest.approx(best.metrics["val_accuracy"])
