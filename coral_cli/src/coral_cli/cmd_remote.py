@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -200,16 +201,7 @@ def sync_status(env: Env, remote_name: str) -> None:
     """
     with user_errors():
         rows = env.repo().sync_status(remote_name)
-    data = [
-        {
-            "branch": r.branch,
-            "local": r.local,
-            "remote": r.remote,
-            "ahead": r.ahead,
-            "behind": r.behind,
-        }
-        for r in rows
-    ]
+    data = [dataclasses.asdict(r) for r in rows]
     env.output.emit(
         data,
         lambda d: table(

@@ -112,7 +112,7 @@ def stats(env: Env) -> None:
     """
     with user_errors():
         repo = env.repo()
-        commits = list(repo.iter_commits(repo.ref_commits())) if repo.ref_commits() else []
+        commits = list(repo.iter_commits(repo.ref_commits()))
         logical = 0
         tensors: set[str] = set()
         for commit in commits:

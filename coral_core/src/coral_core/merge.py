@@ -328,9 +328,10 @@ def merge_trees(
         raise MergeConflictError(conflicts)
     function = merge_function(name) if combine else average
     for tensor, entries in combine.items():
-        stored = load(entries[0].tensor).dtype
+        first = load(entries[0].tensor)  # read once: its dtype, then its values
+        stored = first.dtype
         work = np.float64 if stored == np.float64 else np.float32
-        arrays = [load(e.tensor).astype(work) for e in entries]
+        arrays = [first.astype(work), *(load(e.tensor).astype(work) for e in entries[1:])]
         origin = base.get(tensor)
         base_array = None
         if origin is not None and origin.shape == entries[0].shape:
