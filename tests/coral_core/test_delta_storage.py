@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,9 @@ from coral_core import (
     WeightTensor,
     bit_view,
 )
+from coral_core.delta import encode_arrays
 from coral_core.objects import Codec, ObjectDatabase, object_key
+from coral_core.planes import encode_planes
 from coral_core.testing.strategies import arrays
 
 LOSSLESS = [t for t in DeltaType if t.is_lossless]
@@ -174,6 +178,31 @@ def test_lossy_deltas_are_much_smaller_than_lossless_ones(tmp_path: Path) -> Non
     assert sizes[DeltaType.INT8_QUANTIZED] < 0.6 * sizes[DeltaType.COMPRESSED]
 
 
+@pytest.mark.parametrize("kind", [t for t in DeltaType if not t.is_lossless])
+def test_a_lossy_commit_holds_chunks_not_the_model(tmp_path: Path, kind: DeltaType) -> None:
+    """Its memory is bounded by chunk size x threads: the rebuild's content id is
+    hashed chunk by chunk, never from a rebuild of the whole tensor."""
+    repo = Repository(
+        tmp_path, init=True, chunk_size=65536, delta_config=DeltaConfig(delta_type=kind)
+    )
+    rng = np.random.default_rng(3)
+    base = {f"w{i}": rng.standard_normal(1 << 20).astype(np.float32) for i in range(8)}
+    tuned = {name: w + np.float32(1e-4) * np.sign(w) for name, w in base.items()}
+    repo.commit("base", weights=base)
+    tracemalloc.start()
+    try:
+        commit = repo.commit("tuned", weights=tuned)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert commit.lossy is not None
+    assert peak < 12 << 20  # the model is 32 MiB (a rebuild of it all once took more)
+    assert repo.verify().ok  # every id is the hash of what is stored
+    for name, w in tuned.items():
+        restored = repo.get_weight(name).data.astype(np.float64)
+        assert np.max(np.abs(restored - w)) <= commit.lossy["max_abs_error"]
+
+
 def test_a_lossy_repository_keeps_values_it_cannot_quantize_exactly(tmp_path: Path) -> None:
     repo = Repository(
         tmp_path,
@@ -220,6 +249,28 @@ def test_a_tensor_without_namesake_deltas_against_a_similar_one_anywhere(
     assert exact(repo.get_weight("backbone.w").data, tuned)
     stats = repo._similar.get_statistics() if repo._similar else {}
     assert 0 < stats["candidates_checked"] <= 4  # not every stored tensor
+
+
+def test_a_delta_that_saves_little_loses_to_a_keyframe_more_so_deeper(tmp_path: Path) -> None:
+    """A delta must save more the deeper it sits: each link costs a read a decode."""
+    repo = Repository(tmp_path, init=True, chunk_size=4096)
+    rng = np.random.default_rng(0)
+    versions = [(rng.standard_normal(1024) * 0.05).astype(np.float32)]
+    for _ in range(2):  # moves like training from scratch: every mantissa changes
+        noise = rng.standard_normal(1024).astype(np.float32) * np.float32(5e-3)
+        versions.append(versions[-1] + noise)
+    for previous, current in itertools.pairwise(versions):  # the premise: deltas save 7.5-15%
+        planes = len(encode_planes(current, 4))
+        delta = len(encode_arrays(DeltaType.COMPRESSED, current, previous, DeltaConfig())[0])
+        assert 0.85 < delta / planes < 0.925
+    found = []
+    for i, weights in enumerate(versions):
+        repo.commit(f"v{i}", weights={"w": weights})
+        found.append(chunk_codecs(repo.objects, repo.ls_tree()["w"].tensor))
+    assert found[1] == [(Codec.DELTA, 1)]  # first link: saving over 7.5% is worth it
+    assert found[2] == [(Codec.PLANES, 0)]  # second link needs 15%: a fresh keyframe
+    for i, weights in enumerate(versions):
+        assert exact(repo.get_weight("w", f"HEAD~{len(versions) - 1 - i}").data, weights)
 
 
 def test_nothing_similar_means_stored_whole(tmp_path: Path) -> None:

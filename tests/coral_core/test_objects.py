@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 import tracemalloc
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -500,3 +501,39 @@ def test_reading_keeps_nothing_alive() -> None:
     finally:
         tracemalloc.stop()
     assert leaked < base.nbytes // 4
+
+
+def test_pool_work_keeps_order_under_uneven_costs_and_stops_at_an_error() -> None:
+    db = ObjectDatabase(MemoryStore(), chunk_size=CHUNK, threads=2)
+    done: list[int] = []
+
+    def uneven(item: int) -> int:
+        time.sleep(0.002 if item % 7 == 0 else 0)
+        done.append(item)
+        return item * item
+
+    assert db._map(uneven, range(50)) == [i * i for i in range(50)]
+
+    def failing(item: int) -> int:
+        if item == 3:
+            raise ValueError("item 3")
+        time.sleep(0.001)
+        return uneven(item)
+
+    done.clear()
+    with pytest.raises(ValueError, match="item 3"):
+        db._map(failing, range(1000))
+    assert len(done) < 100  # the other thread stopped soon after, not at the end
+
+
+def test_a_checkout_shares_one_aligned_allocation() -> None:
+    db = memory_db()
+    arrays_in = [np.arange(n, dtype=np.float32) for n in (3, 1000, 5 * CHUNK)]
+    ids = [db.write_tensor(WeightTensor(a)).tensor_id for a in arrays_in]
+    out = db.read_tensors(ids)
+    for restored, original in zip(out, arrays_in, strict=True):
+        assert np.array_equal(bit_view(restored), bit_view(original))
+        assert restored.ctypes.data % 64 == 0
+    out[0][:] = -1  # the views do not overlap
+    assert np.array_equal(out[1], arrays_in[1])
+    assert np.array_equal(out[2], arrays_in[2])
