@@ -182,3 +182,29 @@ def test_a_manager_sees_history_another_writer_rewrote(repo: Repository) -> None
     save(second, 3)
     assert [c.step for c in second.checkpoints] == [2, 3]
     assert {c.commit_hash for c in second.checkpoints} == {c.commit_hash for c in repo.log()}
+
+
+def test_a_run_resumed_from_an_older_checkpoint_branches_off_there(
+    repo: Repository, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = CheckpointConfig(tag_best_checkpoints=False)
+    first = CheckpointManager(repo, config, "exp")
+    ids = {step: save(first, step) for step in (10, 20, 30)}
+    resumed = CheckpointManager(repo, config, "exp")  # a new process, loaded step 10
+    with caplog.at_level("WARNING", logger="coral.checkpoint"):
+        save(resumed, 15)
+    assert "main-from-step-10" in caplog.text
+    assert resumed.branch == "main-from-step-10"
+    assert [c.step for c in resumed.checkpoints] == [10, 15]
+    latest = resumed.latest
+    assert latest is not None
+    assert repo.read_commit(latest.commit_hash).parent_hashes == (ids[10],)
+    assert [c.step for c in CheckpointManager(repo, config, "exp").checkpoints] == [10, 20, 30]
+    save(resumed, 25)  # later saves follow the new branch
+    assert [c.step for c in resumed.checkpoints] == [10, 15, 25]
+    again = CheckpointManager(repo, config, "exp")  # from step 10 once more: another branch
+    save(again, 12)
+    assert again.branch == "main-from-step-10-2"
+    fresh = CheckpointManager(repo, config, "exp")  # steps below every checkpoint: a new run
+    save(fresh, 5)
+    assert fresh.branch == "main"

@@ -11,10 +11,14 @@ can free what only they used.
 A checkpoint is a commit whose metadata holds ``coral.checkpoint`` (the
 experiment's name, epoch and step); a manager opened on a branch that already
 has checkpoints of its experiment picks up where the last process stopped.
+A run resumed from an older checkpoint than the newest goes on a branch of its
+own that starts there, so the history shows what each checkpoint descends
+from and the newer checkpoints of the first run stay where they were.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -28,6 +32,8 @@ from coral_core.training_state import TrainingState
 
 if TYPE_CHECKING:
     from coral_core.repository import Repository, Weight
+
+_log = logging.getLogger("coral.checkpoint")
 
 #: Commit metadata key that marks a checkpoint: ``{"experiment", "epoch", "step"}``.
 CHECKPOINT_KEY = "coral.checkpoint"
@@ -274,6 +280,7 @@ class CheckpointManager:
             message: the commit message (default names the experiment, epoch, step).
             metadata: more commit metadata (a framework's own details).
         """
+        self._branch_off_if_resumed(state.global_step)
         metrics = {**state.metrics}
         if state.loss is not None:
             metrics.setdefault("loss", state.loss)
@@ -302,6 +309,38 @@ class CheckpointManager:
         if improved and self.config.tag_best_checkpoints:
             self._tag_best()
         return self._retain(commit)
+
+    def _branch_off_if_resumed(self, step: int) -> None:
+        """A save at a step before the newest checkpoint's: training resumed from
+        an older checkpoint (the one with the greatest step below ``step``).
+        Later checkpoints go on a new branch ``<branch>-from-step-<k>`` started
+        there, instead of after checkpoints they do not descend from."""
+        latest = self.latest
+        if latest is None or step <= 0 or step >= latest.step:
+            return
+        earlier = [c for c in self._checkpoints if c.step < step]
+        if not earlier:
+            return  # nothing it could have resumed from: a new run, kept on the branch
+        origin = max(earlier, key=lambda c: c.step)
+        name = f"{self.branch}-from-step-{origin.step}"
+        taken = {b.name for b in self.repo.list_branches()}
+        suffix = 2
+        while name in taken:
+            name = f"{self.branch}-from-step-{origin.step}-{suffix}"
+            suffix += 1
+        self.repo.create_branch(name, origin.commit_hash)
+        _log.warning(
+            "%s: step %d follows step %d, not the newest checkpoint (step %d) of branch %r: "
+            "its checkpoints go on the new branch %r",
+            self.experiment_name,
+            step,
+            origin.step,
+            latest.step,
+            self.branch,
+            name,
+        )
+        self.branch = name
+        self._checkpoints = self._scan()
 
     def _moved_elsewhere(self, commit: Commit) -> bool:
         """Whether the branch changed since this manager last looked: the new
