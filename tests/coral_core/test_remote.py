@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import subprocess
@@ -17,13 +18,16 @@ import pytest
 from coral_core import (
     CoralError,
     CorruptObjectError,
+    LocalStore,
+    MemoryStore,
     PushRejectedError,
     RefNotFoundError,
     Repository,
     bit_view,
     clone,
 )
-from coral_core.objects import object_key
+from coral_core.objects import ObjectDatabase, ObjectKind, object_key
+from coral_core.remote import copy_objects
 from coral_core.testing.s3_server import ACCESS_KEY, REGION, SECRET_KEY, s3_server  # noqa: F401
 
 from .conftest import flip_last_bit
@@ -300,3 +304,42 @@ def test_a_server_stopped_mid_push_then_back_takes_the_push_again(
     copy = clone(remote_url, tmp_path / "copy")
     assert history(copy)["main"] == history(repo)["main"]
     assert copy.verify().ok
+
+
+class CountingStore(LocalStore):
+    """A folder store that counts its reads, as a remote would bill requests."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.gets: collections.Counter[str] = collections.Counter()
+
+    def get(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
+        self.gets[key] += 1
+        return super().get(key, byte_range)
+
+
+def test_a_transfer_reads_each_object_once_and_a_big_chunk_twice(tmp_path: Path) -> None:
+    repo = Repository(tmp_path, init=True)
+    rng = np.random.default_rng(0)
+    weights = {"big": rng.standard_normal(1 << 18).astype(np.float32)}  # one 1 MiB chunk
+    weights |= {f"small{i}": rng.standard_normal(64).astype(np.float32) for i in range(5)}
+    repo.commit("one", weights=weights)
+    head = repo.commit("two", weights={k: v + np.float32(1e-3) for k, v in weights.items()})
+    big = {
+        object_key(chunk)
+        for ref in ("HEAD", "HEAD~1")
+        for chunk in repo.objects.tensor_descriptor(repo.ls_tree(ref)["big"].tensor).chunks
+    }
+    source = ObjectDatabase(CountingStore(repo.coral_dir / "objects"))
+    dest = ObjectDatabase(MemoryStore())
+    result = copy_objects(source, dest, [(head.commit_hash, ObjectKind.COMMIT)], verify=True)
+    gets = source.store.gets  # type: ignore[attr-defined]
+    assert result.objects == len(gets) > len(big) == 2  # a delta chunk and its keyframe
+    assert {key: n for key, n in gets.items() if key in big} == dict.fromkeys(big, 2)
+    assert all(n == 1 for key, n in gets.items() if key not in big)  # read whole in the walk
+    tree = repo.ls_tree()
+    ids = [tree[name].tensor for name in sorted(tree)]
+    for copied, original in zip(
+        dest.read_tensors(ids), repo.objects.read_tensors(ids), strict=True
+    ):
+        assert np.array_equal(bit_view(copied), bit_view(original))

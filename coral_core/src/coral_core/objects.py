@@ -71,6 +71,8 @@ _MIN_WORTH = 0.1
 #: commits fresh copies of its weights; arrays changed in place since are
 #: noticed by their hash and decoded as usual). Bounded, and no copy is made.
 RECENT_BYTES = 256 << 20
+#: Bytes read past a chunk's header for its parameters (a delta's are ~300).
+_PARAMS_PROBE = 4096
 #: The largest chunk: a header claiming more is damage, not a reason to allocate.
 MAX_CHUNK_SIZE = 1 << 30
 _MAX_DECODE_DEPTH = 64  # longer chains can only come from damaged parameters
@@ -325,6 +327,14 @@ def decode_payload(object_id: str, header: ObjectHeader, payload: memoryview) ->
     return raw
 
 
+def _missing(object_id: str, kind: ObjectKind) -> MissingObjectError:
+    """A store's MissingObjectError, said for a user."""
+    return MissingObjectError(
+        f"object {object_id} ({kind.name.lower()}) is missing from the store; "
+        "run `coral-ml verify` to see what it affects"
+    )
+
+
 def _carve(sizes: Sequence[int], align: int = 64) -> list[np.ndarray]:
     """Byte buffers of ``sizes``, aligned views into one allocation: a large
     allocation is backed by huge pages, and the page faults of fresh memory
@@ -447,24 +457,25 @@ class ObjectDatabase:
         return len(blob) if (batch or self.store).put_if_absent(key, blob) else 0
 
     def _read(
-        self, object_id: str, kind: ObjectKind, slot: int | None = None
+        self,
+        object_id: str,
+        kind: ObjectKind,
+        slot: int | None = None,
+        blob: bytes | memoryview | None = None,
     ) -> tuple[ObjectHeader, dict[str, Any], memoryview]:
-        """Read and check an object; with ``slot``, into that scratch buffer of
-        this thread when the store can (no fresh memory for every chunk read:
-        its page faults cost more than the read), valid until the slot's next use."""
+        """Read and check an object (``blob`` when the caller has read it); with
+        ``slot``, into that scratch buffer of this thread when the store can (no
+        fresh memory for every chunk read: its page faults cost more than the
+        read), valid until the slot's next use."""
         read_into = getattr(self.store, "read_into", None)
-        try:
-            if read_into is not None and slot is not None:
-                blob: bytes | memoryview = read_into(
-                    object_key(object_id), partial(scratch, slot, dtype=np.uint8)
-                )
-            else:
-                blob = self.store.get(object_key(object_id))
-        except MissingObjectError:
-            raise MissingObjectError(
-                f"object {object_id} ({kind.name.lower()}) is missing from the store; "
-                "run `coral-ml verify` to see what it affects"
-            ) from None
+        if blob is None and read_into is not None and slot is not None:
+            allocate = partial(scratch, slot, dtype=np.uint8)
+            try:
+                blob = read_into(object_key(object_id), allocate)
+            except MissingObjectError:
+                raise _missing(object_id, kind) from None
+        elif blob is None:
+            blob = self._fetch(object_id, kind)
         header, params, payload = unpack_object(object_id, blob)
         if header.kind != kind:
             raise CorruptObjectError(
@@ -472,8 +483,16 @@ class ObjectDatabase:
             )
         return header, params, payload
 
-    def _get(self, object_id: str, kind: ObjectKind) -> bytes:
-        header, _, payload = self._read(object_id, kind)
+    def _fetch(
+        self, object_id: str, kind: ObjectKind, byte_range: tuple[int, int] | None = None
+    ) -> bytes:
+        try:
+            return self.store.get(object_key(object_id), byte_range)
+        except MissingObjectError:
+            raise _missing(object_id, kind) from None
+
+    def _get(self, object_id: str, kind: ObjectKind, blob: bytes | None = None) -> bytes:
+        header, _, payload = self._read(object_id, kind, blob=blob)
         return decode_payload(object_id, header, payload)
 
     def kind_of(self, object_id: str) -> ObjectKind:
@@ -494,14 +513,17 @@ class ObjectDatabase:
         self._put(object_id, kind, raw)
         return object_id
 
-    def read_document(self, kind: ObjectKind, object_id: str) -> dict[str, Any]:
-        """Read and verify a JSON document.
+    def read_document(
+        self, kind: ObjectKind, object_id: str, blob: bytes | None = None
+    ) -> dict[str, Any]:
+        """Read and verify a JSON document (from ``blob``, the object as stored,
+        when the caller has read it).
 
         Raises:
             MissingObjectError: when it is not in the store.
             CorruptObjectError: when it is damaged or of another kind.
         """
-        raw = self._get(object_id, kind)
+        raw = self._get(object_id, kind, blob)
         if document_id(kind.name.lower(), raw) != object_id:
             raise CorruptObjectError(f"object {object_id} does not match its id")
         try:
@@ -742,13 +764,21 @@ class ObjectDatabase:
             return blob, 0, None
         return blob, int(chosen["depth"]), str(chosen["root"])
 
-    def chunk_params(self, object_id: str) -> tuple[Codec, dict[str, Any]]:
-        """A chunk's codec and parameters, read without its payload."""
-        key = object_key(object_id)
-        header = parse_header(object_id, self.store.get(key, byte_range=(0, HEADER_SIZE)))
+    def chunk_params(
+        self, object_id: str, head: bytes | None = None
+    ) -> tuple[Codec, dict[str, Any]]:
+        """A chunk's codec and parameters, read without its payload (from
+        ``head``, the object's first bytes, when the caller has read them): one
+        read of its first KiBs, which hold the parameters of almost any chunk."""
+        if head is None:
+            head = self._fetch(object_id, ObjectKind.CHUNK, (0, HEADER_SIZE + _PARAMS_PROBE))
+        header = parse_header(object_id, head)
         if header.codec != Codec.DELTA:
             return header.codec, {}
-        raw = self.store.get(key, byte_range=(HEADER_SIZE, HEADER_SIZE + header.params_size))
+        end = HEADER_SIZE + header.params_size
+        raw = head[HEADER_SIZE:end]
+        if len(raw) < header.params_size:
+            raw = self._fetch(object_id, ObjectKind.CHUNK, (HEADER_SIZE, end))
         try:
             params: dict[str, Any] = json.loads(raw)
         except ValueError as exc:
@@ -791,9 +821,10 @@ class ObjectDatabase:
         except CoralError:
             return None  # an unreadable reference: store the chunk without it
 
-    def tensor_descriptor(self, tensor_id: str) -> TensorDescriptor:
-        """Read a tensor's descriptor (dtype, shape, chunk ids) without its data."""
-        raw = self._get(tensor_id, ObjectKind.TENSOR)
+    def tensor_descriptor(self, tensor_id: str, blob: bytes | None = None) -> TensorDescriptor:
+        """Read a tensor's descriptor (dtype, shape, chunk ids) without its data
+        (from ``blob``, the object as stored, when the caller has read it)."""
+        raw = self._get(tensor_id, ObjectKind.TENSOR, blob)
         try:
             document = json.loads(raw)
             return TensorDescriptor(
@@ -949,28 +980,49 @@ class ObjectDatabase:
 
     # -- graph -------------------------------------------------------------------
 
-    def references(self, object_id: str, kind: ObjectKind) -> list[tuple[str, ObjectKind]]:
-        """Objects this one points to, with their kinds (a commit's tree and parents, ...).
+    def references(
+        self, object_id: str, kind: ObjectKind, blob: bytes | None = None
+    ) -> list[tuple[str, ObjectKind]]:
+        """Objects this one points to, with their kinds (a commit's tree and
+        parents, ...); from ``blob`` when the caller has read the object (a
+        chunk's first bytes will do).
 
         Raises:
             MissingObjectError, CorruptObjectError: also for an object whose
                 parameters or document do not name valid object ids.
         """
         try:
-            found = self._references(object_id, kind)
+            found = self._references(object_id, kind, blob)
         except (KeyError, TypeError, AttributeError) as exc:
             raise CorruptObjectError(f"object {object_id} is malformed: {exc!r}") from None
         if not all(isinstance(child, str) and is_object_id(child) for child, _ in found):
             raise CorruptObjectError(f"object {object_id} names something that is not an id")
         return found
 
-    def _references(self, object_id: str, kind: ObjectKind) -> list[tuple[str, ObjectKind]]:
+    def references_read_once(
+        self, object_id: str, kind: ObjectKind, keep_below: int = 64 << 10
+    ) -> tuple[list[tuple[str, ObjectKind]], bytes | None]:
+        """:meth:`references` from a single read of the object: a document
+        whole, a chunk's first ``keep_below`` bytes (which hold its parameters,
+        and all of a chunk that small). Returns the object too when that read
+        got all of it, so that a copy need not read it again: on a remote,
+        every read is a request."""
+        window = None if kind != ObjectKind.CHUNK else (0, max(keep_below, _PARAMS_PROBE))
+        blob = self._fetch(object_id, kind, window)
+        found = self.references(object_id, kind, blob)
+        header = parse_header(object_id, blob)
+        whole = len(blob) == HEADER_SIZE + header.params_size + header.payload_size
+        return found, blob if whole else None
+
+    def _references(
+        self, object_id: str, kind: ObjectKind, blob: bytes | None
+    ) -> list[tuple[str, ObjectKind]]:
         if kind == ObjectKind.CHUNK:
-            codec, params = self.chunk_params(object_id)
+            codec, params = self.chunk_params(object_id, blob)
             return [(str(params["base"]), ObjectKind.CHUNK)] if codec == Codec.DELTA else []
         if kind == ObjectKind.TENSOR:
-            return [(c, ObjectKind.CHUNK) for c in self.tensor_descriptor(object_id).chunks]
-        document = self.read_document(kind, object_id)
+            return [(c, ObjectKind.CHUNK) for c in self.tensor_descriptor(object_id, blob).chunks]
+        document = self.read_document(kind, object_id, blob)
         if kind == ObjectKind.TREE:
             return [(e["tensor"], ObjectKind.TENSOR) for e in document["entries"].values()]
         if kind == ObjectKind.COMMIT:

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from coral_core.repository import Repository
 
 _THREADS = 8
+#: Objects the walk read whole and the copy reuses instead of reading them
+#: again (documents and small chunks: a request each saved on a remote).
+KEPT_BYTES = 64 << 20
 Node = tuple[str, ObjectKind]
 Progress = Callable[[int], None]  # called with the bytes of each object moved
 
@@ -113,21 +116,30 @@ def missing_objects(
     has: Callable[[str], bool],
     roots: Iterable[Node],
     pool: ThreadPoolExecutor,
+    kept: dict[str, bytes] | None = None,
 ) -> list[list[Node]]:
     """The objects reachable from ``roots`` that ``has`` lacks, in levels: each
-    level only references objects of earlier levels (or ones already there)."""
+    level only references objects of earlier levels (or ones already there).
+
+    Each missing object is read once for what it references; the ones that
+    read got whole (documents, small chunks) go into ``kept``, up to
+    ``KEPT_BYTES`` in all, for the copy to use instead of a second read."""
     edges: dict[Node, list[Node]] = {}
     seen: set[str] = set()
+    budget = KEPT_BYTES
     frontier = list(roots)
     while frontier:
         fresh = [n for n in dict.fromkeys(frontier) if n[0] not in seen]
         seen.update(n[0] for n in fresh)
         present = list(pool.map(lambda n: has(object_key(n[0])), fresh))
         missing = [n for n, there in zip(fresh, present, strict=True) if not there]
-        children = list(pool.map(lambda n: source.references(*n), missing))
-        for node, refs in zip(missing, children, strict=True):
+        read = list(pool.map(lambda n: source.references_read_once(*n), missing))
+        for node, (refs, blob) in zip(missing, read, strict=True):
             edges[node] = refs
-        frontier = [child for refs in children for child in refs]
+            if kept is not None and blob is not None and len(blob) <= budget:
+                kept[node[0]] = blob
+                budget -= len(blob)
+        frontier = [child for refs, _ in read for child in refs]
     height: dict[Node, int] = {}
     for node in edges:  # iterative post-order: a node after the missing ones it references
         stack = [(node, False)]
@@ -162,12 +174,15 @@ def copy_objects(
             id; it is removed from ``dest`` again, and no ref has moved.
     """
     result = TransferResult()
+    kept: dict[str, bytes] = {}
     with ThreadPoolExecutor(_THREADS, "coral-transfer") as pool:
-        levels = missing_objects(source, dest.store.has, roots, pool)
+        levels = missing_objects(source, dest.store.has, roots, pool, kept)
 
         def move(node: Node) -> int:
             key = object_key(node[0])
-            data = source.store.get(key)
+            data = kept.pop(node[0], None)
+            if data is None:
+                data = source.store.get(key)
             dest.store.put_if_absent(key, data)
             if verify:
                 try:
