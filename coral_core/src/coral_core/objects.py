@@ -65,7 +65,7 @@ _PLANES_MARGIN = 0.95
 #: from-scratch run's newest checkout from 5.9x to 3.0x of load_file for 2%
 #: more bytes; fine-tune deltas, half the standalone size, are unaffected.
 _LINK_COST = 0.075
-_MIN_WORTH = 0.1
+_MIN_WORTH = 0.1  # however deep: a delta a tenth of the standalone size always pays
 #: Bytes of the caller's arrays the last write keeps a reference to, so that
 #: the next write finds its delta bases without decoding them (a training run
 #: commits fresh copies of its weights; arrays changed in place since are
@@ -395,8 +395,7 @@ class ObjectDatabase:
         for one item. Every pool thread takes the next item as soon as it is free
         (items cost unevenly: a chunk at the end of a delta chain decodes several
         objects), and one pool task per thread keeps the overhead per item small
-        for a model of many tiny tensors. The first error stops the rest and is
-        raised."""
+        for a model of many tiny tensors. An error stops the rest and is raised."""
         if len(items) <= 1 or self.threads == 1:
             return [function(item) for item in items]
         if self._pool is None:
