@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
+from typing import TypeVar
 
 from coral_core.errors import CoralError, InvalidKeyError, LockTimeoutError, ReadOnlyStoreError
 
@@ -40,6 +41,9 @@ def validate_key(key: str) -> str:
                 "or has characters outside [A-Za-z0-9._-]"
             )
     return key
+
+
+_Store = TypeVar("_Store", bound="WeightStore")
 
 
 class WeightStore(ABC):
@@ -163,7 +167,7 @@ class WeightStore(ABC):
         if self.read_only:
             raise ReadOnlyStoreError(f"{self!r} is read-only; cannot write {key!r}")
 
-    def __enter__(self) -> WeightStore:
+    def __enter__(self: _Store) -> _Store:
         return self
 
     def __exit__(

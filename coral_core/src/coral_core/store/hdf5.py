@@ -24,7 +24,6 @@ import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
 import numpy as np
@@ -492,17 +491,6 @@ class HDF5Store(WeightStore):
             if self._file is not None:
                 self._file.close()
                 self._file = None
-
-    def __enter__(self) -> HDF5Store:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"HDF5Store({str(self.filepath)!r})"
