@@ -116,7 +116,7 @@ def missing_objects(
     has: Callable[[str], bool],
     roots: Iterable[Node],
     pool: ThreadPoolExecutor,
-    kept: dict[str, bytes] | None = None,
+    kept: dict[str, bytes],
 ) -> list[list[Node]]:
     """The objects reachable from ``roots`` that ``has`` lacks, in levels: each
     level only references objects of earlier levels (or ones already there).
@@ -136,7 +136,7 @@ def missing_objects(
         read = list(pool.map(lambda n: source.references_read_once(*n), missing))
         for node, (refs, blob) in zip(missing, read, strict=True):
             edges[node] = refs
-            if kept is not None and blob is not None and len(blob) <= budget:
+            if blob is not None and len(blob) <= budget:
                 kept[node[0]] = blob
                 budget -= len(blob)
         frontier = [child for refs, _ in read for child in refs]
