@@ -11,7 +11,7 @@ import contextlib
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
 from typing import TypeVar
@@ -110,6 +110,21 @@ class WeightStore(ABC):
         Raises:
             LockTimeoutError: when the lock stays taken for ``LOCK_WAIT_SECONDS``.
         """
+        return self._swap_under_lock(key, expected, lambda: self.put(key, new))
+
+    def compare_and_delete(self, key: str, expected: bytes) -> bool:
+        """Delete ``key`` only if it now holds ``expected``; True when deleted.
+
+        The default takes the same lock object as :meth:`compare_and_swap`.
+
+        Raises:
+            LockTimeoutError: when the lock stays taken for ``LOCK_WAIT_SECONDS``.
+        """
+        return self._swap_under_lock(key, expected, lambda: self.delete(key))
+
+    def _swap_under_lock(
+        self, key: str, expected: bytes | None, change: Callable[[], object]
+    ) -> bool:
         self._check_writable(key)
         lock = f"{key}.lock"
         deadline = time.monotonic() + LOCK_WAIT_SECONDS
@@ -125,7 +140,7 @@ class WeightStore(ABC):
             current = self.get(key) if self.has(key) else None
             if current != expected:
                 return False
-            self.put(key, new)
+            change()
             return True
         finally:
             self.delete(lock)

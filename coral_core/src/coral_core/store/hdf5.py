@@ -175,6 +175,17 @@ class HDF5Store(WeightStore):
             self._flush()
             return True
 
+    def compare_and_delete(self, key: str, expected: bytes) -> bool:
+        """Atomic under the store's lock (one process writes a file)."""
+        self._check_writable(key)
+        with self._lock:
+            dataset = self._dataset(OBJECTS, key)
+            if dataset is None or dataset[()].tobytes() != expected:
+                return False
+            self._remove(OBJECTS, key)
+            self._flush()
+            return True
+
     def _write_object(self, key: str, data: bytes | memoryview, replace: bool) -> bool:
         """Create the dataset of ``key`` (replacing an old one if ``replace``); the
         caller holds the lock and flushes."""

@@ -46,6 +46,14 @@ class MemoryStore(WeightStore):
             self._objects[key] = bytes(new)
             return True
 
+    def compare_and_delete(self, key: str, expected: bytes) -> bool:
+        self._check_writable(key)
+        with self._lock:
+            if self._objects.get(key) != expected:
+                return False
+            del self._objects[key]
+            return True
+
     def has(self, key: str) -> bool:
         return validate_key(key) in self._objects
 

@@ -30,6 +30,9 @@ class PrefixStore(WeightStore):
     def compare_and_swap(self, key: str, expected: bytes | None, new: bytes) -> bool:
         return self.inner.compare_and_swap(self._key(key), expected, new)
 
+    def compare_and_delete(self, key: str, expected: bytes) -> bool:
+        return self.inner.compare_and_delete(self._key(key), expected)
+
     def has(self, key: str) -> bool:
         return self.inner.has(self._key(key))
 

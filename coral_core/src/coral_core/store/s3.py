@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 from coral_core.errors import CoralError, InvalidKeyError, MissingObjectError
@@ -359,6 +360,22 @@ class S3Store(WeightStore):
         if response["Data"] != expected:
             return False
         return self._conditional(lambda: self._upload(key, new, IfMatch=response["ETag"]), key, new)
+
+    def compare_and_delete(self, key: str, expected: bytes) -> bool:
+        """Delete with ``If-Match`` on the ETag of the value read."""
+        self._check_writable(key)
+        if not self.config.conditional_writes:
+            return super().compare_and_delete(key, expected)
+        try:
+            response = self._call("get_object", key, Key=self._key(key))
+        except MissingObjectError:
+            return False
+        if response["Data"] != expected:
+            return False
+        delete = partial(
+            self._call, "delete_object", key, Key=self._key(key), IfMatch=response["ETag"]
+        )
+        return self._conditional(delete, key)
 
     def has(self, key: str) -> bool:
         try:

@@ -366,6 +366,15 @@ class StoreTests:
         assert store.get("refs/heads/main") == b"b\n"
         assert set(store.list("refs/")) == {"refs/heads/main"}  # no lock left behind
 
+    def test_compare_and_delete(self, store: WeightStore) -> None:
+        assert not store.compare_and_delete("refs/heads/gone", b"a\n")  # absent
+        store.put("refs/heads/main", b"a\n")
+        assert not store.compare_and_delete("refs/heads/main", b"b\n")  # another value
+        assert store.get("refs/heads/main") == b"a\n"
+        assert store.compare_and_delete("refs/heads/main", b"a\n")
+        assert not store.has("refs/heads/main")
+        assert list(store.list("refs/")) == []  # no lock left behind
+
     def test_concurrent_compare_and_swap_loses_no_update(self, store: WeightStore) -> None:
         """Eight writers each add one to a counter by swapping: every add lands."""
         store.put("count", b"0")
