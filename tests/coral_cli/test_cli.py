@@ -14,7 +14,14 @@ import pytest
 from click.testing import CliRunner, Result
 
 from coral_cli.main import cli
-from coral_core import CheckpointConfig, CheckpointManager, Repository, TrainingState, bit_view
+from coral_core import (
+    FORMAT_VERSION,
+    CheckpointConfig,
+    CheckpointManager,
+    Repository,
+    TrainingState,
+    bit_view,
+)
 from coral_core.formats import read_safetensors, write_safetensors
 
 
@@ -155,7 +162,7 @@ def test_config_verify_gc_repack(workdir: Path) -> None:
     two_commits()
     run("config", "user.name", "ada")
     assert as_json("config", "user.name") == {"user.name": "ada"}
-    assert as_json("config", "--list")["core.format_version"] == 1
+    assert as_json("config", "--list")["core.format_version"] == FORMAT_VERSION
     assert as_json("verify")["ok"] is True
     assert as_json("gc", "--dry-run")["dry_run"] is True
     assert as_json("repack", "--max-chain-length", "3")["max_chain_length"] == 3
@@ -173,11 +180,12 @@ def test_experiments(workdir: Path) -> None:
             weights = {"w": np.full(4, step * scale, np.float32)}
             state = TrainingState(epoch=step, global_step=step * 10, metrics={"loss": 1 / step})
             manager.save(weights, state)
-    listed = {e["name"]: e for e in as_json("experiment", "list")}
+    listed = {e["experiment"]: e for e in as_json("experiment", "list")}
     assert listed["lr-big"]["checkpoints"] == 2
     assert listed["lr-big"]["last_step"] == 20
     shown = as_json("experiment", "show", "lr-small")
-    assert [c["step"] for c in shown["checkpoints"]] == [10, 20]
+    assert [c["step"] for c in shown["items"]] == [10, 20]
+    assert as_json("experiment", "show", listed["lr-small"]["run"])["run"] == shown["run"]
     compared = as_json("experiment", "compare", "lr-small", "lr-big")
     assert compared["metrics"]["loss"] == {"lr-small": 0.5, "lr-big": 0.5}
     missing = run("experiment", "show", "nope", ok=False)

@@ -9,6 +9,7 @@ import pytest
 
 from coral_core import Repository, WeightTensor
 from coral_core.objects import object_key
+from coral_core.testing.s3_server import ACCESS_KEY, REGION, SECRET_KEY, s3_server  # noqa: F401
 
 
 @pytest.fixture
@@ -34,3 +35,20 @@ def flip_last_bit(repo: Repository, object_id: str) -> None:
     data = bytearray(path.read_bytes())
     data[-1] ^= 0x01
     path.write_bytes(bytes(data))
+
+
+@pytest.fixture(params=["folder", "s3"])
+def remote_url(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """A remote: a folder, or a bucket on the real S3 server of the test session
+    (reached the way users reach theirs: the endpoint and credentials from the environment)."""
+    if request.param == "folder":
+        return str(tmp_path / "remote")
+    server = request.getfixturevalue("s3_server")
+    config = server.make_bucket()
+    monkeypatch.setenv("CORAL_S3_ENDPOINT_URL", server.endpoint_url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    return f"s3://{config.bucket}/team/models"

@@ -1,7 +1,8 @@
-"""CheckpointConfig validation, CheckpointManager schedule, best tracking, retention."""
+"""CheckpointConfig validation, CheckpointManager schedule, best tracking, runs, retention."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,10 +13,12 @@ from coral_core import (
     ConfigError,
     CoralError,
     InvalidRefNameError,
+    PrunedCommitError,
     RefNotFoundError,
     Repository,
     TrainingState,
 )
+from coral_core.runs import list_runs, pointer_ref
 
 from .conftest import make_weights
 
@@ -77,7 +80,7 @@ def test_schedule(repo: Repository) -> None:
     assert off.needs_final_save(3)  # save_last still commits the end of training
 
 
-def test_best_is_tracked_tagged_and_saves_on_improvement(repo: Repository) -> None:
+def test_best_is_tracked_by_a_pointer_and_saves_on_improvement(repo: Repository) -> None:
     config = CheckpointConfig(save_every_n_epochs=None, save_on_best_metric="val_loss")
     manager = CheckpointManager(repo, config, "exp")
     assert manager.should_save_epoch(0, {"val_loss": 1.0})  # the first value is an improvement
@@ -89,65 +92,93 @@ def test_best_is_tracked_tagged_and_saves_on_improvement(repo: Repository) -> No
     second = save(manager, 2, val_loss=0.5)
     assert manager.best is not None
     assert manager.best.commit_hash == second
-    tag = {t.name: t for t in repo.list_tags()}["exp/best"]
-    assert tag.commit == second
-    assert tag.metrics["val_loss"] == 0.5
+    assert repo.list_tags() == []  # a moving pointer, not a tag (tags do not move)
+    best = pointer_ref("exp", manager.run_id, "best")
+    assert repo.refs.read(best) == second
+    assert [e.new for e in repo.reflog(best)] == [second, first]  # moved in the commit's step
     save(manager, 3, val_loss=0.7)
     assert repo.resolve("exp/best") == second
+    assert repo.resolve(f"exp/{manager.run_id}/best") == second
+    assert repo.resolve("exp/last") == manager.checkpoints[-1].commit_hash
     assert manager.commit_of(load_best=True) == second
     assert manager.commit_of() == manager.checkpoints[-1].commit_hash
     assert manager.commit_of(ref=first[:10]) == first
 
 
-def test_retention_keeps_best_and_recent_and_gc_frees_the_rest(repo: Repository) -> None:
-    repo.commit("base model", weights=make_weights(100))  # not a checkpoint: never dropped
+def test_retention_prunes_weights_and_keeps_every_commit(repo: Repository) -> None:
+    repo.commit("base model", weights=make_weights(100))  # not a checkpoint: never pruned
     config = CheckpointConfig(
         save_on_best_metric="acc", keep_best_n_checkpoints=2, max_checkpoints=2
     )
     manager = CheckpointManager(repo, config, "exp")
     accuracies = [0.5, 0.9, 0.6, 0.8, 0.55, 0.52]
-    for step, acc in enumerate(accuracies):
-        save(manager, step, acc=acc)
+    ids = [save(manager, step, acc=acc) for step, acc in enumerate(accuracies)]
     kept = [(c.step, c.metrics["acc"]) for c in manager.checkpoints]
     assert kept == [(1, 0.9), (3, 0.8), (4, 0.55), (5, 0.52)]  # best two + last two
-    history = [c.message for c in repo.log()]
-    assert len(history) == 5
-    assert history[-1] == "base model"
-    assert {c.commit_hash for c in repo.log()[:-1]} == {c.commit_hash for c in manager.checkpoints}
-    assert repo.resolve("exp/best") == manager.checkpoints[0].commit_hash
-    before = repo.gc()
-    assert before.removed_objects > 0
+    history = repo.log()
+    assert [c.commit_hash for c in history[:-1]] == ids[::-1]  # nothing rewritten
+    assert history[-1].message == "base model"
+    assert [c.step for c in manager.history if not c.kept] == [0, 2]
+    assert repo.resolve("exp/best") == ids[1]
+    for step in (0, 2):
+        assert repo.weights_status(ids[step]) == "pruned"
+        with pytest.raises(PrunedCommitError, match="nearest kept checkpoint") as caught:
+            repo.get_weight("encoder.weight", ids[step])
+        assert caught.value.nearest == ids[step + 1]
+        assert isinstance(caught.value, LookupError)
+        assert repo.show(ids[step]).metrics["acc"] == accuracies[step]  # the commit stays
+    assert repo.gc().removed_objects == 0  # retention freed the pruned weights already
     assert repo.verify().ok
     for checkpoint in manager.checkpoints:  # every kept one restores exactly
         restored = repo.get_weight("encoder.weight", checkpoint.commit_hash).data
         assert (restored == make_weights(checkpoint.step)["encoder.weight"].data).all()
+        assert repo.training_state(checkpoint.commit_hash) is not None
 
 
-def test_recent_only_retention_and_a_new_manager_picks_up_the_history(repo: Repository) -> None:
+def test_a_run_goes_on_by_its_id_and_a_new_run_is_separate(repo: Repository) -> None:
     config = CheckpointConfig(max_checkpoints=3, tag_best_checkpoints=False)
-    manager = CheckpointManager(repo, config, "exp")
+    manager = CheckpointManager(repo, config, "exp", hyperparameters={"lr": 1e-3})
     for step in range(5):
         save(manager, step)
     other = CheckpointManager(repo, config, "other-experiment")
     assert other.checkpoints == []
-    again = CheckpointManager(repo, config, "exp")
+    again = CheckpointManager(repo, config, "exp", run_id=manager.run_id)
     assert [c.step for c in again.checkpoints] == [2, 3, 4]
     save(again, 5)
     assert [c.step for c in again.checkpoints] == [3, 4, 5]
-    assert len(repo.log()) == 3
+    assert len(repo.log()) == 6
+    rerun = CheckpointManager(repo, config, "exp")  # a sweep: same name, a run of its own
+    assert rerun.run_id != manager.run_id
+    assert rerun.checkpoints == []
+    for step in range(4):
+        save(rerun, step)
+    assert [c.step for c in again.checkpoints] == [3, 4, 5]
+    assert [
+        c.step for c in CheckpointManager(repo, config, "exp", run_id=manager.run_id).checkpoints
+    ] == [3, 4, 5]
+    assert [c.step for c in rerun.checkpoints] == [1, 2, 3]
+    assert len(repo.log()) == 10  # both runs in the branch's history
+    record = repo.show(again.checkpoints[-1].commit_hash).metadata.metadata["coral.checkpoint"]
+    assert record["run"] == manager.run_id
+    assert record["hyperparameters"] == {"lr": 1e-3}
+    assert record["index"] == 6
 
 
 def test_manager_needs_a_branch_and_a_checkpoint_to_resume(repo: Repository) -> None:
     manager = CheckpointManager(repo, CheckpointConfig(), "exp")
     with pytest.raises(RefNotFoundError, match="no checkpoint"):
         manager.commit_of()
-    save(manager, 0)
+    first = save(manager, 0)
     repo.checkout(manager.checkpoints[0].commit_hash)  # detached HEAD
     with pytest.raises(CoralError, match="detached"):
         CheckpointManager(repo, CheckpointConfig(), "exp")
-    assert CheckpointManager(repo, CheckpointConfig(branch="main"), "exp").latest is not None
+    fresh = CheckpointManager(repo, CheckpointConfig(branch="main"), "exp")
+    assert fresh.latest is None  # a new run...
+    assert fresh.commit_of() == first  # ...that can resume the experiment's newest
     with pytest.raises(ConfigError):
         CheckpointManager(repo, CheckpointConfig(branch="main"), "")
+    with pytest.raises(ConfigError, match="run id"):
+        CheckpointManager(repo, CheckpointConfig(branch="main"), "exp", run_id="best")
 
 
 def test_drop_commits_rewrites_history_and_moves_tags(repo: Repository) -> None:
@@ -174,14 +205,80 @@ def test_drop_commits_rewrites_history_and_moves_tags(repo: Repository) -> None:
     assert len(repo.log()) == 3  # a refused rewrite changed nothing
 
 
-def test_a_manager_sees_history_another_writer_rewrote(repo: Repository) -> None:
+def test_drop_commits_refuses_to_rewrite_what_a_remote_has(
+    repo: Repository, tmp_path: Path
+) -> None:
+    ids = [repo.commit(f"c{i}", weights=make_weights(i)).commit_hash for i in range(3)]
+    repo.add_remote("origin", str(tmp_path / "remote"))
+    repo.push("origin")
+    local = repo.commit("c3", weights=make_weights(3)).commit_hash
+    repo.commit("c4", weights=make_weights(4))
+    with pytest.raises(CoralError, match="a remote has"):
+        repo.drop_commits("main", [ids[1]])
+    assert repo.log()[2].commit_hash == ids[2]  # nothing changed
+    repo.drop_commits("main", [local])  # unpushed history may be rewritten
+    assert [c.message for c in repo.log()] == ["c4", "c2", "c1", "c0"]
+    repo.drop_commits("main", [ids[1]], force=True)  # an explicit, forced rewrite
+    assert [c.message for c in repo.log()] == ["c4", "c2", "c0"]
+
+
+def test_two_runs_of_one_name_interleaved_keep_their_own_retention(repo: Repository) -> None:
     config = CheckpointConfig(max_checkpoints=2, tag_best_checkpoints=False)
     first, second = CheckpointManager(repo, config, "exp"), CheckpointManager(repo, config, "exp")
-    for step in range(3):
-        save(first, step)  # first's retention rewrites the branch: second's ids go stale
-    save(second, 3)
-    assert [c.step for c in second.checkpoints] == [2, 3]
-    assert {c.commit_hash for c in second.checkpoints} == {c.commit_hash for c in repo.log()}
+    for step in range(4):
+        save(first, step)
+        save(second, 100 + step)
+    assert [c.step for c in first.checkpoints] == [2, 3]
+    assert [c.step for c in second.checkpoints] == [102, 103]
+    assert len(repo.log()) == 8
+    runs = {r.run_id: r for r in list_runs(repo)}
+    assert {first.run_id, second.run_id} == set(runs)
+    assert [c.record.step for c in runs[first.run_id].checkpoints] == [0, 1, 2, 3]
+    assert runs[first.run_id].kept == 2
+
+
+def test_a_pinned_or_tagged_checkpoint_keeps_its_weights(repo: Repository) -> None:
+    config = CheckpointConfig(max_checkpoints=1, tag_best_checkpoints=False)
+    manager = CheckpointManager(repo, config, "exp")
+    first = save(manager, 0)
+    repo.pin(first)
+    second = save(manager, 1)
+    repo.tag_version("v-second", ref=second)
+    save(manager, 2)
+    save(manager, 3)
+    assert repo.weights_status(first) == repo.weights_status(second) == "kept"
+    assert (
+        repo.get_weight("encoder.weight", first).data == make_weights(0)["encoder.weight"].data
+    ).all()
+    assert repo.pins() == [first]
+    repo.unpin(first)
+    with pytest.raises(RefNotFoundError):
+        repo.unpin(first)
+    assert repo.weights_status(first) == "pruned"  # retention's mark applies again
+    repo.gc()
+    with pytest.raises(PrunedCommitError):
+        repo.get_all_weights(first)
+    with pytest.raises(PrunedCommitError, match="pruned"):
+        repo.pin(first)  # gone: nothing to pin
+    assert repo.verify().ok
+
+
+def test_diff_and_checkout_of_a_pruned_checkpoint(repo: Repository) -> None:
+    config = CheckpointConfig(
+        max_checkpoints=1, save_on_best_metric="loss", tag_best_checkpoints=False
+    )
+    manager = CheckpointManager(repo, config, "exp")
+    old = save(manager, 0, loss=1.0)
+    new = save(manager, 1, loss=0.5)
+    diff = repo.diff(old, new)
+    assert diff.weights_gone == (old,)
+    assert diff.tensors == {}
+    assert diff.metrics["loss"] == (1.0, 0.5)
+    with pytest.raises(PrunedCommitError):
+        repo.checkout(old)
+    with pytest.raises(PrunedCommitError):
+        repo.training_state(old)
+    assert repo.current_branch == "main"
 
 
 def test_a_run_resumed_from_an_older_checkpoint_branches_off_there(
@@ -191,20 +288,26 @@ def test_a_run_resumed_from_an_older_checkpoint_branches_off_there(
     first = CheckpointManager(repo, config, "exp")
     ids = {step: save(first, step) for step in (10, 20, 30)}
     resumed = CheckpointManager(repo, config, "exp")  # a new process, loaded step 10
+    resumed.resume_from(ids[10])
     with caplog.at_level("WARNING", logger="coral.checkpoint"):
         save(resumed, 15)
     assert "main-from-step-10" in caplog.text
     assert resumed.branch == "main-from-step-10"
-    assert [c.step for c in resumed.checkpoints] == [10, 15]
+    assert resumed.parent_run == first.run_id != resumed.run_id
+    assert [c.step for c in resumed.checkpoints] == [15]
     latest = resumed.latest
     assert latest is not None
     assert repo.read_commit(latest.commit_hash).parent_hashes == (ids[10],)
-    assert [c.step for c in CheckpointManager(repo, config, "exp").checkpoints] == [10, 20, 30]
+    assert [c.step for c in first.checkpoints] == [10, 20, 30]
     save(resumed, 25)  # later saves follow the new branch
-    assert [c.step for c in resumed.checkpoints] == [10, 15, 25]
+    assert [c.step for c in resumed.checkpoints] == [15, 25]
     again = CheckpointManager(repo, config, "exp")  # from step 10 once more: another branch
+    again.resume_from(ids[10])
     save(again, 12)
     assert again.branch == "main-from-step-10-2"
-    fresh = CheckpointManager(repo, config, "exp")  # steps below every checkpoint: a new run
-    save(fresh, 5)
-    assert fresh.branch == "main"
+    newest = CheckpointManager(repo, config, "exp")  # from the run's newest: the same run
+    newest.resume_from(ids[30])
+    save(newest, 40)
+    assert newest.run_id == first.run_id
+    assert newest.branch == "main"
+    assert [c.step for c in newest.checkpoints] == [10, 20, 30, 40]

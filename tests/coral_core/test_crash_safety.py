@@ -322,7 +322,7 @@ def test_gc_stopped_at_any_point_of_its_deletions_leaves_a_sound_repository(
         repo.commit("scratch", weights=weights_for(SCRATCH_SEED + step), branch="tmp")
     repo.delete_branch("tmp")
     keep = reachable_objects(repo)
-    order = in_deletion_order(repo, [i for i in repo.objects.iter_ids() if i not in keep])
+    order = in_deletion_order(repo.objects, [i for i in repo.objects.iter_ids() if i not in keep])
     assert repo.gc(dry_run=True).removed_objects == len(order)
     for done, object_id in enumerate(order, start=1):
         repo.objects.delete(object_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +11,20 @@ import pytest
 
 from coral_core import (
     FORMAT_VERSION,
+    CheckpointConfig,
+    CheckpointManager,
     CoralError,
     Repository,
     RepositoryNotFoundError,
+    TrainingState,
     UnsupportedFormatError,
     bit_view,
 )
+from coral_core.runs import list_runs
+
+from .data.make_format_v1 import weights as v1_weights
+
+DATA = Path(__file__).parent / "data"
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -165,3 +174,42 @@ def test_opening_through_the_coral_folder(tmp_path: Path) -> None:
     again = Repository(tmp_path / ".coral")
     assert again.path == tmp_path.absolute()
     assert again.resolve("HEAD") == commit.commit_hash
+
+
+def test_a_format_1_repository_opens_migrates_and_keeps_every_commit(tmp_path: Path) -> None:
+    """A repository the release before append-only history wrote (its retention
+    rewrote the branch and kept a moving best tag) opens, migrates to this
+    format, and every commit reads back bit for bit."""
+    with tarfile.open(DATA / "format_v1.tar.gz") as archive:
+        archive.extractall(tmp_path, filter="data")
+    root = tmp_path / "repo"
+    expected = json.loads((root / "expected.json").read_text())
+    repo = Repository(root)
+    assert repo.config.get("core.format_version") == FORMAT_VERSION == 2
+    assert [c.message for c in repo.log()] == expected["log"]
+    for commit in repo.log(all_refs=True):
+        step = {"base model": 100, "feature work": 200}.get(commit.message)
+        step = step if step is not None else int(commit.message.rsplit(" ", 1)[-1])
+        for name, array in v1_weights(step).items():
+            restored = repo.get_weight(name, commit.commit_hash).data
+            assert np.array_equal(bit_view(restored), bit_view(array)), (commit.message, name)
+    assert [t.name for t in repo.list_tags()] == ["v1"]  # the moving best tag is a pointer now
+    (run,) = list_runs(repo)
+    assert (run.experiment, run.run_id) == ("exp", "legacy")
+    assert [c.record.step for c in run.checkpoints] == expected["kept_steps"]
+    best = repo.show("exp/best")
+    assert best.metadata.metadata["coral.checkpoint"]["step"] == expected["best_step"]
+    assert repo.resolve("exp/last") == repo.resolve("main")
+    assert repo.verify().ok
+    assert Repository(root).config.get("core.format_version") == 2  # once is enough
+
+    config = CheckpointConfig(save_on_best_metric="loss", max_checkpoints=2)
+    manager = CheckpointManager(repo, config, "exp")  # the legacy run goes on where it was
+    manager.resume_from(repo.resolve("exp/last"))
+    assert manager.run_id == "legacy"
+    assert [c.step for c in manager.checkpoints] == expected["kept_steps"]
+    state = TrainingState(epoch=6, global_step=6, metrics={"loss": 0.1})
+    newest = manager.save(v1_weights(6), state)
+    assert repo.resolve("exp/best") == repo.resolve("exp/last") == newest.commit_hash
+    assert [c.step for c in manager.checkpoints] == [5, 6]
+    assert len(repo.log()) == len(expected["log"]) + 1  # nothing rewritten

@@ -28,7 +28,6 @@ from coral_core import (
 )
 from coral_core.objects import ObjectDatabase, ObjectKind, object_key
 from coral_core.remote import copy_objects
-from coral_core.testing.s3_server import ACCESS_KEY, REGION, SECRET_KEY, s3_server  # noqa: F401
 
 from .conftest import flip_last_bit
 
@@ -45,23 +44,6 @@ def model(step: int, size: int = 64 * 1024) -> dict[str, np.ndarray]:
 
 def history(repo: Repository) -> dict[str, list[str]]:
     return {b.name: [c.commit_hash for c in repo.log(b.name)] for b in repo.list_branches()}
-
-
-@pytest.fixture(params=["folder", "s3"])
-def remote_url(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> str:
-    """A remote: a folder, or a bucket on the real S3 server of the test session
-    (reached the way users reach theirs: the endpoint and credentials from the environment)."""
-    if request.param == "folder":
-        return str(tmp_path / "remote")
-    server = request.getfixturevalue("s3_server")
-    config = server.make_bucket()
-    monkeypatch.setenv("CORAL_S3_ENDPOINT_URL", server.endpoint_url)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    return f"s3://{config.bucket}/team/models"
 
 
 @pytest.fixture

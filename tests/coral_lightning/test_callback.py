@@ -104,18 +104,21 @@ def test_commits_follow_the_policy_with_metrics_state_and_best_tag(tmp_path: Pat
     assert len(kept) <= 3  # the two best and the newest
     assert kept[-1].step == trainer.global_step == 24
     assert kept[-1].epoch == 3
-    assert [c.commit_hash for c in repo.log()] == [c.commit_hash for c in kept[::-1]]
+    history = callback.manager.history  # every checkpoint stays a commit; pruned ones lose weights
+    assert [c.commit_hash for c in repo.log()] == [c.commit_hash for c in history[::-1]]
+    assert {c.commit_hash for c in history if c.kept} == {c.commit_hash for c in kept}
+    assert all(repo.weights_status(c.commit_hash) == "pruned" for c in history if not c.kept)
     assert repo.resolve("TinyClassifier/best") == best.commit_hash
     assert callback.best_model_path == f"coral://{best.commit_hash}"
 
     newest = repo.show(kept[-1].commit_hash)
     assert {"val_loss", "val_accuracy", "train_loss"} <= set(newest.metrics)
     assert newest.metrics["val_loss"] == pytest.approx(float(trainer.callback_metrics["val_loss"]))
-    assert newest.metadata.metadata[CHECKPOINT_KEY] == {
-        "experiment": "TinyClassifier",
-        "epoch": 3,
-        "step": 24,
-    }
+    record = newest.metadata.metadata[CHECKPOINT_KEY]
+    assert record["experiment"] == "TinyClassifier"
+    assert (record["epoch"], record["step"], record["index"]) == (3, 24, len(history))
+    assert record["run"] == callback.manager.run_id
+    assert (record["monitor"], record["minimize"]) == ("val_loss", True)
     for name, tensor in load_state_dict(repo, newest.commit_hash).items():
         assert torch.equal(tensor, model.state_dict()[name]), name
     state = repo.training_state(newest.commit_hash)

@@ -36,7 +36,12 @@ def fit_with_model_checkpoint(
 
 
 def saved_paths(repo: Repository) -> list[str]:
-    return [c.metadata.metadata[PATH_KEY] for c in repo.log()]
+    """The paths of the checkpoints whose weights are kept (pruned ones stay in the log)."""
+    return [
+        c.metadata.metadata[PATH_KEY]
+        for c in repo.log()
+        if repo.weights_status(c.commit_hash) == "kept"
+    ]
 
 
 def test_model_checkpoint_top_k_and_last_are_the_branch_commits(tmp_path: Path) -> None:
@@ -57,7 +62,10 @@ def test_model_checkpoint_top_k_and_last_are_the_branch_commits(tmp_path: Path) 
     assert repo.show(last).metadata.metadata["coral.checkpoint"]["step"] == trainer.global_step
     for name, tensor in load_state_dict(repo, last).items():
         assert torch.equal(tensor, model.state_dict()[name]), name
-    assert repo.gc().removed_objects > 0  # what dropped checkpoints held alone
+    pruned = [c for c in repo.log() if repo.weights_status(c.commit_hash) == "pruned"]
+    assert pruned  # every checkpoint ModelCheckpoint saved stays in history...
+    assert len(repo.log()) == len(pruned) + len(saved_paths(repo))
+    assert repo.gc().removed_objects == 0  # ...and what only removed ones held is freed already
     assert repo.verify().ok
 
 
@@ -99,10 +107,15 @@ def test_saving_to_a_path_again_replaces_the_commit(tmp_path: Path) -> None:
     trainer.save_checkpoint(tmp_path / "manual.ckpt")
     paths = saved_paths(io.repo)
     assert paths.count(str(tmp_path / "manual.ckpt")) == 1
+    manual = io.resolve(tmp_path / "manual.ckpt")
     io.remove_checkpoint(tmp_path / "manual.ckpt")
     io.remove_checkpoint(tmp_path / "never-saved.ckpt")  # nothing there: nothing to do
+    assert io.repo.weights_status(manual) == "kept"  # the branch's tip keeps its weights...
+    trainer.save_checkpoint(tmp_path / "other.ckpt")
+    assert io.repo.weights_status(manual) == "pruned"  # ...until the branch moves on
     assert str(tmp_path / "manual.ckpt") not in saved_paths(io.repo)
-    assert len(saved_paths(io.repo)) == 1
+    assert len(saved_paths(io.repo)) == 2
+    assert len(io.repo.log()) == 4  # every save stays a commit
 
 
 def test_any_commit_validates_as_a_weights_only_checkpoint(tmp_path: Path) -> None:

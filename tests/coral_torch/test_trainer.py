@@ -221,15 +221,17 @@ def test_resuming_an_older_checkpoint_trains_on_a_branch_from_it(tmp_path: Path)
     repo = Repository(tmp_path, init=True)
     config = CheckpointConfig(save_every_n_epochs=1)
     train, _ = loaders()
-    trainer_for(repo, config).fit(train, epochs=3)  # checkpoints at steps 6, 12, 18
+    first = trainer_for(repo, config)
+    first.fit(train, epochs=3)  # checkpoints at steps 6, 12, 18
     first_run = [c.commit_hash for c in repo.log()]
-    again = trainer_for(repo, config)
-    step_6 = again.manager.checkpoints[0]
+    again = trainer_for(repo, config)  # another process
+    step_6 = first.manager.checkpoints[0]
     assert again.load_checkpoint(ref=step_6.commit_hash).global_step == 6
     again.fit(train, epochs=2)  # epoch 1 again: step 12 of a second lineage
     assert again.manager.branch == "main-from-step-6"
-    assert [c.step for c in again.manager.checkpoints] == [6, 12]
-    assert repo.read_commit(again.manager.checkpoints[1].commit_hash).parent_hashes == (
+    assert [c.step for c in again.manager.checkpoints] == [12]  # a new run, from step 6
+    assert again.manager.parent_run == step_6.run_id
+    assert repo.read_commit(again.manager.checkpoints[0].commit_hash).parent_hashes == (
         step_6.commit_hash,
     )
     assert [c.commit_hash for c in repo.log("main")] == first_run  # the first run, untouched

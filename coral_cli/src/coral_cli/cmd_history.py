@@ -10,7 +10,7 @@ import click
 from coral_cli.main import Env, pass_env
 from coral_cli.output import table, user_errors
 from coral_cli.parsing import metric_filters
-from coral_cli.views import commit_data, tags_by_commit, when
+from coral_cli.views import commit_data, tags_by_commit, weights_marker, when
 from coral_core import CommitDiff
 
 
@@ -46,7 +46,10 @@ def log(
             commits = [c for c in commits if c.commit_hash in passing]
         commits = commits[:max_count] if max_count else commits
         tags = tags_by_commit(repo)
-    data = [commit_data(c, tags) for c in commits]
+        view = repo.weights_view()
+    data = [
+        commit_data(c, tags, view.status(c.commit_hash, list(c.trees.values()))) for c in commits
+    ]
 
     def render(rows: list[dict[str, Any]]) -> str:
         if not rows:
@@ -54,6 +57,7 @@ def log(
         lines = []
         for row, marker in zip(rows, _graph(rows) if graph else [""] * len(rows), strict=True):
             decoration = f" ({', '.join('tag: ' + t for t in row['tags'])})" if row["tags"] else ""
+            decoration += weights_marker(row["weights"])
             metrics = " ".join(f"{k}={_short(v)}" for k, v in row["metrics"].items())
             if oneline:
                 lines.append(f"{marker}{row['commit'][:12]}{decoration} {row['message']}")
@@ -111,7 +115,19 @@ def _diff_data(diff: CommitDiff) -> dict[str, Any]:
                 "cosine_similarity": stats.cosine_similarity if stats else None,
             }
         )
-    return {"from": diff.commit_a, "to": diff.commit_b, "tensors": tensors}
+    return {
+        "from": diff.commit_a,
+        "to": diff.commit_b,
+        "tensors": tensors,
+        "metrics": {m: list(values) for m, values in diff.metrics.items()},
+        "weights_gone": list(diff.weights_gone),
+    }
+
+
+def _gone(d: dict[str, Any]) -> str:
+    """The line saying a compared commit's weights are gone (pruned or shallow)."""
+    shown = ", ".join(c[:12] for c in d["weights_gone"])
+    return f"the weights of {shown} are gone (pruned or not fetched): only metrics are compared"
 
 
 @click.command()
@@ -148,6 +164,10 @@ def diff(env: Env, ref_a: str, ref_b: str | None, show_all: bool, plot: Path | N
             counts[t["status"]] = counts.get(t["status"], 0) + 1
         summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
         head = f"{d['from'][:12]}..{d['to'][:12]}: {summary or 'no tensors'}"
+        if d["weights_gone"]:
+            metrics = [(m, *values) for m, values in d["metrics"].items()]
+            text = f"{d['from'][:12]}..{d['to'][:12]}: {_gone(d)}"
+            return text + ("\n" + table(("metric", "from", "to"), metrics) if metrics else "")
         if not rows:
             return head
         columns = ("name", "status", "shape", "rel. L2", "max |change|", "cosine")
@@ -189,12 +209,12 @@ def compare(env: Env, ref_a: str, ref_b: str) -> None:
         repo = env.repo()
         a, b = repo.show(ref_a), repo.show(ref_b)
         changes = _diff_data(repo.diff(a.commit_hash, b.commit_hash))
-    metrics = sorted(set(a.metrics) | set(b.metrics))
     modified = [t for t in changes["tensors"] if t["status"] == "modified"]
     data = {
         "a": a.commit_hash,
         "b": b.commit_hash,
-        "metrics": {m: [a.metrics.get(m), b.metrics.get(m)] for m in metrics},
+        "metrics": changes["metrics"],
+        "weights_gone": changes["weights_gone"],
         "tensors": {
             status: sum(1 for t in changes["tensors"] if t["status"] == status)
             for status in ("added", "removed", "modified", "unchanged")
@@ -205,6 +225,8 @@ def compare(env: Env, ref_a: str, ref_b: str) -> None:
     def render(d: dict[str, Any]) -> str:
         rows = [(m, *values) for m, values in d["metrics"].items()]
         text = table(("metric", ref_a, ref_b), rows, right=(1, 2)) if rows else "no metrics"
+        if d["weights_gone"]:
+            return f"{text}\n\n{_gone({'weights_gone': d['weights_gone']})}"
         counts = ", ".join(f"{n} {s}" for s, n in d["tensors"].items())
         return f"{text}\n\ntensors: {counts}; largest relative L2 change {d['max_relative_l2']:.4g}"
 

@@ -77,7 +77,9 @@ def checkout(env: Env, ref: str, new_branch: str | None, force: bool) -> None:
 @click.argument("ref", required=False)
 @click.option("-d", "--description", help="What this version is.")
 @click.option("--metric", "metrics", multiple=True, metavar="KEY=VALUE", help="Repeatable.")
-@click.option("-f", "--force", is_flag=True, help="Move the tag if it exists.")
+@click.option(
+    "-f", "--force", is_flag=True, help="Replace the tag if it exists (tags do not move otherwise)."
+)
 @click.option(
     "--list", "pattern", is_flag=False, flag_value="*", help="List tags [matching a glob]."
 )
@@ -207,4 +209,39 @@ def merge(
     env.output.emit(data, render)
 
 
-COMMANDS = [branch, checkout, tag, merge]
+@click.command()
+@click.argument("ref", required=False)
+@pass_env
+def pin(env: Env, ref: str | None) -> None:
+    """Keep REF's weights whatever retention decides (pins push and fetch); list pins.
+
+    Example: coral-ml pin exp/best
+    """
+    with user_errors():
+        repo = env.repo()
+        if ref is not None:
+            commit = repo.pin(ref)
+            env.output.emit({"pinned": commit}, lambda d: f"pinned {commit[:12]} ({ref})")
+            return
+        pins = [repo.show(c) for c in repo.pins()]
+    data = [{"commit": c.commit_hash, "message": c.message} for c in pins]
+    env.output.emit(
+        data,
+        lambda rows: "\n".join(f"{r['commit'][:12]}  {r['message']}" for r in rows) or "no pins",
+    )
+
+
+@click.command()
+@click.argument("ref")
+@pass_env
+def unpin(env: Env, ref: str) -> None:
+    """Let retention decide about REF's weights again.
+
+    Example: coral-ml unpin exp/best
+    """
+    with user_errors():
+        commit = env.repo().unpin(ref)
+    env.output.emit({"unpinned": commit}, lambda d: f"unpinned {commit[:12]} ({ref})")
+
+
+COMMANDS = [branch, checkout, tag, merge, pin, unpin]

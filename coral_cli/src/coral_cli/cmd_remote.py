@@ -45,7 +45,7 @@ def render_transfer(verb: str) -> Callable[[dict[str, Any]], str]:
         lines = [f"{verb} {d['objects']} objects ({human_bytes(d['bytes'])})"]
         for ref, move in d["refs"].items():
             old = (move["old"] or "new")[:12]
-            lines.append(f"  {ref}: {old} -> {move['new'][:12]}")
+            lines.append(f"  {ref}: {old} -> {(move['new'] or 'deleted')[:12]}")
         return "\n".join(lines)
 
     return render
@@ -94,10 +94,19 @@ def remote_list(env: Env) -> None:
 @click.argument("remote_name", default="origin")
 @click.argument("branches", nargs=-1)
 @click.option("--all", "all_branches", is_flag=True, help="Push every branch.")
-@click.option("--tags", is_flag=True, help="Push every tag too.")
+@click.option("--tags", is_flag=True, help="Push every tag too (a changed tag needs --force).")
 @click.option(
-    "-f", "--force", is_flag=True, help="Replace remote branches even if that drops commits."
+    "-f",
+    "--force",
+    is_flag=True,
+    help="Replace remote branches and tags even if that drops commits there.",
 )
+@click.option(
+    "--force-with-lease",
+    is_flag=True,
+    help="Replace a remote branch only if it is where the last fetch saw it.",
+)
+@click.option("-d", "--delete", "delete", multiple=True, metavar="BRANCH", help="Delete it there.")
 @pass_env
 def push(
     env: Env,
@@ -106,35 +115,58 @@ def push(
     all_branches: bool,
     tags: bool,
     force: bool,
+    force_with_lease: bool,
+    delete: tuple[str, ...],
 ) -> None:
     """Send branches (the current one by default) to a remote; only missing objects travel.
 
+    Their runs' pointers, pins and prune marks go along; pruned weights stay behind.
     Example: coral-ml push origin main --tags
     """
     with user_errors():
         repo = env.repo()
         names = [b.name for b in repo.list_branches() if b.commit] if all_branches else None
+        chosen = names or list(branches) or (None if not delete else [])
         with transfer_progress(env.output, "pushing") as progress:
             result = repo.push(
                 remote_name,
-                names or list(branches) or None,
+                chosen,
                 tags=tags,
                 force=force,
+                force_with_lease=force_with_lease,
+                delete=list(delete),
                 progress=progress,
             )
     env.output.emit(transfer_data(result), render_transfer("sent"))
 
 
+DEPTH = click.IntRange(min=1)
+
+
 @click.command()
 @click.argument("remote_name", default="origin")
+@click.argument("ref", required=False)
+@click.option("--depth", type=DEPTH, help="Weights of the newest N commits only (shallow).")
+@click.option("--deepen", type=DEPTH, help="Weights of N more generations of shallow commits.")
+@click.option("--unshallow", is_flag=True, help="Weights of every shallow commit.")
 @pass_env
-def fetch(env: Env, remote_name: str) -> None:
-    """Bring a remote's branches (as REMOTE/BRANCH) and tags here, verified.
+def fetch(
+    env: Env,
+    remote_name: str,
+    ref: str | None,
+    depth: int | None,
+    deepen: int | None,
+    unshallow: bool,
+) -> None:
+    """Bring a remote's branches (as REMOTE/BRANCH), tags, run pointers, pins and
+    prune marks here, verified; REF fetches one branch or tag.
 
-    Example: coral-ml fetch origin
+    Example: coral-ml fetch origin main --depth 1
     """
     with user_errors(), transfer_progress(env.output, "fetching") as progress:
-        result = env.repo().fetch(remote_name, progress)
+        result = env.repo().fetch(
+            remote_name, ref, depth=depth, deepen=deepen, unshallow=unshallow, progress=progress
+        )
     env.output.emit(transfer_data(result), render_transfer("received"))
 
 
@@ -160,20 +192,32 @@ def pull(env: Env, remote_name: str, branch: str | None, strategy: str) -> None:
 @click.command("clone")
 @click.argument("url")
 @click.argument("path", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--depth", type=DEPTH, help="Weights of the newest N commits of each branch only.")
 @pass_env
-def clone(env: Env, url: str, path: Path | None) -> None:
+def clone(env: Env, url: str, path: Path | None, depth: int | None) -> None:
     """Copy a remote repository into a new folder (PATH, or the URL's last part).
 
-    Example: coral-ml clone s3://models/bert bert
+    Example: coral-ml clone --depth 1 s3://models/bert bert
     """
     target = path or Path(url.rstrip("/").rsplit("/", 1)[-1] or "repo")
+    moved = {"objects": 0, "bytes": 0}
     with user_errors():
         with transfer_progress(env.output, "cloning") as progress:
-            repo: Repository = clone_repository(url, target, progress)
+
+            def received(size: int) -> None:
+                moved["objects"] += 1
+                moved["bytes"] += size
+                if progress is not None:
+                    progress(size)
+
+            repo: Repository = clone_repository(url, target, received, depth=depth)
         branches = [b.name for b in repo.list_branches()]
     env.output.emit(
-        {"path": str(repo.path), "branches": branches},
-        lambda d: f"cloned into {d['path']} ({len(branches)} branches)",
+        {"path": str(repo.path), "branches": branches, **moved},
+        lambda d: (
+            f"cloned into {d['path']} ({len(branches)} branches; received {d['objects']} "
+            f"objects, {human_bytes(d['bytes'])})"
+        ),
     )
 
 

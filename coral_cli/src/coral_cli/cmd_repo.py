@@ -107,15 +107,22 @@ def config(env: Env, list_all: bool, key: str | None, value: str | None) -> None
 def stats(env: Env) -> None:
     """How much the repository holds and how much it saves.
 
-    logical_bytes counts every tensor of every commit; stored_bytes is what the
-    object store holds. Example: coral-ml stats --json
+    logical_bytes counts every tensor of every commit whose weights are here
+    (pruned and shallow commits have none); stored_bytes is what the object
+    store holds. Example: coral-ml stats --json
     """
     with user_errors():
         repo = env.repo()
         commits = list(repo.iter_commits(repo.ref_commits()))
+        view = repo.weights_view()
         logical = 0
         tensors: set[str] = set()
+        without: dict[str, int] = {"pruned": 0, "shallow": 0}
         for commit in commits:
+            status = view.status(commit.commit_hash, list(commit.trees.values()))
+            if status != "kept":
+                without[status] += 1
+                continue
             for entry in repo.read_tree(commit.tree_hash).values():
                 logical += entry.nbytes
                 tensors.add(entry.tensor)
@@ -123,6 +130,8 @@ def stats(env: Env) -> None:
         stored = sum(repo.objects.stored_size(i) for i in ids)
     data = {
         "commits": len(commits),
+        "pruned_commits": without["pruned"],
+        "shallow_commits": without["shallow"],
         "branches": len(repo.refs.list_refs(HEADS)),
         "tags": len(repo.refs.list_refs(TAGS)),
         "tensors": len(tensors),
@@ -136,6 +145,8 @@ def stats(env: Env) -> None:
         ratio = f"{d['ratio']:.2f}x" if d["ratio"] else "-"
         rows = [
             ("commits", d["commits"]),
+            ("  weights pruned", d["pruned_commits"]),
+            ("  weights not fetched (shallow)", d["shallow_commits"]),
             ("branches", d["branches"]),
             ("tags", d["tags"]),
             ("distinct tensors", d["tensors"]),
@@ -187,14 +198,20 @@ def verify(env: Env) -> None:
 
 @click.command()
 @click.option("--dry-run", is_flag=True, help="Show what would be deleted.")
+@click.option(
+    "--remote",
+    metavar="NAME",
+    help="Collect on this remote instead (safe while others push: pushes wait for it).",
+)
 @pass_env
-def gc(env: Env, dry_run: bool) -> None:
-    """Delete objects no branch, tag, HEAD or staged tensor uses.
+def gc(env: Env, dry_run: bool, remote: str | None) -> None:
+    """Delete objects no branch, tag, run pointer, pin, HEAD or staged tensor
+    uses, and the weights of pruned checkpoints.
 
-    Example: coral-ml gc --dry-run
+    Example: coral-ml gc --dry-run; coral-ml gc --remote origin
     """
     with user_errors(), env.output.counter("objects deleted") as progress:
-        result = env.repo().gc(dry_run=dry_run, progress=progress)
+        result = env.repo().gc(dry_run=dry_run, progress=progress, remote=remote)
     verb = "would remove" if dry_run else "removed"
     env.output.emit(
         dataclasses.asdict(result),

@@ -13,7 +13,7 @@ from coral_cli.cmd_publish import hf_module
 from coral_cli.main import Env, pass_env
 from coral_cli.output import Output, human_bytes, table, user_errors
 from coral_cli.parsing import metric_pairs
-from coral_cli.views import commit_data, tags_by_commit, tree_data, when
+from coral_cli.views import commit_data, tags_by_commit, tree_data, weights_marker, when
 from coral_core import TensorMismatchError, format_for
 
 metric_option = click.option(
@@ -107,8 +107,9 @@ def show(env: Env, ref: str) -> None:
     with user_errors():
         repo = env.repo()
         found = repo.show(ref)
-        rows = tree_data(repo, found)
-        data = commit_data(found, tags_by_commit(repo))
+        weights = repo.weights_status(found.commit_hash)
+        rows = tree_data(repo, found) if weights == "kept" else []
+        data = commit_data(found, tags_by_commit(repo), weights)
     data.update(
         metadata=found.metadata.metadata,
         tensors=len(rows),
@@ -129,10 +130,13 @@ def show(env: Env, ref: str) -> None:
         lines += ["", f"    {d['message']}", ""]
         if d["metrics"]:
             lines.append("Metrics: " + ", ".join(f"{k}={v}" for k, v in d["metrics"].items()))
-        lines.append(
-            f"Tensors: {d['tensors']} ({human_bytes(d['bytes'])}; "
-            f"new in this commit: {human_bytes(d['new_stored_bytes'])} stored)"
-        )
+        if d["weights"] != "kept":
+            lines.append(f"Tensors:{weights_marker(d['weights'])}")
+        else:
+            lines.append(
+                f"Tensors: {d['tensors']} ({human_bytes(d['bytes'])}; "
+                f"new in this commit: {human_bytes(d['new_stored_bytes'])} stored)"
+            )
         if d["lossy"]:
             lines.append(
                 f"Lossy: {d['lossy']['type']} (max error {d['lossy']['max_abs_error']:.3g})"

@@ -17,8 +17,11 @@ def tags_by_commit(repo: Repository) -> dict[str, list[str]]:
     return found
 
 
-def commit_data(commit: Commit, tags: dict[str, list[str]]) -> dict[str, Any]:
-    """A commit as ``log --json`` and ``show --json`` print it."""
+def commit_data(
+    commit: Commit, tags: dict[str, list[str]], weights: str = "kept"
+) -> dict[str, Any]:
+    """A commit as ``log --json`` and ``show --json`` print it; ``weights`` is
+    ``kept``, ``pruned`` or ``shallow`` (see ``Repository.weights_status``)."""
     return {
         "commit": commit.commit_hash,
         "parents": list(commit.parent_hashes),
@@ -30,7 +33,15 @@ def commit_data(commit: Commit, tags: dict[str, list[str]]) -> dict[str, Any]:
         "tags": sorted(tags.get(commit.commit_hash, [])),
         "lossy": commit.lossy,
         "training_state": commit.training is not None,
+        "weights": weights,
     }
+
+
+def weights_marker(weights: str) -> str:
+    """What ``log`` and ``show`` print beside a commit whose weights are gone."""
+    return {"pruned": " [pruned: weights gone]", "shallow": " [shallow: weights not fetched]"}.get(
+        weights, ""
+    )
 
 
 def when(timestamp: float) -> str:
@@ -42,11 +53,10 @@ def tree_data(repo: Repository, commit: Commit) -> list[dict[str, Any]]:
     """Each tensor of a commit with its stored size and how it is stored:
     ``dedup`` (the parent has these bytes already), ``delta`` (some chunk is a
     delta against another) or ``full``."""
-    tree = repo.read_tree(commit.tree_hash)
+    tree = repo.tree_at(commit.commit_hash)
     parent_ids: set[str] = set()
-    if commit.parent_hashes:
-        parent = repo.read_commit(commit.parent_hashes[0])
-        parent_ids = {e.tensor for e in repo.read_tree(parent.tree_hash).values()}
+    if commit.parent_hashes and repo.weights_status(commit.parent_hashes[0]) == "kept":
+        parent_ids = {e.tensor for e in repo.tree_at(commit.parent_hashes[0]).values()}
     rows = []
     for name, entry in tree.items():
         stored, storage = 0, "full"

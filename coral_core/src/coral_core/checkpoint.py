@@ -3,40 +3,57 @@
 Every framework package (the PyTorch ``CoralTrainer``, the Lightning, Hugging
 Face and Keras callbacks) drives one :class:`CheckpointManager`: it asks
 ``should_save_step`` / ``should_save_epoch``, hands over a snapshot with
-``save``, and the manager commits it with its :class:`TrainingState`, tags the
-best, and forgets checkpoints the retention rules no longer keep by rewriting
-the branch's history without them (``Repository.drop_commits``), so ``gc``
-can free what only they used.
+``save``, and the manager commits it with its :class:`TrainingState`, moves
+the run's ``best`` and ``last`` pointers in the same step, and prunes the
+weights of checkpoints the retention rules no longer keep. History is
+append-only: a pruned checkpoint keeps its commit (message, metrics, step,
+parents, run); only its weights and training state are freed, at once.
 
-A checkpoint is a commit whose metadata holds ``coral.checkpoint`` (the
-experiment's name, epoch and step); a manager opened on a branch that already
-has checkpoints of its experiment picks up where the last process stopped.
-A run resumed from an older checkpoint than the newest goes on a branch of its
-own that starts there, so the history shows what each checkpoint descends
-from and the newer checkpoints of the first run stay where they were.
+Each manager is one training run with an id of its own (see
+:mod:`coral_core.runs`), so a rerun under the same experiment name neither
+shares retention with an earlier run nor hides it. A process that resumes
+tells its manager with :meth:`CheckpointManager.resume_from`: resumed from
+the run's newest checkpoint, it goes on with that run; resumed from an older
+one, it becomes a new run on a branch of its own that starts there, so the
+first run's newer checkpoints stay where they were. With
+``CheckpointConfig(push_to="origin")`` checkpoints are pushed in the
+background as they are made (see :mod:`coral_core.pusher`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import math
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, Literal
 
+from coral_core.availability import KEPT
 from coral_core.errors import ConfigError, CoralError, RefNotFoundError
 from coral_core.model import Commit
+from coral_core.pusher import BackgroundPusher, pusher_for
 from coral_core.refnames import validate_ref_name
-from coral_core.refs import HEADS
+from coral_core.runs import (
+    BEST,
+    CHECKPOINT_KEY,
+    LAST,
+    LEGACY_RUN,
+    CheckpointRecord,
+    experiment_pointer,
+    find_run,
+    metric_value,
+    new_run_id,
+    pointer_ref,
+    validate_run_id,
+)
 from coral_core.training_state import TrainingState
 
 if TYPE_CHECKING:
     from coral_core.repository import Repository, Weight
 
-_log = logging.getLogger("coral.checkpoint")
+__all__ = ["CHECKPOINT_KEY", "Checkpoint", "CheckpointConfig", "CheckpointManager"]
 
-#: Commit metadata key that marks a checkpoint: ``{"experiment", "epoch", "step"}``.
-CHECKPOINT_KEY = "coral.checkpoint"
+_log = logging.getLogger("coral.checkpoint")
 #: Substrings of metric names that ``mode="auto"`` maximizes (as Keras' ``auto``).
 _HIGHER_IS_BETTER = ("acc", "auc", "f1", "precision", "recall", "score", "bleu", "rouge", "iou")
 
@@ -57,12 +74,21 @@ class CheckpointConfig:
         max_checkpoints: keep the n most recent checkpoints. The kept set is
             the union of both rules and always holds the newest checkpoint
             (and the tagged best); with neither set, every checkpoint stays.
+            A pruned checkpoint keeps its commit; its weights are freed.
         save_last: commit once more when training ends, unless the last
             checkpoint already holds the final step.
         auto_commit: commit on the schedule above; False commits only when asked.
-        tag_best_checkpoints: keep a tag ``<experiment>/best`` on the best checkpoint.
+        tag_best_checkpoints: keep the run's ``best`` pointer (``<experiment>/best``)
+            on its best checkpoint, and that checkpoint's weights.
         include_optimizer: store optimizer, scheduler and grad-scaler state too.
         branch: commit onto this branch (default: HEAD's branch when training starts).
+        push_to: a remote to push the run to (``"origin"``), in the background:
+            a training step waits no longer than for the commit itself, a
+            remote that is down is retried with backoff, and the end of
+            training waits for the pushes (as the Hugging Face Trainer's
+            ``push_to_hub``).
+        push_strategy: ``"every_save"`` (push after each checkpoint) or
+            ``"end"`` (once, when training ends); as ``hub_strategy``.
 
     Raises:
         ConfigError: for a value of the wrong type or out of range, or
@@ -81,6 +107,8 @@ class CheckpointConfig:
     tag_best_checkpoints: bool = True
     include_optimizer: bool = True
     branch: str | None = None
+    push_to: str | None = None
+    push_strategy: Literal["every_save", "end"] = "every_save"
 
     def __post_init__(self) -> None:
         for name in (
@@ -124,6 +152,15 @@ class CheckpointConfig:
             if not isinstance(self.branch, str):
                 raise ConfigError("CheckpointConfig.branch must be a branch name or None")
             validate_ref_name(self.branch)
+        if self.push_to is not None:
+            if not isinstance(self.push_to, str):
+                raise ConfigError("CheckpointConfig.push_to must be a remote's name or None")
+            validate_ref_name(self.push_to, "remote")
+        if self.push_strategy not in ("every_save", "end"):
+            raise ConfigError(
+                "CheckpointConfig.push_strategy must be 'every_save' or 'end', not "
+                f"{self.push_strategy!r}"
+            )
 
     @property
     def minimize(self) -> bool:
@@ -150,31 +187,46 @@ class CheckpointConfig:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """One checkpoint of an experiment: its commit, epoch, step and metrics."""
+    """One checkpoint of a run: its commit, epoch, step and metrics; ``kept``
+    is False once retention pruned its weights."""
 
     commit_hash: str
     epoch: int
     step: int
     metrics: dict[str, Any]
+    run_id: str = ""
+    kept: bool = True
 
 
 class CheckpointManager:
-    """Commits a training run's checkpoints by a :class:`CheckpointConfig`.
+    """Commits one training run's checkpoints by a :class:`CheckpointConfig`.
 
     Args:
         repo: the repository.
         config: the policy.
-        experiment_name: names the run's checkpoints (and the ``<name>/best`` tag).
+        experiment_name: names the run's checkpoints (and ``<name>/best``).
+        run_id: go on with this run (its checkpoints, retention and pointers);
+            default: a new run with a fresh id.
+        hyperparameters: recorded in every checkpoint of the run (JSON values).
 
     Raises:
         CoralError: when no branch is given and HEAD is detached.
+        ConfigError: for a bad name, run id or hyperparameters, or a
+            ``push_to`` remote the repository does not know.
     """
 
     def __init__(
-        self, repo: Repository, config: CheckpointConfig, experiment_name: str = "training"
+        self,
+        repo: Repository,
+        config: CheckpointConfig,
+        experiment_name: str = "training",
+        *,
+        run_id: str | None = None,
+        hyperparameters: Mapping[str, Any] | None = None,
     ) -> None:
         if not experiment_name or not isinstance(experiment_name, str):
             raise ConfigError("experiment_name must be a non-empty string")
+        validate_ref_name(f"{experiment_name}/best", "experiment name")
         self.repo = repo
         self.config = config
         self.experiment_name = experiment_name
@@ -185,54 +237,100 @@ class CheckpointManager:
                 "check out a branch or give CheckpointConfig(branch=...)"
             )
         self.branch = branch
-        self.best_tag = validate_ref_name(f"{experiment_name}/best", "tag")
-        self._checkpoints = self._scan()
+        self.hyperparameters = _json_values(hyperparameters or {})
+        self.run_id = validate_run_id(run_id) if run_id is not None else new_run_id()
+        self.parent_run: str | None = None
+        self._history: list[Checkpoint] = []
+        self._best_id: str | None = None
+        if run_id is not None:
+            self._adopt(run_id)
+        self._resumed_from: str | None = None
+        self._held: list[str] = []  # pruned, but a ref still holds their weights
+        self._pusher = pusher_for(repo, config.push_to) if config.push_to else None
+
+    @property
+    def pusher(self) -> BackgroundPusher | None:
+        """The background pusher of ``push_to`` (None without it)."""
+        return self._pusher
 
     # -- what is there -------------------------------------------------------------
 
+    def _adopt(self, run_id: str) -> None:
+        """Go on with run ``run_id``: its checkpoints, best, hyperparameters and parent."""
+        self.run_id = run_id
+        self._history = self._scan()
+        self._best_id = self._stored_best()
+        if self._history:
+            record = CheckpointRecord.of(self.repo.read_commit(self._history[-1].commit_hash))
+            if record is not None:
+                self.hyperparameters = self.hyperparameters or record.hyperparameters
+                self.parent_run = record.parent_run
+
+    def _pointer(self, pointer: str) -> str:
+        return pointer_ref(self.experiment_name, self.run_id, pointer)
+
     def _scan(self) -> list[Checkpoint]:
-        """This experiment's checkpoints on the branch, oldest first (first parents)."""
-        tip = self.repo.refs.read(HEADS + self.branch)
-        found = []
+        """This run's checkpoints, oldest first: first parents from its last pointer."""
+        found: list[Checkpoint] = []
+        tip = self.repo.refs.read(self._pointer(LAST))
+        if tip is None and self.run_id == LEGACY_RUN:  # a run format 1 made
+            tip = self.repo.branch_tip(self.branch)
         while tip is not None:
             commit = self.repo.read_commit(tip)
-            record = _record(commit, self.experiment_name)
-            if record is not None:
-                found.append(record)
+            record = CheckpointRecord.of(commit)
+            if record and record.experiment == self.experiment_name and record.run == self.run_id:
+                kept = self.repo.weights_status(tip) == KEPT
+                found.append(_checkpoint(commit, record, kept))
+                if record.index == 1:
+                    break
             tip = commit.parent_hashes[0] if commit.parent_hashes else None
         return found[::-1]
 
+    def _stored_best(self) -> str | None:
+        stored = self.repo.refs.read(self._pointer(BEST)) if self._history else None
+        if stored is not None:
+            return stored
+        ranked = self._ranked()
+        return ranked[0].commit_hash if ranked else None
+
     @property
     def checkpoints(self) -> list[Checkpoint]:
-        """The kept checkpoints of this experiment, oldest first."""
-        return list(self._checkpoints)
+        """The run's checkpoints whose weights are kept, oldest first."""
+        return [c for c in self._history if c.kept]
+
+    @property
+    def history(self) -> list[Checkpoint]:
+        """Every checkpoint of the run, pruned ones too, oldest first."""
+        return list(self._history)
 
     @property
     def latest(self) -> Checkpoint | None:
-        """The newest checkpoint, or None before the first."""
-        return self._checkpoints[-1] if self._checkpoints else None
+        """The run's newest checkpoint, or None before the first."""
+        return self._history[-1] if self._history else None
 
     @property
     def best(self) -> Checkpoint | None:
-        """The checkpoint with the best value of ``save_on_best_metric`` (the
-        earliest on ties), or None when no checkpoint has it."""
-        ranked = self._ranked()
-        return ranked[0] if ranked else None
+        """The run's best checkpoint by ``save_on_best_metric`` (the earliest on
+        ties; the one its ``best`` pointer names), or None when none has the metric."""
+        for checkpoint in self._history:
+            if checkpoint.commit_hash == self._best_id:
+                return checkpoint
+        return None
 
     def _ranked(self) -> list[Checkpoint]:
-        """Checkpoints that have the metric, best first."""
+        """The run's checkpoints that have the metric, best first."""
         metric = self.config.save_on_best_metric
         if metric is None:
             return []
-        scored = [c for c in self._checkpoints if _number(c.metrics.get(metric)) is not None]
+        scored = [c for c in self._history if metric_value(c.metrics.get(metric)) is not None]
         sign = 1.0 if self.config.minimize else -1.0
         return sorted(scored, key=lambda c: sign * float(c.metrics[metric]))  # stable: earliest
 
     def is_improvement(self, metrics: Mapping[str, Any]) -> bool:
-        """Whether ``metrics`` beat the best checkpoint on ``save_on_best_metric``
+        """Whether ``metrics`` beat the run's best checkpoint on ``save_on_best_metric``
         (True for the first value; False when the metric is absent or not configured)."""
         metric = self.config.save_on_best_metric
-        value = _number(metrics.get(metric)) if metric else None
+        value = metric_value(metrics.get(metric)) if metric else None
         if value is None:
             return False
         best = self.best
@@ -262,6 +360,78 @@ class CheckpointManager:
         latest = self.latest
         return self.config.save_last and (latest is None or latest.step != global_step)
 
+    # -- resuming ------------------------------------------------------------------
+
+    def resume_from(self, commit_hash: str) -> None:
+        """Say that training resumed from this commit's state.
+
+        A checkpoint of this experiment: the manager takes over its run (its
+        checkpoints, best, retention). If it is not the run's newest
+        checkpoint, the next save starts a new run instead, on a new branch
+        ``<branch>-from-step-<k>`` at it, whose record names the first run as
+        its parent; the first run's newer checkpoints stay where they are.
+        Any other commit starts this run from its weights, changing nothing.
+        """
+        record = CheckpointRecord.of(self.repo.read_commit(commit_hash))
+        if record is None or record.experiment != self.experiment_name:
+            return
+        if record.run != self.run_id:
+            self._adopt(record.run)
+        latest = self.latest
+        if (
+            latest is not None
+            and record.branch not in (None, self.branch)
+            and self.repo.branch_tip(str(record.branch)) == latest.commit_hash
+        ):
+            self.branch = str(record.branch)  # go on where the run was going
+        self._resumed_from = commit_hash
+
+    def resume_at_step(self, step: int) -> bool:
+        """Say that training resumed at optimizer step ``step`` with state the
+        framework restored itself (Keras weights, a Trainer's folder): the
+        newest checkpoint of this experiment at that step is taken as where it
+        came from (see :meth:`resume_from`). Returns whether one was found."""
+        if step <= 0 or self._history:
+            return False
+        found = [
+            c
+            for run in find_run(self.repo, self.experiment_name)
+            for c in run.checkpoints
+            if c.record.step == step
+        ]
+        if not found:
+            return False
+        self.resume_from(max(found, key=lambda c: c.commit.timestamp).commit.commit_hash)
+        return True
+
+    def _branch_off_if_resumed_earlier(self) -> None:
+        """The first save after resuming from an older checkpoint than the run's
+        newest: a new run, on a new branch started at that checkpoint."""
+        origin, self._resumed_from = self._resumed_from, None
+        latest = self.latest
+        if origin is None or latest is None or origin == latest.commit_hash:
+            return
+        start = next(c for c in self._history if c.commit_hash == origin)
+        name = f"{self.branch}-from-step-{start.step}"
+        taken = {b.name for b in self.repo.list_branches()}
+        suffix = 2
+        while name in taken:
+            name = f"{self.branch}-from-step-{start.step}-{suffix}"
+            suffix += 1
+        self.repo.create_branch(name, origin)
+        _log.warning(
+            "%s: resumed from step %d, not from the newest checkpoint (step %d) of run %s: "
+            "a new run goes on the new branch %r",
+            self.experiment_name,
+            start.step,
+            latest.step,
+            self.run_id,
+            name,
+        )
+        self.parent_run, self.run_id = self.run_id, new_run_id()
+        self.branch = name
+        self._history, self._best_id = [], None
+
     # -- saving --------------------------------------------------------------------
 
     def save(
@@ -271,28 +441,40 @@ class CheckpointManager:
         *,
         message: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        best: bool | None = None,
     ) -> Commit:
-        """Commit a checkpoint, tag it if best, and apply the retention rules.
+        """Commit a checkpoint, move the run's pointers, prune what retention lets go.
 
         Args:
             weights: the model's tensors (a full snapshot).
             state: epoch, step, metrics and the state to resume from.
             message: the commit message (default names the experiment, epoch, step).
             metadata: more commit metadata (a framework's own details).
+            best: whether it is the run's best; default: by ``save_on_best_metric``
+                (a framework that ranks checkpoints itself says so).
         """
-        self._branch_off_if_resumed(state.global_step)
+        self._branch_off_if_resumed_earlier()
         metrics = {**state.metrics}
         if state.loss is not None:
             metrics.setdefault("loss", state.loss)
-        improved = self.is_improvement(metrics)
-        details = {
-            **(metadata or {}),
-            CHECKPOINT_KEY: {
-                "experiment": self.experiment_name,
-                "epoch": state.epoch,
-                "step": state.global_step,
-            },
-        }
+        improved = self.is_improvement(metrics) if best is None else best
+        record = CheckpointRecord(
+            experiment=self.experiment_name,
+            run=self.run_id,
+            index=len(self._history) + 1,
+            epoch=state.epoch,
+            step=state.global_step,
+            branch=self.branch,
+            monitor=self.config.save_on_best_metric,
+            minimize=self.config.minimize if self.config.save_on_best_metric else None,
+            hyperparameters=self.hyperparameters,
+            parent_run=self.parent_run,
+        )
+        details = {**(metadata or {}), CHECKPOINT_KEY: record.to_dict()}
+        latest = self.latest
+        pointers = {self._pointer(LAST): latest.commit_hash if latest else None}
+        if improved and self.config.tag_best_checkpoints:
+            pointers[self._pointer(BEST)] = self.repo.refs.read(self._pointer(BEST))
         default = f"{self.experiment_name}: epoch {state.epoch}, step {state.global_step}"
         commit = self.repo.commit(
             message or default,
@@ -301,126 +483,107 @@ class CheckpointManager:
             weights=weights,
             branch=self.branch,
             training_state=state,
+            pointers=pointers,
         )
-        if self._moved_elsewhere(commit):  # another writer rewrote or added to the branch
-            self._checkpoints = self._scan()
-        else:
-            self._checkpoints.append(_record(commit, self.experiment_name))  # type: ignore[arg-type]
-        if improved and self.config.tag_best_checkpoints:
-            self._tag_best()
-        return self._retain(commit)
-
-    def _branch_off_if_resumed(self, step: int) -> None:
-        """A save at a step before the newest checkpoint's: training resumed from
-        an older checkpoint (the one with the greatest step below ``step``).
-        Later checkpoints go on a new branch ``<branch>-from-step-<k>`` started
-        there, instead of after checkpoints they do not descend from."""
-        latest = self.latest
-        if latest is None or step <= 0 or step >= latest.step:
-            return
-        earlier = [c for c in self._checkpoints if c.step < step]
-        if not earlier:
-            return  # nothing it could have resumed from: a new run, kept on the branch
-        origin = max(earlier, key=lambda c: c.step)
-        name = f"{self.branch}-from-step-{origin.step}"
-        taken = {b.name for b in self.repo.list_branches()}
-        suffix = 2
-        while name in taken:
-            name = f"{self.branch}-from-step-{origin.step}-{suffix}"
-            suffix += 1
-        self.repo.create_branch(name, origin.commit_hash)
-        _log.warning(
-            "%s: step %d follows step %d, not the newest checkpoint (step %d) of branch %r: "
-            "its checkpoints go on the new branch %r",
-            self.experiment_name,
-            step,
-            origin.step,
-            latest.step,
-            self.branch,
-            name,
-        )
-        self.branch = name
-        self._checkpoints = self._scan()
-
-    def _moved_elsewhere(self, commit: Commit) -> bool:
-        """Whether the branch changed since this manager last looked: the new
-        commit's parent is not the newest checkpoint it knows (a cheap test
-        that spares a walk of the history on every save)."""
-        parent = commit.parent_hashes[0] if commit.parent_hashes else None
-        latest = self.latest
-        return parent != (latest.commit_hash if latest is not None else None)
-
-    def _tag_best(self) -> None:
-        best = self.best
-        if best is None:
-            return
-        metric = self.config.save_on_best_metric
-        self.repo.tag_version(
-            self.best_tag,
-            f"best {metric} of {self.experiment_name} (epoch {best.epoch}, step {best.step})",
-            metrics=best.metrics,
-            ref=best.commit_hash,
-            force=True,
-        )
+        self._history.append(_checkpoint(commit, record, kept=True))
+        if improved:
+            self._best_id = commit.commit_hash
+        self._retain()
+        if self._pusher is not None and self.config.push_strategy == "every_save":
+            self._pusher.request(self.branch, self._pointers())
+        return commit
 
     def kept(self) -> list[Checkpoint]:
         """The checkpoints the retention rules keep: the newest, the
-        ``max_checkpoints`` most recent and the ``keep_best_n_checkpoints`` best."""
+        ``max_checkpoints`` most recent, the ``keep_best_n_checkpoints`` best,
+        and the run's best."""
         recent_n, best_n = self.config.max_checkpoints, self.config.keep_best_n_checkpoints
         if recent_n is None and best_n is None:
-            return list(self._checkpoints)
-        keep = {c.commit_hash for c in self._checkpoints[-(recent_n or 1) :]}
-        ranked = self._ranked()
+            return self.checkpoints
+        keep = {c.commit_hash for c in self._history[-(recent_n or 1) :]}
         if best_n is not None:
-            keep |= {c.commit_hash for c in ranked[:best_n]}
-        if self.config.tag_best_checkpoints and ranked:  # a tag is a promise to keep it
-            keep.add(ranked[0].commit_hash)
-        return [c for c in self._checkpoints if c.commit_hash in keep]
+            keep |= {c.commit_hash for c in self._ranked()[:best_n]}
+        if self._best_id is not None:
+            keep.add(self._best_id)
+        return [c for c in self._history if c.commit_hash in keep and c.kept]
 
-    def _retain(self, commit: Commit) -> Commit:
-        """Drop what the rules no longer keep; the commit just made, as it is now."""
-        kept = {c.commit_hash for c in self.kept()}
-        dropped = [c.commit_hash for c in self._checkpoints if c.commit_hash not in kept]
-        if not dropped:
-            return commit
-        mapping = self.repo.drop_commits(self.branch, dropped)
-        self._checkpoints = [
-            Checkpoint(str(mapping.get(c.commit_hash, c.commit_hash)), c.epoch, c.step, c.metrics)
-            for c in self._checkpoints
-            if c.commit_hash in kept
+    def _retain(self) -> None:
+        """Prune the weights of the run's checkpoints the rules no longer keep."""
+        keep = {c.commit_hash for c in self.kept()}
+        self.prune([c.commit_hash for c in self._history if c.kept and c.commit_hash not in keep])
+
+    def prune(self, commits: Sequence[str]) -> None:
+        """Let go of the weights of these checkpoints of the run (their commits
+        stay); for frameworks that decide retention themselves (Lightning's
+        ``save_top_k`` through ``CoralCheckpointIO``). A checkpoint a ref still
+        holds (the branch's tip) keeps its weights until the ref moves on: the
+        next save frees them."""
+        held = [c for c in self._held if self.repo.weights_status(c) == KEPT]
+        if not commits and not held:
+            return
+        self.repo.prune([*commits, *held])
+        gone = set(commits)
+        self._history = [
+            replace(c, kept=False) if c.commit_hash in gone else c for c in self._history
         ]
-        return self.repo.read_commit(str(mapping.get(commit.commit_hash, commit.commit_hash)))
+        still = dict.fromkeys([*held, *commits])
+        self._held = [c for c in still if self.repo.weights_status(c) == KEPT]
+
+    def _pointers(self) -> list[str]:
+        refs = [self._pointer(LAST)]
+        if self._best_id is not None and self.config.tag_best_checkpoints:
+            refs.append(self._pointer(BEST))
+        return refs
+
+    def finish(self, timeout: float | None = None) -> bool:
+        """The end of training: push (``push_strategy="end"``) and wait for the
+        background pushes, showing progress on a terminal. True when everything
+        was pushed (or nothing is pushed); a remote still down after ``timeout``
+        seconds leaves the checkpoints here, with a warning."""
+        if self._pusher is None:
+            return True
+        if self._history and self.config.push_strategy == "end":
+            self._pusher.request(self.branch, self._pointers())
+        return self._pusher.flush(timeout)
 
     def commit_of(self, load_best: bool = False, ref: str | None = None) -> str:
         """The commit to resume from: ``ref`` if given, else the best (with
-        ``load_best``) or the newest checkpoint.
+        ``load_best``) or the newest checkpoint: of this run once it has one,
+        else of the experiment (its best run, or its newest run's last).
 
         Raises:
             RefNotFoundError: when there is no such checkpoint yet.
         """
         if ref is not None:
             return self.repo.resolve(ref)
-        chosen = self.best if load_best else self.latest
-        if chosen is None:
-            what = f"a best {self.config.save_on_best_metric!r}" if load_best else "any"
-            raise RefNotFoundError(
-                f"experiment {self.experiment_name!r} has no checkpoint with {what} "
-                f"on branch {self.branch!r} yet"
+        if self._history:
+            chosen = self.best if load_best else self.latest
+            if chosen is not None:
+                return chosen.commit_hash
+        else:
+            pointer = BEST if load_best else LAST
+            found = experiment_pointer(
+                self.repo.refs, self.repo.read_commit, self.experiment_name, pointer
             )
-        return chosen.commit_hash
+            if found is not None:
+                return found
+        what = f"a best {self.config.save_on_best_metric!r}" if load_best else "any"
+        raise RefNotFoundError(
+            f"experiment {self.experiment_name!r} has no checkpoint with {what} yet; "
+            "see `coral-ml experiment list`"
+        )
 
 
-def _record(commit: Commit, experiment: str) -> Checkpoint | None:
-    info = commit.metadata.metadata.get(CHECKPOINT_KEY)
-    if not isinstance(info, dict) or info.get("experiment") != experiment:
-        return None
+def _checkpoint(commit: Commit, record: CheckpointRecord, kept: bool) -> Checkpoint:
     return Checkpoint(
-        commit.commit_hash, int(info.get("epoch", 0)), int(info.get("step", 0)), commit.metrics
+        commit.commit_hash, record.epoch, record.step, commit.metrics, record.run, kept
     )
 
 
-def _number(value: Any) -> float | None:
-    """A metric value that can be ranked: a finite number, else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
+def _json_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` as JSON would keep them (numbers, strings, lists, dicts);
+    other values become their ``repr``, so any config object can be recorded."""
+    try:
+        return dict(json.loads(json.dumps(dict(values), default=repr)))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"hyperparameters must map names to values: {exc}") from None

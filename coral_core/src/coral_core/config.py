@@ -12,8 +12,10 @@ from coral_core.errors import ConfigError, CorruptObjectError, UnsupportedFormat
 from coral_core.objects import DEFAULT_CHUNK_SIZE
 from coral_core.store.local import write_file_atomic
 
-#: The on-disk format this Coral writes; it reads this and every older one.
-FORMAT_VERSION = 1
+#: The on-disk format this Coral writes; it reads this and every older one
+#: (migrating them on open, see :mod:`coral_core.migrations`). 2: append-only
+#: history (prune marks, pins, run pointers, shallow commits).
+FORMAT_VERSION = 2
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "core": {
@@ -119,6 +121,11 @@ class RepoConfig:
         self._check(key, value)
         section, _, name = key.partition(".")
         self._values[section][name] = value
+        self.save()
+
+    def set_format_version(self, version: int) -> None:
+        """Record that the repository now has format ``version`` (migrations only)."""
+        self._values["core"]["format_version"] = version
         self.save()
 
     def delta_config(self) -> DeltaConfig:

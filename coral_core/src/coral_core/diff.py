@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from coral_core.dtypes import bit_view
-from coral_core.model import TreeEntry
+from coral_core.model import MetricValue, TreeEntry
 
 ADDED, REMOVED, MODIFIED, UNCHANGED = "added", "removed", "modified", "unchanged"
 _BLOCK = 1 << 20  # elements per float64 block, so statistics need bounded memory
@@ -38,11 +38,17 @@ class TensorDiff:
 
 @dataclass(frozen=True)
 class CommitDiff:
-    """Every tensor's status between ``commit_a`` and ``commit_b``."""
+    """Every tensor's status between ``commit_a`` and ``commit_b``, and their metrics.
+
+    When either commit's weights are gone (pruned or shallow), ``weights_gone``
+    names it and ``tensors`` is empty: only the metrics can be compared.
+    """
 
     commit_a: str
     commit_b: str
     tensors: dict[str, TensorDiff]
+    metrics: dict[str, tuple[MetricValue | None, MetricValue | None]] = field(default_factory=dict)
+    weights_gone: tuple[str, ...] = ()
 
     def _names(self, status: str) -> list[str]:
         return [name for name, item in self.tensors.items() if item.status == status]

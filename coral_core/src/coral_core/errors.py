@@ -42,6 +42,10 @@ class RefExistsError(CoralError, FileExistsError):
     """A branch or tag that already exists."""
 
 
+class RefMovedError(CoralError, RuntimeError):
+    """A ref changed between reading it and updating it (compare-and-swap failed)."""
+
+
 class MissingObjectError(CoralError, LookupError):
     """An object a commit needs is not in the store."""
 
@@ -98,6 +102,28 @@ class WeightsMismatchError(TensorMismatchError):
         if self.missing or self.unexpected:
             hint = " (strict=False loads the tensors that match by name and shape)"
         super().__init__(f"the commit does not fit the {what}; " + "; ".join(parts) + hint)
+
+
+class PrunedCommitError(CoralError, LookupError):
+    """A commit whose weights are gone: retention pruned them (the commit, its
+    message, metrics and lineage stay in history).
+
+    Attributes:
+        commit: the commit asked for.
+        nearest: the nearest commit of the same run whose weights are kept, if any.
+    """
+
+    def __init__(self, message: str, commit: str | None = None, nearest: str | None = None):
+        super().__init__(message)
+        self.commit = commit
+        self.nearest = nearest
+
+    def __reduce__(self) -> tuple[type, tuple[str, str | None, str | None]]:
+        return type(self), (str(self), self.commit, self.nearest)
+
+
+class ShallowCommitError(PrunedCommitError):
+    """A commit whose weights a shallow clone or fetch (``--depth``) did not bring."""
 
 
 class TensorNotFoundError(CoralError, KeyError):

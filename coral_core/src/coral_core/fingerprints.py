@@ -96,6 +96,11 @@ class FingerprintLog:
             self._offset += end
         return _parse(data[:end])
 
+    def restart(self) -> None:
+        """Make the next :meth:`read_new` return every line again."""
+        with self._lock:
+            self._inode, self._offset = None, 0
+
     def read_all(self) -> list[Fingerprint]:
         """Every complete line."""
         try:

@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
-from coral_core.errors import CoralError
+from coral_core.availability import KEPT, PRUNED, RefSource, WeightsView
+from coral_core.errors import CoralError, MissingObjectError
 from coral_core.fingerprints import Fingerprint
 from coral_core.locks import fair_lock
-from coral_core.objects import ObjectKind, object_key
-from coral_core.refs import HEADS, REMOTES, TAGS
+from coral_core.objects import ObjectDatabase, ObjectKind, object_key
+from coral_core.refs import HEADS, PINS, REMOTES, RUNS, TAGS
 from coral_core.store.local import LocalStore
 
 if TYPE_CHECKING:
-    from coral_core.model import Commit, TreeEntry
+    from coral_core.model import TreeEntry
     from coral_core.repository import Repository
 
 T = TypeVar("T")
+Node = tuple[str, ObjectKind]
 #: ``progress(done, total)``: how far a long operation is (total None when unknown).
 Progress = Callable[[int, "int | None"], None]
 
@@ -52,6 +54,7 @@ class VerifyReport:
     objects_checked: int = 0
     commits_checked: int = 0
     tensors_checked: int = 0
+    commits_without_weights: int = 0  # pruned or shallow: only their commits are checked
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -64,10 +67,20 @@ class VerifyReport:
         return sorted({commit for problem in self.problems for commit in problem.commits})
 
 
-def _roots(repo: Repository) -> list[tuple[str, ObjectKind]]:
-    roots = [(c, ObjectKind.COMMIT) for c in repo.refs.list_refs(HEADS).values()]
-    roots += [(c, ObjectKind.COMMIT) for c in repo.refs.list_refs(REMOTES).values()]
-    roots += [(t, repo.objects.kind_of(t)) for t in repo.refs.list_refs(TAGS).values()]
+def ref_roots(refs: RefSource, kind_of: Callable[[str], ObjectKind]) -> list[Node]:
+    """The objects the refs under ``refs`` hold: branch tips (remote-tracking
+    ones too), tags, run pointers and pins. Prune marks hold nothing."""
+    roots = [
+        (c, ObjectKind.COMMIT)
+        for p in (HEADS, REMOTES, RUNS, PINS)
+        for c in refs.list_refs(p).values()
+    ]
+    roots += [(t, kind_of(t)) for t in refs.list_refs(TAGS).values()]
+    return roots
+
+
+def _roots(repo: Repository) -> list[Node]:
+    roots = ref_roots(repo.refs, repo.objects.kind_of)
     head = repo.refs.head().commit
     if head:
         roots.append((head, ObjectKind.COMMIT))
@@ -75,38 +88,48 @@ def _roots(repo: Repository) -> list[tuple[str, ObjectKind]]:
     return roots
 
 
-def reachable_objects(repo: Repository) -> set[str]:
-    """Every object reachable from a branch, tag, HEAD or the index.
+def live_objects(objects: ObjectDatabase, roots: Iterable[Node], view: WeightsView) -> set[str]:
+    """Every object reachable from ``roots``, without the weights of commits
+    ``view`` says are pruned or shallow.
 
     Raises:
         MissingObjectError, CorruptObjectError: when a reachable object cannot be
             read, since what it references would be unknown.
     """
     marked: set[str] = set()
-    stack = _roots(repo)
+    stack = list(roots)
     while stack:
         object_id, kind = stack.pop()
         if object_id in marked:
             continue
         marked.add(object_id)
-        stack.extend(repo.objects.references(object_id, kind))
+        children = objects.references(object_id, kind)
+        if kind == ObjectKind.COMMIT:
+            children = view.follow(object_id, children)
+        stack.extend(children)
     return marked
 
 
-def in_deletion_order(repo: Repository, garbage: list[str]) -> list[str]:
+def reachable_objects(repo: Repository) -> set[str]:
+    """Every object reachable from a ref, HEAD or the index (see :func:`live_objects`)."""
+    return live_objects(repo.objects, _roots(repo), repo.weights_view())
+
+
+def in_deletion_order(objects: ObjectDatabase, garbage: Iterable[str]) -> list[str]:
     """The unreferenced objects ``garbage``, each after all garbage that references it.
 
     Deleting in this order means a gc stopped at any point leaves no object whose
     delta base (or other reference) is gone: garbage stays readable until it goes.
     Garbage that cannot be read references nothing and goes first.
     """
+    garbage = list(garbage)
     in_garbage = set(garbage)
     edges: dict[str, list[str]] = {}
     referrers = dict.fromkeys(garbage, 0)
     for object_id in garbage:
         try:
-            kind = repo.objects.kind_of(object_id)
-            targets = [t for t, _ in repo.objects.references(object_id, kind) if t in in_garbage]
+            kind = objects.kind_of(object_id)
+            targets = [t for t, _ in objects.references(object_id, kind) if t in in_garbage]
         except CoralError:
             targets = []
         edges[object_id] = targets
@@ -124,6 +147,29 @@ def in_deletion_order(repo: Repository, garbage: list[str]) -> list[str]:
     return order
 
 
+def delete_objects(
+    objects: ObjectDatabase, garbage: Iterable[str], dry_run: bool, progress: Progress | None
+) -> tuple[int, int]:
+    """Delete ``garbage`` in :func:`in_deletion_order`; (objects, bytes) it frees."""
+    order = in_deletion_order(objects, garbage)
+    freed = 0
+    for done, object_id in enumerate(order, 1):
+        with contextlib.suppress(MissingObjectError):  # another gc took it meanwhile
+            freed += objects.stored_size(object_id)
+            if not dry_run:
+                objects.delete(object_id)
+        if progress is not None:
+            progress(done, len(order))
+    return len(order), freed
+
+
+@contextlib.contextmanager
+def maintenance_lock(repo: Repository) -> Iterator[None]:
+    """Exclusive: no writer is between storing objects and naming them in a ref."""
+    with fair_lock(repo.coral_dir / "locks" / "gc.lock"), repo.refs.lock():
+        yield
+
+
 def collect_garbage(
     repo: Repository, dry_run: bool = False, progress: Progress | None = None
 ) -> GCResult:
@@ -133,20 +179,14 @@ def collect_garbage(
     a commit waits for ``gc`` to finish and the other way round. ``progress``
     is called with (objects done, objects to delete).
     """
-    with fair_lock(repo.coral_dir / "locks" / "gc.lock"), repo.refs.lock():
+    with maintenance_lock(repo):
         keep = reachable_objects(repo)
         stored = list(repo.objects.iter_ids())
-        garbage = in_deletion_order(repo, [i for i in stored if i not in keep])
-        kept, removed, freed = len(stored) - len(garbage), len(garbage), 0
-        for done, object_id in enumerate(garbage, 1):
-            freed += repo.objects.stored_size(object_id)
-            if not dry_run:
-                repo.objects.delete(object_id)
-            if progress is not None:
-                progress(done, len(garbage))
-        if garbage and not dry_run:
-            live = [p for p in repo.fingerprints.read_all() if p.tensor_id in keep]
-            repo.fingerprints.rewrite(live)
+        removed, freed = delete_objects(
+            repo.objects, (i for i in stored if i not in keep), dry_run, progress
+        )
+        if removed and not dry_run:
+            _forget_fingerprints(repo, keep)
         temps = 0
         store = repo.objects.store
         if isinstance(store, LocalStore):
@@ -155,9 +195,50 @@ def collect_garbage(
                 if not dry_run:
                     with contextlib.suppress(FileNotFoundError):
                         temp.unlink()
-        if garbage and not dry_run:
+        if removed and not dry_run:
             store.reclaim()
-    return GCResult(removed, freed, kept, temps, dry_run)
+    return GCResult(removed, freed, len(stored) - removed, temps, dry_run)
+
+
+def free_pruned(repo: Repository, commits: Iterable[str]) -> GCResult:
+    """Delete now what only the weights of these pruned commits used.
+
+    The targeted ``gc`` that retention runs after pruning: it marks what
+    everything kept needs, then deletes the pruned commits' trees and what
+    only they reach (delta bases a kept chunk uses stay). Commits that are
+    not pruned (a ref holds them) keep their weights.
+    """
+    with maintenance_lock(repo):
+        view = repo.weights_view()
+        stack: list[Node] = []
+        for commit_id in commits:
+            commit = repo.read_commit(commit_id)
+            trees = list(commit.trees.values())
+            if view.status(commit_id, trees) == PRUNED:
+                stack += [(t, ObjectKind.TREE) for t in trees]
+        if not stack:
+            return GCResult(0, 0, 0, 0, False)
+        keep = reachable_objects(repo)
+        garbage: set[str] = set()
+        while stack:
+            object_id, kind = stack.pop()
+            if object_id in keep or object_id in garbage or not repo.objects.has(object_id):
+                continue
+            garbage.add(object_id)
+            with contextlib.suppress(CoralError):  # damaged garbage references nothing
+                stack.extend(repo.objects.references(object_id, kind))
+        removed, freed = delete_objects(repo.objects, garbage, False, None)
+        if removed:
+            _forget_fingerprints(repo, keep)
+            repo.objects.store.reclaim()
+    return GCResult(removed, freed, len(keep), 0, False)
+
+
+def _forget_fingerprints(repo: Repository, keep: set[str]) -> None:
+    """Drop deleted tensors from the fingerprint log (and this process's index of it)."""
+    live = [p for p in repo.fingerprints.read_all() if p.tensor_id in keep]
+    repo.fingerprints.rewrite(live)
+    repo.forget_similarity_index()
 
 
 def verify_repository(repo: Repository, progress: Progress | None = None) -> VerifyReport:
@@ -190,8 +271,8 @@ def verify_repository(repo: Repository, progress: Progress | None = None) -> Ver
             problems[object_id] = str(exc)
             return None
 
-    stack = list(repo.refs.list_refs(HEADS).values())
-    stack += repo.refs.list_refs(REMOTES).values()
+    view = repo.weights_view()
+    stack = [c for p in (HEADS, REMOTES, RUNS, PINS) for c in repo.refs.list_refs(p).values()]
     for name, tag_id in repo.refs.list_refs(TAGS).items():
         target = attempt(tag_id, f"tag {name}", partial(repo.peel, tag_id))
         if target is not None:
@@ -213,7 +294,10 @@ def verify_repository(repo: Repository, progress: Progress | None = None) -> Ver
         if progress is not None:
             progress(report.commits_checked, None)
         stack.extend(commit.parent_hashes)
-        for label, tree_hash in commit_trees(commit).items():
+        if view.status(commit_id, list(commit.trees.values())) != KEPT:
+            report.commits_without_weights += 1
+            continue
+        for label, tree_hash in commit.trees.items():
             tree = attempt(tree_hash, user, partial(repo.read_tree, tree_hash), commit_id)
             for name, entry in (tree or {}).items():
                 if entry.tensor not in tensors_seen:
@@ -263,8 +347,14 @@ def repack(repo: Repository, progress: Progress | None = None) -> RepackResult:
     mid-way leaves a sound repository. Writers wait while it runs.
     """
     objects = repo.objects
-    with fair_lock(repo.coral_dir / "locks" / "gc.lock"), repo.refs.lock():
-        commits = list(repo.iter_commits(repo.ref_commits()))[::-1]  # oldest first
+    with maintenance_lock(repo):
+        view = repo.weights_view()
+        commits = [
+            c
+            for c in repo.iter_commits(repo.ref_commits())
+            if view.status(c.commit_hash, list(c.trees.values())) == KEPT
+        ][::-1]  # oldest first; commits without weights have nothing to repack
+        kept = {c.commit_hash for c in commits}
         done: set[str] = set()
         fingerprints: dict[str, Fingerprint] = {}
         totals = RepackTotals()
@@ -272,8 +362,8 @@ def repack(repo: Repository, progress: Progress | None = None) -> RepackResult:
             if progress is not None:
                 progress(visited, len(commits))
             parent = commit.parent_hashes[0] if commit.parent_hashes else None
-            parent_trees = commit_trees(repo.read_commit(parent)) if parent else {}
-            for label, tree_hash in commit_trees(commit).items():
+            parent_trees = repo.read_commit(parent).trees if parent in kept else {}
+            for label, tree_hash in commit.trees.items():
                 parent_tree = repo.read_tree(parent_trees[label]) if label in parent_trees else {}
                 for name, entry in repo.read_tree(tree_hash).items():
                     descriptor = objects.tensor_descriptor(entry.tensor)
@@ -325,13 +415,3 @@ def _repack_tensor(
         totals.after += len(blob)
         totals.rewritten += 1
         done.add(chunk)
-
-
-def commit_trees(commit: Commit) -> dict[str, str]:
-    """The trees a commit names, by what their entries are: ``tensor`` (the
-    model) and ``training tensor`` (its training state's), when it has one."""
-    trees = {"tensor": commit.tree_hash}
-    training_tree = (commit.training or {}).get("tree")
-    if training_tree:
-        trees["training tensor"] = str(training_tree)
-    return trees

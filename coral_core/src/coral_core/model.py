@@ -119,6 +119,16 @@ class Commit:
         return self.commit_hash[:12]
 
     @property
+    def trees(self) -> dict[str, str]:
+        """The trees this commit names, by what their entries are: ``tensor``
+        (the model) and ``training tensor`` (its training state's), when it has one."""
+        trees = {"tensor": self.tree_hash}
+        training_tree = (self.training or {}).get("tree")
+        if training_tree:
+            trees["training tensor"] = str(training_tree)
+        return trees
+
+    @property
     def lossy(self) -> dict[str, Any] | None:
         """Set when a lossy codec stored tensors of this commit: ``type``,
         ``max_abs_error`` (the largest error of any element) and ``tensors``."""

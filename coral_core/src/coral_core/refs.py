@@ -4,6 +4,12 @@ Layout (as git): ``HEAD`` holds ``ref: refs/heads/<branch>`` or a commit id
 (detached); ``refs/heads/<name>`` and ``refs/tags/<name>`` hold one id each;
 ``logs/<ref>`` is an append-only JSON-lines reflog. Every file is replaced
 atomically; callers hold :meth:`RefDatabase.lock` around read-modify-write.
+
+Beyond git's: ``refs/runs/<experiment>/<run>/best`` and ``.../last`` are a
+training run's pointers (they only move forward along the run); a file
+``refs/pins/<commit>`` keeps a commit's weights whatever retention says, and
+``refs/pruned/<commit>`` records that retention let them go. Pins and prune
+marks hold their own commit id; prune marks are not roots of anything.
 """
 
 from __future__ import annotations
@@ -24,6 +30,11 @@ from coral_core.store.local import TEMP_PREFIX, append_lines, write_file_atomic
 HEADS = "refs/heads/"
 TAGS = "refs/tags/"
 REMOTES = "refs/remotes/"  # branches as last fetched from (or pushed to) each remote
+RUNS = "refs/runs/"
+PINS = "refs/pins/"
+PRUNED = "refs/pruned/"
+#: What a ref file being replaced by a compare-and-swap is called meanwhile.
+LOCK_SUFFIX = ".lock"
 _SYMREF = "ref: "
 
 
@@ -144,7 +155,7 @@ class RefDatabase:
             return refs
         for dirpath, _, filenames in os.walk(base):
             for filename in filenames:
-                if filename.startswith(TEMP_PREFIX):
+                if filename.startswith(TEMP_PREFIX) or filename.endswith(LOCK_SUFFIX):
                     continue
                 path = Path(dirpath) / filename
                 object_id = self.read(path.relative_to(self.root).as_posix())

@@ -15,6 +15,16 @@ compare-and-swap, so an interrupted transfer leaves both sides consistent
 (run it again) and two pushes racing to one branch never silently lose a
 commit. Fetched objects are verified against their ids before any ref names them.
 Fetched branches land under ``refs/remotes/<remote>/``.
+
+History is append-only on both sides: the weights of a pruned commit do not
+travel (its prune mark does, so it is pruned on the other side too), a run's
+pointers push and fetch like branches (forward only), and pins go with the
+commits they hold. ``clone --depth N`` and ``fetch --depth N`` bring the
+weights of the newest N commits of each branch only; older commits come
+without weights (shallow) until ``fetch --deepen`` or ``--unshallow``.
+A push holds a shared lock on the remote and ``gc --remote`` an exclusive
+one (:mod:`coral_core.remote_locks`), so a remote gc never takes objects a
+push in progress is about to name.
 """
 
 from __future__ import annotations
@@ -27,10 +37,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from coral_core.errors import ConfigError, CoralError, CorruptObjectError, RefNotFoundError
+from coral_core.availability import KEPT, WeightsView, protected_commits
+from coral_core.errors import (
+    ConfigError,
+    CoralError,
+    CorruptObjectError,
+    MissingObjectError,
+    RefNotFoundError,
+)
+from coral_core.hashing import is_object_id
+from coral_core.maintenance import GCResult, delete_objects, live_objects, ref_roots
+from coral_core.maintenance import Progress as MaintenanceProgress
 from coral_core.objects import ObjectDatabase, ObjectKind, object_key
 from coral_core.refnames import validate_ref_name
-from coral_core.refs import HEADS, REMOTES, TAGS
+from coral_core.refs import HEADS, PINS, PRUNED, REMOTES, RUNS, TAGS
+from coral_core.remote_locks import LEASE_SECONDS, gc_lock, push_lock
+from coral_core.runs import split_pointer
 from coral_core.store.base import WeightStore
 from coral_core.store.local import LocalStore, write_file_atomic
 from coral_core.store.prefix import PrefixStore
@@ -47,7 +69,18 @@ Progress = Callable[[int], None]  # called with the bytes of each object moved
 
 
 class PushRejectedError(CoralError, RuntimeError):
-    """The remote branch has commits this repository does not: fetch (pull) first."""
+    """The remote branch has commits this repository does not: fetch (pull) first.
+
+    Attributes:
+        ref: the full name of the ref that was refused.
+    """
+
+    def __init__(self, message: str, ref: str | None = None) -> None:
+        super().__init__(message)
+        self.ref = ref
+
+    def __reduce__(self) -> tuple[type, tuple[str, str | None]]:
+        return type(self), (str(self), self.ref)
 
 
 @dataclass
@@ -56,12 +89,14 @@ class TransferResult:
 
     objects: int = 0
     bytes: int = 0
-    refs: dict[str, tuple[str | None, str]] = field(default_factory=dict)  # name: (old, new)
+    refs: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # (old, new)
+    commits: list[str] = field(default_factory=list)  # the commits copied
 
     def add(self, other: TransferResult) -> None:
         self.objects += other.objects
         self.bytes += other.bytes
         self.refs.update(other.refs)
+        self.commits += other.commits
 
 
 def open_store(url: str) -> WeightStore:
@@ -93,19 +128,67 @@ class RemoteRefs:
         self.objects = ObjectDatabase(PrefixStore(store, "objects"))
 
     def read(self, ref: str) -> str | None:
-        return self.store.get(ref).decode().strip() if self.store.has(ref) else None
+        """The id ``ref`` holds on the remote, or None.
 
-    def list(self, prefix: str) -> dict[str, str]:
-        """Full ref name -> id, for refs under ``prefix`` (``refs/heads/``)."""
+        Raises:
+            CorruptObjectError: when the remote's ref holds something else.
+        """
+        try:
+            text = self.store.get(ref).decode("ascii", errors="replace").strip()
+        except MissingObjectError:
+            return None
+        if not is_object_id(text):
+            raise CorruptObjectError(f"remote ref {ref} holds {text[:80]!r}, not an object id")
+        return text
+
+    def names(self, prefix: str) -> set[str]:
+        """The names below ``prefix`` (one listing, no reads: for pins and
+        prune marks, whose names are their commits)."""
         return {
-            key: self.read(key) or ""
+            key[len(prefix) :]
             for key in self.store.list(prefix)
-            if not key.endswith(".lock")
+            if not key.endswith(".lock") and is_object_id(key[len(prefix) :])
         }
 
-    def swap(self, ref: str, old: str | None, new: str) -> bool:
+    def list_refs(self, prefix: str) -> dict[str, str]:
+        """Every ref under ``prefix`` (``refs/heads/``), by the rest of its name."""
+        refs = {}
+        for key in self.store.list(prefix):
+            if key.endswith(".lock"):
+                continue
+            value = self.read(key)
+            if value is not None:
+                refs[key[len(prefix) :]] = value
+        return dict(sorted(refs.items()))
+
+    def list(self, prefix: str) -> dict[str, str]:
+        """Full ref name -> id, for refs under ``prefix``."""
+        return {prefix + name: value for name, value in self.list_refs(prefix).items()}
+
+    def swap(self, ref: str, old: str | None, new: str | None) -> bool:
+        """Compare-and-swap ``ref`` from ``old`` to ``new`` (None: absent / delete)."""
         expected = None if old is None else f"{old}\n".encode()
+        if new is None:
+            return expected is not None and self.store.compare_and_delete(ref, expected)
         return self.store.compare_and_swap(ref, expected, f"{new}\n".encode())
+
+    def mark(self, ref: str, commit: str) -> None:
+        """Write an immutable ref that names its own commit (a pin or prune mark)."""
+        self.store.put_if_absent(ref, f"{commit}\n".encode())
+
+    def weights_view(self) -> WeightsView:
+        """Which commits' weights the remote holds (it is never shallow)."""
+        return WeightsView(
+            marked=frozenset(self.names(PRUNED)),
+            protected=protected_commits(self, self._peel),
+            shallow=frozenset(),
+            has=lambda object_id: self.store.has(object_key(object_id)),
+        )
+
+    def _peel(self, object_id: str) -> str:
+        if self.objects.kind_of(object_id) == ObjectKind.TAG:
+            return str(self.objects.read_document(ObjectKind.TAG, object_id)["object"])
+        return object_id
 
 
 # -- the object walk -----------------------------------------------------------------
@@ -117,13 +200,16 @@ def missing_objects(
     roots: Iterable[Node],
     pool: ThreadPoolExecutor,
     kept: dict[str, bytes],
+    follow: Callable[[str, list[Node]], list[Node]] | None = None,
 ) -> list[list[Node]]:
     """The objects reachable from ``roots`` that ``has`` lacks, in levels: each
     level only references objects of earlier levels (or ones already there).
 
     Each missing object is read once for what it references; the ones that
     read got whole (documents, small chunks) go into ``kept``, up to
-    ``KEPT_BYTES`` in all, for the copy to use instead of a second read."""
+    ``KEPT_BYTES`` in all, for the copy to use instead of a second read.
+    ``follow(commit, references)`` says what of a commit to walk into (its
+    parents only, for one whose weights stay behind)."""
     edges: dict[Node, list[Node]] = {}
     seen: set[str] = set()
     budget = KEPT_BYTES
@@ -134,12 +220,15 @@ def missing_objects(
         present = list(pool.map(lambda n: has(object_key(n[0])), fresh))
         missing = [n for n, there in zip(fresh, present, strict=True) if not there]
         read = list(pool.map(lambda n: source.references_read_once(*n), missing))
+        frontier = []
         for node, (refs, blob) in zip(missing, read, strict=True):
+            if follow is not None and node[1] == ObjectKind.COMMIT:
+                refs = follow(node[0], refs)
             edges[node] = refs
             if blob is not None and len(blob) <= budget:
                 kept[node[0]] = blob
                 budget -= len(blob)
-        frontier = [child for refs, _ in read for child in refs]
+            frontier.extend(refs)
     height: dict[Node, int] = {}
     for node in edges:  # iterative post-order: a node after the missing ones it references
         stack = [(node, False)]
@@ -165,9 +254,15 @@ def copy_objects(
     roots: Sequence[Node],
     *,
     verify: bool,
+    follow: Callable[[str, list[Node]], list[Node]] | None = None,
+    check: Callable[[list[list[Node]]], None] | None = None,
     progress: Progress | None = None,
 ) -> TransferResult:
     """Copy every object reachable from ``roots`` that ``dest`` lacks, level by level.
+
+    Args:
+        follow: what of a commit to walk into (see :func:`missing_objects`).
+        check: called with the levels to copy before anything is copied; may raise.
 
     Raises:
         CorruptObjectError: (with ``verify``) when an object does not match its
@@ -176,7 +271,10 @@ def copy_objects(
     result = TransferResult()
     kept: dict[str, bytes] = {}
     with ThreadPoolExecutor(_THREADS, "coral-transfer") as pool:
-        levels = missing_objects(source, dest.store.has, roots, pool, kept)
+        levels = missing_objects(source, dest.store.has, roots, pool, kept, follow)
+        if check is not None:
+            check(levels)
+        result.commits = [n[0] for level in levels for n in level if n[1] == ObjectKind.COMMIT]
 
         def move(node: Node) -> int:
             key = object_key(node[0])
@@ -273,57 +371,167 @@ def push(
     *,
     tags: bool = False,
     force: bool = False,
+    force_with_lease: bool = False,
+    delete: Sequence[str] = (),
+    refs: Sequence[str] = (),
     progress: Progress | None = None,
+    lease: float = LEASE_SECONDS,
 ) -> TransferResult:
     """Send branches (HEAD's by default) and, with ``tags``, every tag; only
     objects the remote lacks travel, and each remote ref moves by compare-and-swap.
 
+    The run pointers (``refs/runs/...``) of commits in the pushed history go
+    along, as do the pins and prune marks of those commits; the weights of
+    pruned commits stay behind. Everything happens under a shared lock on the
+    remote, so a ``gc --remote`` waits for the push and the other way round.
+
     Args:
-        branches: the branches to push; None for HEAD's branch.
-        tags: push every tag too (a tag the remote has with another target is refused).
-        force: replace remote branches even when that drops their commits.
+        branches: the branches to push; None for HEAD's branch (no branch
+            when only deleting).
+        tags: push every tag too; a tag the remote has on another commit is
+            refused (tags do not move) unless ``force``.
+        force: replace remote branches, pointers and tags even when that
+            drops commits there.
+        force_with_lease: replace a remote branch only if it is where this
+            repository last saw it (its remote-tracking branch): a rewrite
+            that cannot drop a push made since.
+        delete: branches to delete on the remote.
+        refs: more refs to push, by full name (a run's pointers).
+        lease: seconds the remote lock lives without a heartbeat.
 
     Raises:
-        PushRejectedError: when a remote branch has commits this repository
-            lacks (fetch or pull first), or another push won the race; refs
-            already pushed stay pushed, nothing is half-done.
+        PushRejectedError: when a remote branch or pointer has commits this
+            repository lacks (fetch or pull first), or another push won the
+            race; ``ref`` names it. Refs already pushed stay pushed, nothing
+            is half-done.
+        RemoteBusyError: when a gc holds the remote for too long.
     """
     target = _remote(repo, remote)
-    names = list(branches) if branches is not None else [_current_branch(repo)]
-    updates: list[tuple[str, str | None, str]] = []
-    for branch in names:
-        local = repo.refs.read(HEADS + validate_ref_name(branch))
-        if local is None:
-            raise RefNotFoundError(f"no branch named {branch!r} to push")
-        old = target.read(HEADS + branch)
-        if old == local:
-            continue
-        if old is not None and not force and not is_ancestor(repo, old, local):
-            raise PushRejectedError(
-                f"remote {remote!r} has commits on {branch!r} that this repository does not "
-                f"({old[:12]}); fetch first: `coral-ml pull {remote} {branch}`"
-            )
-        updates.append((HEADS + branch, old, local))
+    names = list(branches) if branches is not None else ([] if delete else [_current_branch(repo)])
+    local: dict[str, str] = {}
+    for ref in [HEADS + validate_ref_name(b) for b in names] + list(refs):
+        value = repo.refs.read(ref)
+        if value is None:
+            what = f"branch {ref.removeprefix(HEADS)!r}" if ref.startswith(HEADS) else ref
+            raise RefNotFoundError(f"no {what} to push")
+        local[ref] = value
+    history = {c.commit_hash for c in repo.iter_commits(list(dict.fromkeys(local.values())))}
+    for name, commit in repo.refs.list_refs(RUNS).items():
+        if commit in history:
+            local.setdefault(RUNS + name, commit)
     if tags:
-        for name, tag_id in repo.refs.list_refs(TAGS).items():
-            old = target.read(TAGS + name)
-            if old == tag_id:
-                continue
-            if old is not None and not force:
-                raise PushRejectedError(f"remote {remote!r} has tag {name!r} on another commit")
-            updates.append((TAGS + name, old, tag_id))
-    roots = [(new, repo.objects.kind_of(new)) for _, _, new in updates]
-    result = copy_objects(repo.objects, target.objects, roots, verify=False, progress=progress)
-    for ref, old, new in updates:
-        if not target.swap(ref, old, new):
-            raise PushRejectedError(
-                f"{ref} on remote {remote!r} moved while pushing (another push won); "
-                f"fetch first, then push again"
-            )
-        result.refs[ref] = (old, new)
-        if ref.startswith(HEADS):
-            _track(repo, remote, ref.removeprefix(HEADS), new)
+        local.update({TAGS + name: tag for name, tag in repo.refs.list_refs(TAGS).items()})
+    pins = {c for c in repo.pins() if c in history}
+    marks = {c for c in repo.refs.list_refs(PRUNED) if c in history}
+    view = repo.weights_view()
+    with push_lock(target.store, lease) as held:
+        updates = []
+        for ref, new in local.items():
+            old = target.read(ref)
+            if old != new:
+                _check_update(repo, remote, ref, old, new, force, force_with_lease)
+                updates.append((ref, old, new))
+        deletions = []
+        for branch in delete:
+            ref = HEADS + validate_ref_name(branch)
+            old = target.read(ref)
+            if old is None:
+                raise RefNotFoundError(f"remote {remote!r} has no branch {branch!r} to delete")
+            deletions.append((ref, old))
+        roots = [(new, repo.objects.kind_of(new)) for _, _, new in updates]
+        result = copy_objects(
+            repo.objects,
+            target.objects,
+            roots,
+            verify=False,
+            follow=view.follow,
+            check=lambda levels: _refuse_shallow(view, levels, remote),
+            progress=progress,
+        )
+        for commit in sorted(marks - target.names(PRUNED)):
+            target.mark(PRUNED + commit, commit)
+        for commit in sorted(pins - target.names(PINS)):
+            target.mark(PINS + commit, commit)
+        moves: list[tuple[str, str | None, str | None]] = [*updates]
+        moves.sort(key=_push_order)
+        moves += [(ref, old, None) for ref, old in deletions]
+        for ref, before, after in moves:
+            held.check()
+            if not target.swap(ref, before, after):
+                raise PushRejectedError(
+                    f"{ref} on remote {remote!r} moved while pushing (another push won); "
+                    "fetch first, then push again",
+                    ref,
+                )
+            result.refs[ref] = (before, after)
+            if ref.startswith(HEADS):
+                _track(repo, remote, ref.removeprefix(HEADS), after)
     return result
+
+
+def _check_update(
+    repo: Repository,
+    remote: str,
+    ref: str,
+    old: str | None,
+    new: str,
+    force: bool,
+    force_with_lease: bool,
+) -> None:
+    """Refuse a remote ref update that would drop commits there (unless forced)."""
+    if old is None:
+        return
+    if ref.startswith(TAGS):
+        if not force:
+            raise PushRejectedError(
+                f"remote {remote!r} has tag {ref.removeprefix(TAGS)!r} on another commit; tags "
+                "do not move (push --force replaces it)",
+                ref,
+            )
+        return
+    if ref.startswith(HEADS) and force_with_lease:
+        branch = ref.removeprefix(HEADS)
+        expected = repo.refs.read(f"{REMOTES}{remote}/{branch}")
+        if old != expected:
+            seen = expected[:12] if expected else "nothing"
+            raise PushRejectedError(
+                f"branch {branch!r} on remote {remote!r} is at {old[:12]}, not where this "
+                f"repository last saw it ({seen}): someone pushed since; fetch first",
+                ref,
+            )
+        return
+    if force or is_ancestor(repo, old, new):
+        return
+    if ref.startswith(HEADS):
+        branch = ref.removeprefix(HEADS)
+        raise PushRejectedError(
+            f"remote {remote!r} has commits on {branch!r} that this repository does not "
+            f"({old[:12]}); fetch first: `coral-ml pull {remote} {branch}`",
+            ref,
+        )
+    raise PushRejectedError(
+        f"{ref} on remote {remote!r} is at {old[:12]}, which {new[:12]} does not descend "
+        "from; fetch first",
+        ref,
+    )
+
+
+def _push_order(update: tuple[str, str | None, str | None]) -> int:
+    """Run pointers and tags before branches: a branch that names a commit
+    last, once everything about its history is there."""
+    ref = update[0]
+    return 0 if ref.startswith(RUNS) else 1 if ref.startswith(TAGS) else 2
+
+
+def _refuse_shallow(view: WeightsView, levels: list[list[Node]], remote: str) -> None:
+    """A shallow clone cannot give a remote commits whose weights it never had."""
+    for level in levels:
+        for object_id, kind in level:
+            if kind == ObjectKind.COMMIT and object_id in view.shallow:
+                raise CoralError(
+                    f"commit {object_id[:12]} has no weights in this shallow clone and remote "
+                    f"{remote!r} lacks it; fetch --unshallow first, or push from a full clone"
+                )
 
 
 def _current_branch(repo: Repository) -> str:
@@ -333,37 +541,159 @@ def _current_branch(repo: Repository) -> str:
     return branch
 
 
-def _track(repo: Repository, remote: str, branch: str, commit: str) -> None:
+def _track(repo: Repository, remote: str, branch: str, commit: str | None) -> None:
     with repo.refs.lock():
-        repo.refs.write(f"{REMOTES}{remote}/{branch}", commit)
+        if commit is None:
+            repo.refs.delete(f"{REMOTES}{remote}/{branch}")
+        else:
+            repo.refs.write(f"{REMOTES}{remote}/{branch}", commit)
 
 
 def fetch(
-    repo: Repository, remote: str = "origin", progress: Progress | None = None
+    repo: Repository,
+    remote: str = "origin",
+    ref: str | None = None,
+    *,
+    depth: int | None = None,
+    deepen: int | None = None,
+    unshallow: bool = False,
+    progress: Progress | None = None,
 ) -> TransferResult:
-    """Bring every branch and tag of the remote here: branches as
-    ``refs/remotes/<remote>/<branch>``, tags this repository lacks as tags."""
+    """Bring a remote's branches (as ``refs/remotes/<remote>/<branch>``), the
+    tags this repository lacks, run pointers, pins and prune marks here, verified.
+
+    Args:
+        ref: fetch only this branch (or tag) of the remote.
+        depth: bring the weights of the newest ``depth`` commits of each
+            branch and run pointer only; older commits come without weights
+            (shallow, listed in ``.coral/shallow``).
+        deepen: bring the weights of ``deepen`` more generations of shallow commits.
+        unshallow: bring the weights of every shallow commit the remote keeps.
+
+    Raises:
+        ConfigError: for a depth below 1.
+        RefNotFoundError: when the remote has no ``ref``.
+        CorruptObjectError: when an object does not match its id (no ref moves).
+    """
+    for name, value in (("depth", depth), ("deepen", deepen)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ConfigError(f"{name} must be a positive number of commits, not {value!r}")
     source = _remote(repo, remote)
-    branches = {ref.removeprefix(HEADS): c for ref, c in source.list(HEADS).items()}
-    tags = {ref.removeprefix(TAGS): t for ref, t in source.list(TAGS).items()}
-    for name in [*branches, *tags]:
+    branches = source.list_refs(HEADS)
+    tags = source.list_refs(TAGS)
+    pointers = source.list_refs(RUNS)
+    for name in [*branches, *tags, *pointers]:
         validate_ref_name(name)  # a remote's names must not escape .coral/refs
+    pointers = {n: c for n, c in pointers.items() if split_pointer(n) is not None}
+    if ref is not None:
+        if ref not in branches and ref not in tags:
+            raise RefNotFoundError(f"remote {remote!r} has no branch or tag {ref!r}")
+        branches = {ref: branches[ref]} if ref in branches else {}
+        tags = {ref: tags[ref]} if ref in tags else {}
     new_tags = {n: t for n, t in tags.items() if repo.refs.read(TAGS + n) is None}
-    roots = [(c, ObjectKind.COMMIT) for c in branches.values()]
+    view = source.weights_view()
+    tips = list(dict.fromkeys([*branches.values(), *(() if ref else pointers.values())]))
+    weighted = None if depth is None else _within_depth(source, repo, tips, depth)
+    withheld: set[str] = set()
+
+    def follow(commit: str, references: list[Node]) -> list[Node]:
+        followed = view.follow(commit, references)
+        if weighted is None or commit in weighted or len(followed) < len(references):
+            return followed
+        withheld.add(commit)  # beyond the depth, kept on the remote: shallow here
+        return [(c, k) for c, k in references if k == ObjectKind.COMMIT]
+
+    shallow = repo.shallow.read()
+    deepened = _to_deepen(repo, shallow, deepen, unshallow)
+    roots: list[Node] = [(c, ObjectKind.COMMIT) for c in tips]
     roots += [(t, source.objects.kind_of(t)) for t in new_tags.values()]
+    for commit in deepened:
+        if view.status(commit, list(repo.read_commit(commit).trees.values())) == KEPT:
+            roots += [(t, ObjectKind.TREE) for t in repo.read_commit(commit).trees.values()]
     with repo.writing_objects():
-        result = copy_objects(source.objects, repo.objects, roots, verify=True, progress=progress)
+        result = copy_objects(
+            source.objects, repo.objects, roots, verify=True, follow=follow, progress=progress
+        )
         with repo.refs.lock():
+            for commit in source.names(PRUNED):
+                if repo.refs.read(PRUNED + commit) is None and repo.objects.has(commit):
+                    repo.refs.write(PRUNED + commit, commit)
+            repo.shallow.write((shallow - deepened) | withheld)
+            for commit in source.names(PINS):
+                if repo.refs.read(PINS + commit) is None and repo.objects.has(commit):
+                    repo.refs.write(PINS + commit, commit)
+            for name, commit in pointers.items():
+                _fast_forward(repo, RUNS + name, commit, f"fetch: {remote}", result)
             for branch, commit in branches.items():
-                ref = f"{REMOTES}{remote}/{branch}"
-                old = repo.refs.read(ref)
+                tracking = f"{REMOTES}{remote}/{branch}"
+                old = repo.refs.read(tracking)
                 if old != commit:
-                    repo.refs.write(ref, commit)
-                    result.refs[ref] = (old, commit)
+                    repo.refs.write(tracking, commit)
+                    result.refs[tracking] = (old, commit)
             for name, tag_id in new_tags.items():
                 repo.refs.write(TAGS + name, tag_id)
                 result.refs[TAGS + name] = (None, tag_id)
     return result
+
+
+def _within_depth(
+    source: RemoteRefs, repo: Repository, tips: Sequence[str], depth: int
+) -> set[str]:
+    """The commits at most ``depth`` generations from ``tips`` (commits this
+    repository already has end the walk: their weights are here or not already)."""
+    found: set[str] = set()
+    level = [c for c in tips if not repo.objects.has(c)]
+    for _ in range(depth):
+        fresh = [c for c in dict.fromkeys(level) if c not in found]
+        found.update(fresh)
+        level = [
+            parent
+            for commit in fresh
+            for parent in source.objects.read_document(ObjectKind.COMMIT, commit)["parents"]
+            if isinstance(parent, str) and not repo.objects.has(parent)
+        ]
+    return found
+
+
+def _to_deepen(
+    repo: Repository, shallow: frozenset[str], deepen: int | None, every: bool
+) -> set[str]:
+    """The shallow commits a ``--deepen N`` (the N generations next to commits
+    with weights) or an ``--unshallow`` (all) brings the weights of."""
+    if every:
+        return set(shallow)
+    if not deepen or not shallow:
+        return set()
+    below: dict[str, list[str]] = {}
+    boundary = []
+    for commit in repo.iter_commits(repo.ref_commits()):
+        if commit.commit_hash in shallow:
+            below[commit.commit_hash] = list(commit.parent_hashes)
+        else:
+            boundary += [p for p in commit.parent_hashes if p in shallow]
+    chosen: set[str] = set()
+    for _ in range(deepen):
+        fresh = [c for c in dict.fromkeys(boundary) if c not in chosen]
+        chosen.update(fresh)
+        boundary = [p for c in fresh for p in below.get(c, []) if p in shallow]
+    return chosen
+
+
+def _fast_forward(
+    repo: Repository, ref: str, commit: str, message: str, result: TransferResult
+) -> None:
+    """Move a local run pointer to the remote's when that only moves it forward
+    (the caller holds the refs lock); a pointer ahead here, or diverged, stays."""
+    old = repo.refs.read(ref)
+    if old == commit or not repo.objects.has(commit):
+        return
+    if old is not None and not is_ancestor(repo, old, commit):
+        return
+    repo.refs.write(ref, commit)
+    repo.refs.log_move(ref, old, commit, "coral fetch", message)
+    result.refs[ref] = (old, commit)
 
 
 def pull(
@@ -375,7 +705,7 @@ def pull(
 ) -> TransferResult:
     """Fetch, then merge the remote's ``branch`` (HEAD's by default) into the
     current branch (a fast-forward when possible; conflicts go to ``strategy``)."""
-    result = fetch(repo, remote, progress)
+    result = fetch(repo, remote, progress=progress)
     name = branch or _current_branch(repo)
     tracking = f"{REMOTES}{remote}/{name}"
     if repo.refs.read(tracking) is None:
@@ -384,8 +714,18 @@ def pull(
     return result
 
 
-def clone(url: str, path: str | os.PathLike[str], progress: Progress | None = None) -> Repository:
+def clone(
+    url: str,
+    path: str | os.PathLike[str],
+    progress: Progress | None = None,
+    *,
+    depth: int | None = None,
+) -> Repository:
     """A new repository at ``path`` with every branch and tag of ``url`` (remote ``origin``).
+
+    Args:
+        depth: bring the weights of the newest ``depth`` commits of each branch
+            and run pointer only (a shallow clone; see :func:`fetch`).
 
     Raises:
         ConfigError: when ``path`` already holds a repository.
@@ -396,7 +736,7 @@ def clone(url: str, path: str | os.PathLike[str], progress: Progress | None = No
         raise ConfigError(f"{path} already holds a Coral repository; clone into a new folder")
     repo = Repository(path, init=True)
     add_remote(repo, "origin", url)
-    fetch(repo, "origin", progress)
+    fetch(repo, "origin", depth=depth, progress=progress)
     tracked = repo.refs.list_refs(f"{REMOTES}origin/")
     with repo.refs.lock():
         for branch, commit in tracked.items():
@@ -404,6 +744,33 @@ def clone(url: str, path: str | os.PathLike[str], progress: Progress | None = No
         if tracked:
             repo.refs.set_head(branch="main" if "main" in tracked else sorted(tracked)[0])
     return repo
+
+
+def collect_remote_garbage(
+    repo: Repository,
+    remote: str = "origin",
+    *,
+    dry_run: bool = False,
+    progress: MaintenanceProgress | None = None,
+    lease: float = LEASE_SECONDS,
+) -> GCResult:
+    """Delete on the remote every object no remote ref, pin or kept commit needs.
+
+    Holds the remote's exclusive gc lock (pushes wait, and it waits for the
+    pushes in progress), then marks from the remote's branches, tags, run
+    pointers and pins, skipping the weights of commits pruned there, and
+    deletes the rest in an order that a kill at any point leaves sound.
+    """
+    target = _remote(repo, remote)
+    with gc_lock(target.store, lease):
+        keep = live_objects(
+            target.objects, ref_roots(target, target.objects.kind_of), target.weights_view()
+        )
+        stored = list(target.objects.iter_ids())
+        removed, freed = delete_objects(
+            target.objects, (i for i in stored if i not in keep), dry_run, progress
+        )
+    return GCResult(removed, freed, len(stored) - removed, 0, dry_run)
 
 
 @dataclass(frozen=True)
@@ -445,7 +812,7 @@ def sync(
     repo: Repository, remote: str = "origin", progress: Progress | None = None
 ) -> TransferResult:
     """Fetch, then push every branch the remote lacks or is behind on, and every tag."""
-    result = fetch(repo, remote, progress)
+    result = fetch(repo, remote, progress=progress)
     pushable = [
         row.branch
         for row in sync_status(repo, remote)

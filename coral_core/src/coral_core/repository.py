@@ -26,7 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from coral_core import __version__, remote
+from coral_core import __version__, migrations, remote
+from coral_core.availability import (
+    KEPT,
+    SHALLOW,
+    ShallowList,
+    WeightsView,
+    protected_commits,
+)
 from coral_core.config import RepoConfig
 from coral_core.delta import DeltaConfig
 from coral_core.diff import CommitDiff, diff_trees
@@ -37,9 +44,12 @@ from coral_core.errors import (
     DirtyIndexError,
     MissingObjectError,
     NothingToCommitError,
+    PrunedCommitError,
     RefExistsError,
+    RefMovedError,
     RefNotFoundError,
     RepositoryNotFoundError,
+    ShallowCommitError,
     TensorMismatchError,
     TensorNotFoundError,
 )
@@ -53,6 +63,7 @@ from coral_core.maintenance import (
     RepackResult,
     VerifyReport,
     collect_garbage,
+    free_pruned,
     repack,
     verify_repository,
 )
@@ -77,7 +88,19 @@ from coral_core.model import (
 )
 from coral_core.objects import ObjectDatabase, ObjectKind
 from coral_core.refnames import validate_ref_name
-from coral_core.refs import HEADS, REMOTES, TAGS, Head, RefDatabase, ReflogEntry
+from coral_core.refs import (
+    HEADS,
+    PINS,
+    PRUNED,
+    REMOTES,
+    RUNS,
+    TAGS,
+    Head,
+    RefDatabase,
+    ReflogEntry,
+)
+from coral_core.remote import collect_remote_garbage
+from coral_core.runs import POINTERS, experiment_pointer, nearest_kept
 from coral_core.similarity import Deduplicator
 from coral_core.store.base import WeightStore
 from coral_core.store.local import LocalStore
@@ -151,8 +174,10 @@ class Repository:
         self.refs = RefDatabase(self.coral_dir, fsync=fsync)
         self.index = StagingIndex(self.coral_dir / "index", fsync=fsync)
         self.fingerprints = FingerprintLog(self.coral_dir / "fingerprints")
+        self.shallow = ShallowList(self.coral_dir, fsync=fsync)
         self._similar: Deduplicator | None = None
         self._similar_lock = threading.Lock()
+        migrations.upgrade(self)
 
     def _create(self, chunk_size: int | None, delta_config: DeltaConfig | None) -> None:
         self.coral_dir.mkdir(parents=True, exist_ok=True)
@@ -221,16 +246,21 @@ class Repository:
                     f"branch {head.branch!r} has no commits yet; stage weights and commit first"
                 )
             return head.commit
-        for full in (name, HEADS + name, TAGS + name, REMOTES + name):
+        for full in (name, HEADS + name, TAGS + name, REMOTES + name, RUNS + name):
             if full.startswith("refs/") and ".." not in full:
                 target = self.refs.read(full)
                 if target is not None:
                     return self.peel(target)
+        experiment, _, pointer = name.rpartition("/")
+        if experiment and pointer in POINTERS and ".." not in experiment:
+            found = experiment_pointer(self.refs, self.read_commit, experiment, pointer)
+            if found is not None:
+                return found
         if is_id_prefix(name.lower()):
             return self._commit_by_prefix(name.lower())
         raise RefNotFoundError(
-            f"no branch, tag or commit named {name!r}; "
-            "see `coral-ml branch --list`, `coral-ml tag --list` or `coral-ml log`"
+            f"no branch, tag, run pointer or commit named {name!r}; see `coral-ml branch "
+            "--list`, `coral-ml tag --list`, `coral-ml experiment list` or `coral-ml log`"
         )
 
     def peel(self, object_id: str) -> str:
@@ -265,22 +295,93 @@ class Repository:
         return {name: TreeEntry.from_dict(e) for name, e in document["entries"].items()}
 
     def show(self, ref: str | None = None) -> Commit:
-        """The commit a ref names (HEAD by default)."""
+        """The commit a ref names (HEAD by default); pruned and shallow commits too."""
         return self.read_commit(self.resolve(ref))
 
+    def branch_tip(self, branch: str) -> str | None:
+        """The commit ``branch`` points at; None when there is no such branch (or
+        it has no commits yet)."""
+        return self.refs.read(HEADS + validate_ref_name(branch))
+
+    # -- whose weights are here ----------------------------------------------------
+
+    def weights_view(self) -> WeightsView:
+        """A snapshot of which commits' weights this repository holds."""
+        head = self.refs.head().commit
+        return WeightsView(
+            marked=frozenset(self.refs.list_refs(PRUNED)),
+            protected=protected_commits(self.refs, self.peel, [head] if head else []),
+            shallow=self.shallow.read(),
+            has=self.objects.has,
+        )
+
+    def weights_status(self, ref: str | None = None) -> str:
+        """``"kept"``, ``"pruned"`` (retention let the weights go) or ``"shallow"``
+        (a ``--depth`` clone or fetch did not bring them) for a commit."""
+        commit = self.show(ref)
+        if commit.commit_hash not in self.shallow.read() and not self._marked(commit):
+            return KEPT
+        return self.weights_view().status(commit.commit_hash, list(commit.trees.values()))
+
+    def _marked(self, commit: Commit) -> bool:
+        return self.refs.read(PRUNED + commit.commit_hash) is not None
+
+    def require_weights(self, commit: Commit) -> None:
+        """Return when ``commit``'s weights are here.
+
+        Raises:
+            PrunedCommitError: naming the nearest kept checkpoint of its run.
+            ShallowCommitError: when a shallow clone did not fetch them.
+        """
+        status = self.weights_status(commit.commit_hash)
+        if status == KEPT:
+            return
+        if status == SHALLOW:
+            raise ShallowCommitError(
+                f"commit {commit.short_hash} ({commit.message!r}) has no weights here: this "
+                "clone is shallow; bring them with `coral-ml fetch <remote> --deepen N` or "
+                "`--unshallow`",
+                commit=commit.commit_hash,
+            )
+        nearest = nearest_kept(self, commit)
+        hint = (
+            f"; the nearest kept checkpoint of its run is {nearest[:12]}"
+            if nearest
+            else "; no checkpoint of its run is kept"
+        )
+        raise PrunedCommitError(
+            f"the weights of commit {commit.short_hash} ({commit.message!r}) were pruned by "
+            f"retention; its message, metrics and lineage stay{hint}",
+            commit=commit.commit_hash,
+            nearest=nearest,
+        )
+
+    def tree_at(self, ref: str | None = None) -> dict[str, TreeEntry]:
+        """Every tensor of a commit (HEAD by default), by name, without loading data.
+
+        Raises:
+            PrunedCommitError, ShallowCommitError: when its weights are not here.
+        """
+        return self._weights_tree(self.show(ref))
+
+    def _weights_tree(self, commit: Commit) -> dict[str, TreeEntry]:
+        self.require_weights(commit)
+        return self.read_tree(commit.tree_hash)
+
     def ls_tree(self, ref: str | None = None) -> dict[str, TreeEntry]:
-        """Every tensor of a commit, by name, without loading data."""
-        return self.read_tree(self.show(ref).tree_hash)
+        """Every tensor of a commit, by name, without loading data (see :meth:`tree_at`)."""
+        return self.tree_at(ref)
 
     def get_weight(self, name: str, ref: str | None = None) -> WeightTensor:
         """Load one tensor of a commit (HEAD by default), verified bitwise.
 
         Raises:
             TensorNotFoundError: when the commit has no tensor of that name.
+            PrunedCommitError: when retention pruned the commit's weights.
             CorruptObjectError: when its stored data is damaged.
         """
         commit = self.resolve(ref)
-        tree = self.read_tree(self.read_commit(commit).tree_hash)
+        tree = self._weights_tree(self.read_commit(commit))
         if name not in tree:
             raise TensorNotFoundError(
                 f"commit {commit[:12]} has no tensor {name!r} ({len(tree)} tensors; "
@@ -314,13 +415,17 @@ class Repository:
     def iter_weights(self, ref: str | None = None) -> Iterator[WeightTensor]:
         """Yield a commit's tensors one at a time (memory of one tensor)."""
         commit = self.resolve(ref)
-        for name, entry in self.read_tree(self.read_commit(commit).tree_hash).items():
+        for name, entry in self._weights_tree(self.read_commit(commit)).items():
             yield from self._load({name: entry}, commit)
 
     def get_all_weights(self, ref: str | None = None) -> dict[str, WeightTensor]:
-        """Every tensor of a commit (HEAD by default), by name, decoded in parallel."""
+        """Every tensor of a commit (HEAD by default), by name, decoded in parallel.
+
+        Raises:
+            PrunedCommitError: when retention pruned the commit's weights.
+        """
         commit = self.resolve(ref)
-        tree = self.read_tree(self.read_commit(commit).tree_hash)
+        tree = self._weights_tree(self.read_commit(commit))
         return {weight.name: weight for weight in self._load(tree, commit)} if tree else {}
 
     # -- staging and committing ----------------------------------------------------
@@ -421,6 +526,13 @@ class Repository:
             match = self._similar.find_similar(weight)
         return match[0] if match else None
 
+    def forget_similarity_index(self) -> None:
+        """Drop this process's index of similar tensors (``gc`` deleted some);
+        the next lookup rebuilds it from the fingerprint log."""
+        with self._similar_lock:
+            self._similar = None
+            self.fingerprints.restart()
+
     def stage_weights(self, weights: Mapping[str, Weight], replace: bool = False) -> dict[str, str]:
         """Store tensors and stage them for the next commit; return name -> content id.
 
@@ -479,6 +591,7 @@ class Repository:
         training_state: TrainingState | None = None,
         merge_parents: Sequence[str] = (),
         expected_parent: str | None = None,
+        pointers: Mapping[str, str | None] | None = None,
     ) -> Commit:
         """Record a commit and move the branch to it.
 
@@ -504,10 +617,15 @@ class Repository:
             merge_parents: further parents after the branch's tip (a merge commit).
             expected_parent: refuse to commit unless the branch's tip is this
                 commit (compare-and-swap, for writers that computed against it).
+            pointers: more refs (full names, such as a run's
+                ``refs/runs/<experiment>/<run>/last``) that move to the new
+                commit in the same step, each by compare-and-swap from the
+                value given (None: the ref is new).
 
         Raises:
             NothingToCommitError: when nothing is staged and ``allow_empty`` is False.
-            CoralError: when ``expected_parent`` is no longer the tip.
+            RefMovedError: when ``expected_parent`` is no longer the tip, or a
+                pointer no longer holds the value given; nothing was committed.
         """
         clean = clean_metrics(metrics)
         if branch is not None:
@@ -528,16 +646,23 @@ class Repository:
                     if parent is None and branch is not None:
                         parent = head.commit
                 if expected_parent is not None and parent != expected_parent:
-                    raise CoralError(
+                    raise RefMovedError(
                         f"{target or 'HEAD'} moved to {str(parent)[:12]} while this commit was "
                         f"prepared against {expected_parent[:12]}; nothing was committed, run again"
                     )
+                for ref, expected in (pointers or {}).items():
+                    if self.refs.read(ref) != expected:
+                        raise RefMovedError(
+                            f"{ref} moved while this commit was prepared; nothing was committed"
+                        )
                 staged = self.index.read() if snapshot is None else Staged(snapshot, replace=True)
                 if snapshot is None and staged.empty and not allow_empty:
                     raise NothingToCommitError(
                         "nothing staged to commit; stage weights first (or allow_empty=True)"
                     )
-                parent_tree = self.read_tree(self.read_commit(parent).tree_hash) if parent else {}
+                parent_tree = {}
+                if parent is not None and not staged.replace:
+                    parent_tree = self._weights_tree(self.read_commit(parent))
                 tree = staged.apply(parent_tree)
                 details = dict(metadata or {})
                 lossy = _lossy_summary(staged.entries)
@@ -568,6 +693,9 @@ class Repository:
                 commit_hash = self.objects.write_document(ObjectKind.COMMIT, commit.to_document())
                 reflog_message = f"commit: {message.splitlines()[0] if message else ''}"
                 self._move(target, parent, commit_hash, commit.author, reflog_message, head)
+                for ref, expected in (pointers or {}).items():
+                    self.refs.write(ref, commit_hash)
+                    self.refs.log_move(ref, expected, commit_hash, commit.author, reflog_message)
                 if snapshot is None:
                     self.index.clear()
         return self.read_commit(commit_hash)
@@ -581,7 +709,9 @@ class Repository:
         """Tensors at the tip of ``branch`` (HEAD when None), plus what is staged;
         used to pick delta references, so a stale answer only costs compression."""
         tip = self._tip(branch)
-        tree = self.read_tree(self.read_commit(tip).tree_hash) if tip else {}
+        tree = {}
+        if tip and self.weights_status(tip) == KEPT:  # a shallow tip has no references to give
+            tree = self.read_tree(self.read_commit(tip).tree_hash)
         if with_staged:
             tree.update(self.index.read().entries)
         return tree
@@ -594,7 +724,8 @@ class Repository:
         entries = {}
         if tensors:
             tip = self._tip(branch)
-            previous = self._training_tree(self.read_commit(tip)) if tip else {}
+            kept = tip is not None and self.weights_status(tip) == KEPT
+            previous = self._training_tree(self.read_commit(tip)) if kept else {}  # type: ignore[arg-type]
             entries = self._write_weights(tensors, previous)
         return document, entries
 
@@ -611,10 +742,15 @@ class Repository:
 
     def training_state(self, ref: str | None = None) -> TrainingState | None:
         """The :class:`TrainingState` a commit (HEAD by default) carries, tensors
-        restored bit for bit; None when it carries none."""
+        restored bit for bit; None when it carries none.
+
+        Raises:
+            PrunedCommitError: when retention pruned the commit's weights and state.
+        """
         commit = self.show(ref)
         if commit.training is None:
             return None
+        self.require_weights(commit)
         tree = self._training_tree(commit)
         tensors = {w.name: w.data for w in self._load(tree, commit.commit_hash)} if tree else {}
         return TrainingState.from_storage(commit.training.get("state") or {}, tensors)
@@ -684,15 +820,73 @@ class Repository:
             branches.append(Branch(head.branch, None, True))
         return sorted(branches, key=lambda b: b.name)
 
-    def drop_commits(self, branch: str, commits: Collection[str]) -> dict[str, str | None]:
-        """Rewrite ``branch``'s first-parent history without ``commits``.
+    # -- keeping and letting go of weights -------------------------------------------
+
+    def pin(self, ref: str) -> str:
+        """Keep a commit's weights whatever retention decides (``coral-ml pin``).
+
+        Pins push and fetch with the commits they hold. Returns the commit's id.
+
+        Raises:
+            PrunedCommitError: when its weights are gone already.
+        """
+        commit = self.show(ref)
+        with self.refs.lock():
+            self.require_weights(commit)
+            self.refs.write(PINS + commit.commit_hash, commit.commit_hash)
+        return commit.commit_hash
+
+    def unpin(self, ref: str) -> str:
+        """Let retention decide about a pinned commit again; returns its id.
+
+        Raises:
+            RefNotFoundError: when the commit is not pinned.
+        """
+        commit = self.resolve(ref)
+        with self.refs.lock():
+            if self.refs.read(PINS + commit) is None:
+                raise RefNotFoundError(f"commit {commit[:12]} ({ref}) is not pinned")
+            self.refs.delete(PINS + commit)
+        return commit
+
+    def pins(self) -> list[str]:
+        """The pinned commits."""
+        return sorted(self.refs.list_refs(PINS).values())
+
+    def prune(self, refs: Sequence[str], free: bool = True) -> GCResult:
+        """Let go of the weights of these commits; the commits stay in history.
+
+        Each gets a prune mark (``refs/pruned/<id>``, which push and fetch
+        carry): its message, metrics, parents and run stay in ``log``; reading
+        its weights raises :class:`PrunedCommitError`. With ``free``, the space
+        only they used is freed at once. A commit a branch, tag, pin or run
+        pointer holds keeps its weights until that ref lets go of it.
+        """
+        commits = list(dict.fromkeys(self.resolve(ref) for ref in refs))
+        with self.refs.lock():
+            for commit in commits:
+                if self.refs.read(PRUNED + commit) is None:
+                    self.refs.write(PRUNED + commit, commit)
+        if not free:
+            return GCResult(0, 0, 0, 0, dry_run=False)
+        return free_pruned(self, commits)
+
+    def drop_commits(
+        self, branch: str, commits: Collection[str], *, force: bool = False
+    ) -> dict[str, str | None]:
+        """Rewrite ``branch``'s first-parent history without ``commits``: an
+        explicit rewrite of history nobody else has (retention never does
+        this; it prunes weights, see :meth:`prune`).
 
         Each later commit is written again with the same tree, metadata and
         training state, its parent replaced; tags on rewritten commits move
         with them and tags on dropped ones are deleted. Objects nothing else
         references are left for ``gc`` to free. Other branches are not moved,
-        so history they share stays alive through them (as in git). The way
-        checkpoint retention forgets old checkpoints.
+        so history they share stays alive through them (as in git).
+
+        Args:
+            force: rewrite even commits a remote-tracking branch has (they
+                were pushed or fetched: others may have them too).
 
         Returns:
             ``{old id: new id}`` for every commit rewritten, ``None`` for dropped ones.
@@ -700,7 +894,8 @@ class Repository:
         Raises:
             RefNotFoundError: when the branch does not exist.
             CoralError: when a commit is not in its first-parent history, or
-                every commit of the branch would go.
+                every commit of the branch would go, or (without ``force``)
+                a commit to rewrite is on a remote.
         """
         drop = set(commits)
         with self.writing_objects(), self.refs.lock():
@@ -718,6 +913,8 @@ class Repository:
                     )
                 chain.append(self.read_commit(current))
                 current = chain[-1].parent_hashes[0] if chain[-1].parent_hashes else None
+            if not force:
+                self._refuse_rewriting_shared(branch, [c.commit_hash for c in chain])
             mapping: dict[str, str | None] = {}
             for commit in reversed(chain):
                 parents = [mapping.get(p, p) for p in commit.parent_hashes]
@@ -740,6 +937,17 @@ class Repository:
             self._retarget_tags(mapping, drop)
         return mapping
 
+    def _refuse_rewriting_shared(self, branch: str, commits: Sequence[str]) -> None:
+        tracked = self.refs.list_refs(REMOTES)
+        shared = {c.commit_hash for c in self.iter_commits(list(dict.fromkeys(tracked.values())))}
+        pushed = [c for c in commits if c in shared]
+        if pushed:
+            raise CoralError(
+                f"rewriting branch {branch!r} would change {len(pushed)} commit(s) a remote has "
+                f"(e.g. {pushed[0][:12]}); shared history is not rewritten: prune weights "
+                "instead (Repository.prune), or force=True if nobody else has them"
+            )
+
     def _retarget_tags(self, mapping: Mapping[str, str | None], dropped: set[str]) -> None:
         """Move tags on rewritten commits to their new ids; delete tags on dropped ones."""
         for name, object_id in self.refs.list_refs(TAGS).items():
@@ -761,8 +969,10 @@ class Repository:
         Raises:
             DirtyIndexError: when changes are staged (``force=True`` drops them).
             RefNotFoundError: when ``ref`` names nothing.
+            PrunedCommitError: when the commit's weights were pruned (or not fetched).
         """
         commit = self.resolve(ref)
+        self.require_weights(self.read_commit(commit))
         is_branch = self.refs.read(HEADS + ref) is not None if ref != "HEAD" else False
         with self.refs.lock():
             if not self.index.read().empty:
@@ -853,8 +1063,8 @@ class Repository:
             return self.read_commit(ours)
         if len(others) == 1 and base == ours and not no_ff:
             return self._fast_forward(branch, ours, others[0], names[0])
-        trees = [self.read_tree(self.read_commit(c).tree_hash) for c in (ours, *others)]
-        base_tree = self.read_tree(self.read_commit(base).tree_hash) if base else {}
+        trees = [self._weights_tree(self.read_commit(c)) for c in (ours, *others)]
+        base_tree = self._weights_tree(self.read_commit(base)) if base else {}
         outcome = merge_trees(trees, base_tree, chosen, settings, self.objects.read_tensor)
         record = {
             "strategy": chosen,
@@ -877,7 +1087,7 @@ class Repository:
     def _fast_forward(self, branch: str, old: str, new: str, name: str) -> Commit:
         with self.refs.lock():
             if self.refs.read(HEADS + branch) != old:
-                raise CoralError(f"branch {branch!r} moved while merging; nothing was changed")
+                raise RefMovedError(f"branch {branch!r} moved while merging; nothing was changed")
             message = f"merge {name}: fast-forward"
             self._move(branch, old, new, self._author(None), message, self.refs.head())
         return self.read_commit(new)
@@ -940,16 +1150,47 @@ class Repository:
         *,
         tags: bool = False,
         force: bool = False,
+        force_with_lease: bool = False,
+        delete: Sequence[str] = (),
+        refs: Sequence[str] = (),
         progress: remote.Progress | None = None,
     ) -> remote.TransferResult:
-        """Send branches (HEAD's by default) and tags; see :func:`coral_core.remote.push`."""
-        return remote.push(self, remote_name, branches, tags=tags, force=force, progress=progress)
+        """Send branches (HEAD's by default), their runs' pointers, pins and prune
+        marks, and tags; see :func:`coral_core.remote.push`."""
+        return remote.push(
+            self,
+            remote_name,
+            branches,
+            tags=tags,
+            force=force,
+            force_with_lease=force_with_lease,
+            delete=delete,
+            refs=refs,
+            progress=progress,
+        )
 
     def fetch(
-        self, remote_name: str = "origin", progress: remote.Progress | None = None
+        self,
+        remote_name: str = "origin",
+        ref: str | None = None,
+        *,
+        depth: int | None = None,
+        deepen: int | None = None,
+        unshallow: bool = False,
+        progress: remote.Progress | None = None,
     ) -> remote.TransferResult:
-        """Bring a remote's branches (as ``<remote>/<branch>``) and tags here, verified."""
-        return remote.fetch(self, remote_name, progress)
+        """Bring a remote's branches (as ``<remote>/<branch>``), tags, run pointers,
+        pins and prune marks here, verified; ``depth``/``deepen``/``unshallow``
+        as in :func:`coral_core.remote.fetch`."""
+        return remote.fetch(
+            self,
+            remote_name,
+            ref,
+            depth=depth,
+            deepen=deepen,
+            unshallow=unshallow,
+            progress=progress,
+        )
 
     def pull(
         self,
@@ -1080,9 +1321,10 @@ class Repository:
         return commits
 
     def ref_commits(self) -> list[str]:
-        """Commits every branch (local and remote-tracking), tag and HEAD point at."""
-        starts = list(self.refs.list_refs(HEADS).values())
-        starts += self.refs.list_refs(REMOTES).values()
+        """Commits every branch (local and remote-tracking), run pointer, pin, tag
+        and HEAD point at."""
+        prefixes = (HEADS, REMOTES, RUNS, PINS)
+        starts = [c for prefix in prefixes for c in self.refs.list_refs(prefix).values()]
         starts += [self.peel(t) for t in self.refs.list_refs(TAGS).values()]
         if self.refs.head().commit:
             starts.append(self.refs.head().commit)  # type: ignore[arg-type]
@@ -1124,24 +1366,47 @@ class Repository:
 
     def diff(self, ref_a: str, ref_b: str | None = None, stats: bool = True) -> CommitDiff:
         """Per-tensor status (added, removed, modified, unchanged) from ``ref_a`` to
-        ``ref_b`` (HEAD by default), with change statistics for modified tensors."""
-        commit_a, commit_b = self.resolve(ref_a), self.resolve(ref_b)
-        tensors = diff_trees(
-            self.read_tree(self.read_commit(commit_a).tree_hash),
-            self.read_tree(self.read_commit(commit_b).tree_hash),
-            self.objects.read_tensor,
-            with_stats=stats,
+        ``ref_b`` (HEAD by default), with change statistics for modified tensors,
+        and both commits' metrics. A commit whose weights are gone (pruned or
+        shallow) is named in ``weights_gone``, and only metrics are compared."""
+        a, b = self.show(ref_a), self.show(ref_b)
+        metrics = {
+            m: (a.metrics.get(m), b.metrics.get(m)) for m in sorted({*a.metrics, *b.metrics})
+        }
+        gone = tuple(
+            dict.fromkeys(
+                c.commit_hash for c in (a, b) if self.weights_status(c.commit_hash) != KEPT
+            )
         )
-        return CommitDiff(commit_a, commit_b, tensors)
+        tensors = {}
+        if not gone:
+            tensors = diff_trees(
+                self.read_tree(a.tree_hash),
+                self.read_tree(b.tree_hash),
+                self.objects.read_tensor,
+                with_stats=stats,
+            )
+        return CommitDiff(a.commit_hash, b.commit_hash, tensors, metrics, gone)
 
     # -- maintenance ---------------------------------------------------------------
 
-    def gc(self, dry_run: bool = False, progress: Progress | None = None) -> GCResult:
-        """Delete objects no branch, tag, HEAD or staged entry references; frees disk.
+    def gc(
+        self,
+        dry_run: bool = False,
+        progress: Progress | None = None,
+        *,
+        remote: str | None = None,
+    ) -> GCResult:
+        """Delete objects no branch, tag, run pointer, pin, HEAD or staged entry
+        references, and the weights of pruned commits; frees disk.
 
         The reflog does not keep commits alive: after a branch is deleted and
-        ``gc`` runs, its unique commits are gone.
+        ``gc`` runs, its unique commits are gone. With ``remote``, collect on
+        that remote instead (safe while others push: see
+        :func:`coral_core.remote.collect_remote_garbage`).
         """
+        if remote is not None:
+            return collect_remote_garbage(self, remote, dry_run=dry_run, progress=progress)
         return collect_garbage(self, dry_run=dry_run, progress=progress)
 
     def repack(

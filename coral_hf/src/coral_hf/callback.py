@@ -3,11 +3,12 @@
 The Trainer decides when (``save_strategy``, ``save_steps``); at each
 ``on_save`` the callback hands the model's tensors and a
 :class:`~coral_core.TrainingState` to a :class:`~coral_core.CheckpointManager`,
-which commits, moves the ``<experiment>/best`` tag (the metric and direction
-come from ``metric_for_best_model`` / ``greater_is_better``) and applies the
-retention rules. The state holds the optimizer, scheduler, grad-scaler and
-random-generator state as tensors and JSON, plus the Trainer's own
-``TrainerState`` as JSON; no pickle goes into the repository.
+which commits, moves the run's ``best`` pointer (``<experiment>/best``; the
+metric and direction come from ``metric_for_best_model`` /
+``greater_is_better``) and prunes what the retention rules no longer keep.
+The state holds the optimizer, scheduler, grad-scaler and random-generator
+state as tensors and JSON, plus the Trainer's own ``TrainerState`` as JSON;
+no pickle goes into the repository.
 
 To resume, :func:`checkout_checkpoint` writes a commit out as the folder the
 Trainer reads (``trainer.train(resume_from_checkpoint=folder)``): the weights
@@ -55,7 +56,7 @@ class CoralTrainerCallback(TrainerCallback):
 
     Args:
         repo: a :class:`~coral_core.Repository`, or the folder of one (created if needed).
-        experiment_name: names the run's checkpoints and its ``<name>/best`` tag
+        experiment_name: names the run's checkpoints and its ``<name>/best`` pointer
             (default ``"training"``).
         config: retention (``max_checkpoints``, ``keep_best_n_checkpoints``),
             ``tag_best_checkpoints``, ``include_optimizer`` and ``branch``. When to
@@ -84,10 +85,20 @@ class CoralTrainerCallback(TrainerCallback):
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        """Set up the checkpoint manager with the Trainer's notion of best."""
+        """Set up the checkpoint manager with the Trainer's notion of best; a
+        resumed run (``resume_from_checkpoint``) goes on with the run of the
+        checkpoint at its step."""
         self.config = policy_for(args, self._requested)
         self.manager = CheckpointManager(self.repo, self.config, self.experiment_name)
+        self.manager.resume_at_step(state.global_step)
         self._metrics = {}
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        """Wait for the background pushes of ``push_to``."""
+        if self.manager is not None and state.is_world_process_zero:
+            self.manager.finish()
 
     def on_log(
         self,

@@ -3,9 +3,10 @@
 ``Trainer(callbacks=[CoralCallback("./repo", monitor="val_loss")])`` drives one
 :class:`~coral_core.CheckpointManager`: it commits after every N epochs or
 optimizer steps, when the monitored metric improves and once more at the
-end, tags the best as ``<experiment>/best`` and forgets what the retention
-rules no longer keep. Each commit holds the model's tensors, the logged
-metrics (``trainer.callback_metrics``), epoch and step, and a
+end, moves the run's best pointer (``<experiment>/best``) and prunes the
+weights of what the retention rules no longer keep (the commits stay).
+Each commit holds the model's tensors, the logged metrics
+(``trainer.callback_metrics``), epoch and step, and a
 :class:`~coral_core.TrainingState` with everything Lightning's own
 checkpoint holds (optimizer, scheduler, loop and callback state) plus the
 random generators' state, so ``trainer.fit(model, ckpt_path="coral://<ref>")``
@@ -26,7 +27,7 @@ from pytorch_lightning.callbacks import Checkpoint
 
 from coral_core import CheckpointConfig, CheckpointManager, Commit, ConfigError, Repository
 from coral_lightning.checkpoint_io import SCHEME
-from coral_lightning.convert import checkpoint_to_commit, plain_metrics
+from coral_lightning.convert import COMMIT_KEY, checkpoint_to_commit, plain_metrics
 
 #: Lightning ``ModelCheckpoint`` argument names and the CheckpointConfig fields they set
 #: (``save_top_k`` maps to ``keep_best_n_checkpoints`` with ``monitor``, else ``max_checkpoints``).
@@ -42,7 +43,7 @@ class CoralCallback(Checkpoint):
 
     Args:
         repo: a :class:`~coral_core.Repository`, or its folder (created if needed).
-        experiment_name: names the checkpoints and the ``<name>/best`` tag
+        experiment_name: names the checkpoints and the ``<name>/best`` pointer
             (default: the LightningModule's class name).
         config: the policy, as a :class:`~coral_core.CheckpointConfig`; or give
             its fields as keyword arguments instead, or ModelCheckpoint's names:
@@ -76,6 +77,7 @@ class CoralCallback(Checkpoint):
         self.last_commit: Commit | None = None
         self._last_step_checked = -1
         self._best_model_path = ""
+        self._resumed = False
 
     @property
     def state_key(self) -> str:
@@ -110,6 +112,23 @@ class CoralCallback(Checkpoint):
         name = self._experiment_name or type(pl_module).__name__
         self.manager = CheckpointManager(repo, self.config, name)
         self._last_step_checked = -1
+        self._resumed = False
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """A fit resumed from a Coral commit (``ckpt_path`` with CoralCheckpointIO):
+        its checkpoints go on in the run that made it."""
+        commit = checkpoint.get(COMMIT_KEY)
+        if self.manager is not None and isinstance(commit, str):
+            self.manager.resume_from(commit)
+            self._resumed = True
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """A fit resumed from elsewhere (a ``.ckpt`` file): the run of the
+        experiment's checkpoint at that step, if there is one."""
+        if self.manager is not None and not self._resumed and trainer.global_step > 0:
+            self.manager.resume_at_step(trainer.global_step)
 
     def on_train_batch_end(
         self,
@@ -141,6 +160,7 @@ class CoralCallback(Checkpoint):
             return
         if self.manager.needs_final_save(trainer.global_step):
             self.save(trainer, pl_module)
+        self.manager.finish()
 
     # -- saving -------------------------------------------------------------------------
 

@@ -2,12 +2,14 @@
 
 ``Trainer(plugins=[CoralCheckpointIO(repo)])`` makes every checkpoint Lightning
 writes (``ModelCheckpoint``, ``trainer.save_checkpoint``) a commit on a branch
-instead of a ``.ckpt`` file. The path Lightning chose is kept in the commit
-(``coral_lightning.path``), so ModelCheckpoint's bookkeeping (``best_model_path``,
-``save_top_k``, ``last.ckpt``) works unchanged: saving to a path again
-replaces the commit saved there before, and ``remove_checkpoint`` drops that
-commit from the branch's history, so the branch holds exactly the checkpoints
-ModelCheckpoint keeps and ``gc`` frees the rest. ``ckpt_path`` accepts those
+instead of a ``.ckpt`` file, through one :class:`~coral_core.CheckpointManager`
+run. The path Lightning chose is kept in the commit (``coral_lightning.path``),
+so ModelCheckpoint's bookkeeping (``best_model_path``, ``save_top_k``,
+``last.ckpt``) works unchanged: saving to a path again prunes the weights of
+the commit saved there before, and ``remove_checkpoint`` prunes that commit's
+weights. History is append-only: every checkpoint stays in ``log``, and only
+the checkpoints ModelCheckpoint keeps hold weights. ModelCheckpoint's best is
+the run's ``best`` pointer (``<experiment>/best``). ``ckpt_path`` accepts those
 paths, ``coral://<ref>`` (a branch, tag or commit) and commit ids.
 """
 
@@ -15,13 +17,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pytorch_lightning.plugins.io import CheckpointIO
 
-from coral_core import CoralError, RefNotFoundError, Repository
-from coral_core.checkpoint import CHECKPOINT_KEY
-from coral_core.refs import HEADS
+from coral_core import (
+    CheckpointConfig,
+    CheckpointManager,
+    CoralError,
+    RefNotFoundError,
+    Repository,
+)
 from coral_lightning.convert import checkpoint_from_commit, checkpoint_to_commit
 
 #: Commit metadata key: the checkpoint path Lightning saved to.
@@ -37,11 +43,13 @@ class CoralCheckpointIO(CheckpointIO):
         repo: a :class:`~coral_core.Repository`, or its folder (created on the
             first save if needed).
         experiment_name: names the checkpoints (commit metadata, and the
-            ``<name>/best`` tag on ModelCheckpoint's best one).
+            ``<name>/best`` pointer on ModelCheckpoint's best one).
         branch: commit onto this branch (default: HEAD's branch).
         restore_random_state: on load, put Python's, numpy's and torch's random
             generators back as they were at the save, so a resumed run draws
             the same data order and dropout as one that never stopped.
+        push_to, push_strategy: push the run to this remote as it trains (see
+            :class:`~coral_core.CheckpointConfig`); the end of ``fit`` waits for it.
     """
 
     def __init__(
@@ -50,12 +58,24 @@ class CoralCheckpointIO(CheckpointIO):
         experiment_name: str = "lightning",
         branch: str | None = None,
         restore_random_state: bool = True,
+        *,
+        push_to: str | None = None,
+        push_strategy: Literal["every_save", "end"] = "every_save",
     ) -> None:
         self._repo = repo if isinstance(repo, Repository) else None
         self._repo_path = repo.path if isinstance(repo, Repository) else Path(repo)
         self.experiment_name = experiment_name
         self._branch = branch
         self.restore_random_state = restore_random_state
+        self.config = CheckpointConfig(  # Lightning decides when to save and what to keep
+            save_every_n_epochs=None,
+            save_last=False,
+            auto_commit=False,
+            branch=branch,
+            push_to=push_to,
+            push_strategy=push_strategy,
+        )
+        self._manager: CheckpointManager | None = None
 
     @property
     def repo(self) -> Repository:
@@ -68,15 +88,24 @@ class CoralCheckpointIO(CheckpointIO):
         return self._repo
 
     @property
+    def manager(self) -> CheckpointManager:
+        """The run the checkpoints are committed to (made on first use)."""
+        if self._manager is None:
+            try:
+                self._manager = CheckpointManager(self.repo, self.config, self.experiment_name)
+            except CoralError as exc:
+                if self.repo.current_branch is not None or self._branch is not None:
+                    raise
+                raise CoralError(
+                    f"HEAD of {self.repo.path} is detached, so checkpoints have no branch to go "
+                    "on; check out a branch or give CoralCheckpointIO(branch=...)"
+                ) from exc
+        return self._manager
+
+    @property
     def branch(self) -> str:
         """The branch checkpoints go on."""
-        branch = self._branch or self.repo.current_branch
-        if branch is None:
-            raise CoralError(
-                f"HEAD of {self.repo.path} is detached, so checkpoints have no branch to go "
-                "on; check out a branch or give CoralCheckpointIO(branch=...)"
-            )
-        return branch
+        return self.manager.branch
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | os.PathLike[str], storage_options: Any = None
@@ -96,36 +125,13 @@ class CoralCheckpointIO(CheckpointIO):
         weights, state, metadata = checkpoint_to_commit(checkpoint, metrics=_monitored(checkpoint))
         state.experiment_name = self.experiment_name
         metadata[PATH_KEY] = key
-        metadata[CHECKPOINT_KEY] = {
-            "experiment": self.experiment_name,
-            "epoch": state.epoch,
-            "step": state.global_step,
-        }
-        branch = self.branch
         earlier = self._commits_at(key)
         message = f"{self.experiment_name}: {os.path.basename(key)} (epoch {state.epoch}, "
         message += f"step {state.global_step})"
-        commit = self.repo.commit(
-            message,
-            metrics=state.metrics,
-            metadata=metadata,
-            weights=weights,
-            branch=branch,
-            training_state=state,
+        self.manager.save(
+            weights, state, message=message, metadata=metadata, best=key in _best_paths(checkpoint)
         )
-        if earlier:  # an overwrite: the branch keeps one checkpoint per path
-            mapping = self.repo.drop_commits(branch, earlier)
-            commit = self.repo.read_commit(
-                str(mapping.get(commit.commit_hash) or commit.commit_hash)
-            )
-        if key in _best_paths(checkpoint):
-            self.repo.tag_version(
-                f"{self.experiment_name}/best",
-                f"ModelCheckpoint's best of {self.experiment_name}: {os.path.basename(key)}",
-                metrics=state.metrics,
-                ref=commit.commit_hash,
-                force=True,
-            )
+        self.manager.prune(earlier)  # an overwrite: one checkpoint with weights per path
 
     def load_checkpoint(
         self,
@@ -143,15 +149,23 @@ class CoralCheckpointIO(CheckpointIO):
             RefNotFoundError: when ``path`` names no checkpoint of this repository.
         """
         self._open(create=False)  # every rank loads: none of them creates
-        return checkpoint_from_commit(self.repo, self.resolve(path), self.restore_random_state)
+        commit = self.resolve(path)
+        loaded = checkpoint_from_commit(self.repo, commit, self.restore_random_state)
+        if self._manager is not None or self.repo.current_branch or self._branch:
+            self.manager.resume_from(commit)  # a fit that goes on saves into that run
+        return loaded
 
     def remove_checkpoint(self, path: str | os.PathLike[str]) -> None:
-        """Drop the checkpoint saved at ``path`` from the branch's history (no-op when none)."""
+        """Prune the weights of the checkpoint saved at ``path`` (no-op when none):
+        its commit stays in history."""
         if self._repo is None and not self._repo_path.exists():
             return
-        earlier = self._commits_at(_path_key(path))
-        if earlier:
-            self.repo.drop_commits(self.branch, earlier)
+        self.manager.prune(self._commits_at(_path_key(path)))
+
+    def teardown(self) -> None:
+        """The end of ``fit``: wait for the background pushes (``push_to``)."""
+        if self._manager is not None:
+            self._manager.finish()
 
     def resolve(self, path: str | os.PathLike[str]) -> str:
         """The commit id a ``ckpt_path`` names: ``coral://<ref>``, a path saved
@@ -159,9 +173,9 @@ class CoralCheckpointIO(CheckpointIO):
         text = os.fspath(path)
         if text.startswith(SCHEME):
             return self.repo.resolve(text[len(SCHEME) :])
-        saved = self._commits_at(_path_key(text))
+        saved = self._commits_at(_path_key(text), pruned_too=True)
         if saved:
-            return saved[0]
+            return saved[0]  # a pruned one raises PrunedCommitError when loaded
         try:
             return self.repo.resolve(text)
         except RefNotFoundError:
@@ -171,13 +185,16 @@ class CoralCheckpointIO(CheckpointIO):
                 "(a branch, tag or commit) or a path ModelCheckpoint saved"
             ) from None
 
-    def _commits_at(self, key: str) -> list[str]:
-        """Commits saved at ``key`` on the branch, newest first."""
+    def _commits_at(self, key: str, pruned_too: bool = False) -> list[str]:
+        """Commits saved at ``key`` on the branch whose weights are kept (or
+        all of them), newest first."""
         found = []
-        tip = self.repo.refs.read(HEADS + self.branch)
+        tip = self.repo.branch_tip(self.branch)
         while tip is not None:
             commit = self.repo.read_commit(tip)
-            if commit.metadata.metadata.get(PATH_KEY) == key:
+            if commit.metadata.metadata.get(PATH_KEY) == key and (
+                pruned_too or self.repo.weights_status(tip) == "kept"
+            ):
                 found.append(tip)
             tip = commit.parent_hashes[0] if commit.parent_hashes else None
         return found

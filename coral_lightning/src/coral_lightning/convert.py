@@ -33,8 +33,18 @@ from coral_torch import (
 
 #: ``TrainingState.extra`` key of the checkpoint entries that have no field of their own.
 ENTRIES_KEY = "coral_lightning.checkpoint"
-#: Checkpoint entries that live elsewhere in the commit.
-_OWN_PLACES = ("state_dict", "optimizer_states", "lr_schedulers", "epoch", "global_step")
+#: Checkpoint entry naming the commit a loaded checkpoint came from (so the
+#: run that resumes knows it; it is never stored).
+COMMIT_KEY = "coral_commit"
+#: Checkpoint entries that live elsewhere in the commit (or nowhere).
+_OWN_PLACES = (
+    "state_dict",
+    "optimizer_states",
+    "lr_schedulers",
+    "epoch",
+    "global_step",
+    COMMIT_KEY,
+)
 
 
 class UnstorableCheckpointError(CoralError, TypeError):
@@ -101,6 +111,12 @@ def checkpoint_from_commit(
         commit: the commit id.
         restore_random_state: put the random generators back as they were when
             the checkpoint was saved (for an exact resume).
+
+    The dict also names the commit (:data:`COMMIT_KEY`), so a run that resumes
+    from it goes on with the run that made it.
+
+    Raises:
+        PrunedCommitError: when retention pruned the commit's weights.
     """
     state = repo.training_state(commit)
     checkpoint: dict[str, Any] = {"pytorch-lightning_version": pl.__version__}  # type: ignore[attr-defined]
@@ -114,6 +130,7 @@ def checkpoint_from_commit(
         if restore_random_state and state.random_state is not None:
             restore_rng(state.random_state)
     checkpoint["state_dict"] = load_state_dict(repo, commit)
+    checkpoint[COMMIT_KEY] = commit
     return checkpoint
 
 

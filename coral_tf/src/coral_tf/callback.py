@@ -4,7 +4,7 @@ The callback drives one :class:`~coral_core.CheckpointManager`: it asks it
 after every batch and epoch whether the policy commits, and hands it the
 model's variables (named by ``v.path``), the ``logs`` metrics, epoch and step,
 and, with ``include_optimizer``, the optimizer's variables as training state.
-The manager tags the best checkpoint ``<experiment>/best`` and applies the
+The manager moves the run's best pointer (``<experiment>/best``) and applies the
 retention rules. ``monitor``, ``mode``, ``save_best_only`` and ``save_freq``
 mean what they mean to Keras' ``ModelCheckpoint``.
 """
@@ -37,7 +37,7 @@ class CoralKerasCallback(keras.callbacks.Callback):  # type: ignore[misc]
 
     Args:
         repo: a :class:`~coral_core.Repository`, or the folder of one (created if needed).
-        experiment_name: names the checkpoints and the ``<name>/best`` tag
+        experiment_name: names the checkpoints and the ``<name>/best`` pointer
             (default: the model's name).
         config: the full policy; or leave it out and give the Keras-style
             arguments below, which build one.
@@ -98,6 +98,7 @@ class CoralKerasCallback(keras.callbacks.Callback):  # type: ignore[misc]
                 self.repo, self.config, self.experiment_name or self.model.name
             )
         self._step = self._optimizer_step()
+        self.manager.resume_at_step(self._step)  # a fit going on from restored weights
         self._warned = False
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -128,6 +129,7 @@ class CoralKerasCallback(keras.callbacks.Callback):  # type: ignore[misc]
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         if self.manager.needs_final_save(self._step):
             self.save_checkpoint()
+        self.manager.finish()
 
     # -- saving --------------------------------------------------------------------
 

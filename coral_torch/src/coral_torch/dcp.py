@@ -62,6 +62,7 @@ from coral_core import (
     WeightTensor,
 )
 from coral_core.model import clean_metrics
+from coral_core.pusher import pusher_for
 from coral_core.refnames import validate_ref_name
 from coral_torch.tensors import TORCH_DTYPES, coral_dtype, to_array, to_tensor
 
@@ -240,6 +241,9 @@ class CoralWriter(StorageWriter):
             :meth:`coral_core.Repository.commit`.
         branch: commit onto this branch (created from HEAD if new) instead of
             HEAD's; HEAD itself does not move.
+        push_to: push the branch to this remote after each save, in the
+            background (one thread per repository and remote in the process;
+            :meth:`wait_for_push` waits, and so does the end of the process).
 
     A ``checkpoint_id`` given to ``dcp.save`` names another repository folder,
     or else the branch to commit onto.
@@ -255,9 +259,13 @@ class CoralWriter(StorageWriter):
         metadata: Mapping[str, Any] | None = None,
         author: str | None = None,
         tags: Sequence[str] = (),
+        push_to: str | None = None,
     ) -> None:
         super().__init__()
         self.repo = _repository(repo)
+        self.push_to = push_to
+        if push_to is not None:
+            pusher_for(self.repo, push_to)  # an unknown remote is refused now, not after the save
         self.message = message
         self.branch = None if branch is None else validate_ref_name(branch)
         self.metrics = clean_metrics(metrics)  # refused now, not after every rank wrote
@@ -307,8 +315,7 @@ class CoralWriter(StorageWriter):
         """The ref whose tensors are delta references: the target branch, or HEAD."""
         if self.branch is None:
             return None
-        ref = "refs/heads/" + self.branch
-        return ref if self.repo.refs.read(ref) is not None else None
+        return self.branch if self.repo.branch_tip(self.branch) is not None else None
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
         """Store this rank's tensors (not commit them); their entries go to :meth:`finish`."""
@@ -354,6 +361,17 @@ class CoralWriter(StorageWriter):
             weights=entries,
             branch=self.branch,
         )
+        if self.push_to is not None:
+            branch = self.branch or self.repo.current_branch
+            if branch is not None:
+                pusher_for(self.repo, self.push_to).request(branch, [])
+
+    def wait_for_push(self, timeout: float | None = None) -> bool:
+        """Wait for the background pushes of ``push_to``; False if the remote
+        was still failing after ``timeout`` seconds."""
+        if self.push_to is None:
+            return True
+        return pusher_for(self.repo, self.push_to).flush(timeout)
 
 
 # -- reading --------------------------------------------------------------------------

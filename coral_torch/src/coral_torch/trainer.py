@@ -57,7 +57,7 @@ class CoralTrainer:
     Args:
         model: the module being trained.
         repo: a :class:`~coral_core.Repository`, or the folder of one (created if needed).
-        experiment_name: names the run's checkpoints and its ``<name>/best`` tag.
+        experiment_name: names the run's checkpoints and its ``<name>/best`` pointer.
         config: when to commit and what to keep (default: every epoch, keep all).
         optimizer, scheduler, grad_scaler: saved and restored with the model
             when ``config.include_optimizer``.
@@ -233,9 +233,10 @@ class CoralTrainer:
             self._finish(*self._pending.pop(0))
 
     def close(self) -> None:
-        """Flush pending commits and stop the background thread."""
+        """Flush pending commits (and pushes, with ``push_to``) and stop the background thread."""
         try:
             self.wait()
+            self.manager.finish()
         finally:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
@@ -265,6 +266,7 @@ class CoralTrainer:
         self.wait()
         commit = self.manager.commit_of(load_best, ref)
         load_model(self.repo, self.model, commit, strict=True)
+        self.manager.resume_from(commit)
         state = self.repo.training_state(commit) or TrainingState(
             experiment_name=self.experiment_name
         )
@@ -355,6 +357,7 @@ class CoralTrainer:
         if self.manager.needs_final_save(self.state.global_step):
             self.save_checkpoint()
         self.wait()
+        self.manager.finish()
         return self.state
 
     def evaluate(
