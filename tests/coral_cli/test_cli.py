@@ -330,3 +330,68 @@ def test_publish_to_mlflow(workdir: Path) -> None:
     assert (first["version"], again["version"]) == ("1", "2")
     assert again["commit"] == second
     assert run("publish", "--to", "mlflow", ok=False).exit_code == 2  # --name is needed
+
+
+def test_pruned_checkpoints_pins_runs_and_shallow_clones(workdir: Path) -> None:
+    first, second = two_commits()
+    repo = Repository(workdir)
+    config = CheckpointConfig(max_checkpoints=1, save_on_best_metric="loss")
+    manager = CheckpointManager(repo, config, "sweep", hyperparameters={"lr": 0.1})
+    ids = []
+    for step in range(1, 5):
+        state = TrainingState(epoch=step, global_step=step, metrics={"loss": abs(step - 2.0)})
+        ids.append(manager.save({"w": np.full(256, step, np.float32)}, state).commit_hash)
+    oneline = run("log", "--oneline").stdout
+    assert oneline.count("[pruned: weights gone]") == 2  # steps 1 and 3; 2 is best, 4 newest
+    weights = [c["weights"] for c in as_json("log")]
+    assert weights == ["kept", "pruned", "kept", "pruned", "kept", "kept"]
+    assert "pruned" in run("show", ids[0]).stdout
+    refused = run("export", ids[0], "w.safetensors", ok=False)
+    assert refused.exit_code == 1
+    assert "pruned" in refused.stderr
+    assert ids[1][:12] in refused.stderr  # the nearest kept checkpoint
+    compared = as_json("compare", ids[0], ids[3])
+    assert compared["weights_gone"] == [ids[0]]
+    assert compared["metrics"]["loss"] == [1.0, 2.0]
+    assert "only metrics" in run("diff", ids[0], ids[3]).stdout
+    (listed,) = as_json("experiment", "list")
+    assert (listed["experiment"], listed["kept"], listed["checkpoints"]) == ("sweep", 2, 4)
+    assert listed["best_value"] == 0.0
+    assert listed["hyperparameters"] == {"lr": 0.1}
+    assert "2/4" in run("experiment", "list").stdout
+    shown = as_json("experiment", "show", listed["run"])
+    assert [(c["weights"], c["best"]) for c in shown["items"]] == [
+        ("pruned", False),
+        ("kept", True),
+        ("pruned", False),
+        ("kept", False),
+    ]
+    assert as_json("show", "sweep/best")["commit"] == ids[1]
+
+    run("pin", "sweep/last")
+    assert [p["commit"] for p in as_json("pin")] == [ids[3]]
+    state = TrainingState(epoch=5, global_step=5, metrics={"loss": 3.0})
+    manager.save({"w": np.full(256, 5, np.float32)}, state)
+    assert as_json("show", ids[3])["weights"] == "kept"  # the pin holds it
+    run("unpin", ids[3])
+    assert run("unpin", ids[3], ok=False).exit_code == 1
+    assert as_json("stats")["pruned_commits"] == 3
+
+    run("remote", "add", "origin", str(workdir / "remote"))
+    run("push", "origin")
+    assert as_json("gc", "--remote", "origin")["dry_run"] is False
+    cloned = as_json("clone", "--depth", "1", str(workdir / "remote"), "shallow")
+    assert cloned["bytes"] > 0
+    shallow = Repository(workdir / "shallow")
+    assert len(shallow.log()) == 7
+    assert [shallow.weights_status(c) for c in (first, second)] == ["shallow", "shallow"]
+    assert shallow.weights_status(ids[1]) == "kept"  # the run's best came: a pointer's tip
+    assert run("-C", "shallow", "log", "--oneline").stdout.count("[shallow") == 2
+    run("-C", "shallow", "fetch", "origin", "--deepen", "1")
+    assert [shallow.weights_status(c) for c in (first, second)] == ["shallow", "kept"]
+    run("-C", "shallow", "fetch", "origin", "--unshallow")
+    assert shallow.weights_status(first) == "kept"
+    run("-C", "shallow", "branch", "topic")
+    run("-C", "shallow", "push", "origin", "topic")
+    deleted = as_json("-C", "shallow", "push", "origin", "--delete", "topic")
+    assert deleted["refs"]["refs/heads/topic"]["new"] is None

@@ -3,7 +3,8 @@
     train REPO URL SEED STEPS [DELAY]   train a run of STEPS checkpoints (max 2 kept,
                                         best by loss) pushing to URL after each one
     gc REPO LEASE                       collect garbage on the repository's origin,
-                                        holding the remote lock with a LEASE-second lease
+                                        holding the remote lock with a LEASE-second lease,
+                                        20 ms a deleted object (so a kill lands mid-way)
     prune REPO SEED STEPS               train STEPS checkpoints with retention, no remote
 
 A run's checkpoint at step s holds :func:`weights` of (SEED, s), so a test can
@@ -25,11 +26,15 @@ EXPERIMENT = "exp"
 
 
 def weights(seed: int, step: int, size: int = 64) -> dict[str, np.ndarray]:
-    """A small model whose every value changes each step (no delta pays)."""
+    """A small model whose weights change each step (no delta pays), and a
+    tensor that comes back every third step: when it does, only pruned
+    checkpoints held it, so a push finds it on the remote while a gc there
+    sees garbage (the race the remote locks are for)."""
     rng = np.random.default_rng([seed, step])
     return {
         "encoder.weight": rng.standard_normal((size, size)).astype(np.float32),
         "encoder.bias": np.full(size, step, np.float32),
+        "cycle": np.full(size, step % 3, np.float32),
     }
 
 
@@ -58,6 +63,10 @@ def train(path: str, url: str | None, seed: int, steps: int, delay: float) -> No
     print(f"done {manager.run_id}", flush=True)
 
 
+def _slowly(done: int, total: int | None) -> None:
+    time.sleep(0.02)
+
+
 def main() -> None:
     mode, path = sys.argv[1], sys.argv[2]
     if mode == "train":
@@ -66,7 +75,9 @@ def main() -> None:
     elif mode == "prune":
         train(path, None, int(sys.argv[3]), int(sys.argv[4]), 0.0)
     elif mode == "gc":
-        result = collect_remote_garbage(Repository(path), "origin", lease=float(sys.argv[3]))
+        result = collect_remote_garbage(
+            Repository(path), "origin", lease=float(sys.argv[3]), progress=_slowly
+        )
         print(f"removed {result.removed_objects}", flush=True)
     else:
         raise SystemExit(f"unknown mode {mode!r}")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import Trainer
 
-from coral_core import CheckpointConfig, ConfigError, CoralError, Repository
+from coral_core import CheckpointConfig, ConfigError, CoralError, Repository, clone
 from coral_core.formats import read_safetensors
 from coral_hf import FILES_KEY, CoralTrainerCallback, checkout_checkpoint, save_pretrained
 from coral_hf.callback import TRAINER_STATE_KEY, policy_for
@@ -159,3 +159,26 @@ def test_a_best_metric_other_than_the_trainers_is_refused(tmp_path: Path) -> Non
         policy_for(args, CheckpointConfig(save_on_best_metric="eval_loss"))
     assert policy_for(args, CheckpointConfig()).save_on_best_metric == "eval_accuracy"
     assert json.dumps(policy_for(args, CheckpointConfig()).minimize) == "false"
+
+
+def test_push_to_sends_each_checkpoint_as_the_trainer_saves(tmp_path: Path) -> None:
+    repo = Repository(tmp_path / "repo", init=True)
+    repo.add_remote("origin", str(tmp_path / "remote"))
+    config = CheckpointConfig(max_checkpoints=1, push_to="origin")
+    callback = CoralTrainerCallback(repo, "bert", config)
+    trainer = Trainer(
+        model=classifier(seed=0),
+        args=arguments(tmp_path / "out"),
+        train_dataset=Pairs(),
+        eval_dataset=Pairs(16, seed=1),
+        compute_metrics=accuracy,
+        callbacks=[callback],
+    )
+    trainer.train()  # on_train_end waits for the pushes
+    copy = clone(str(tmp_path / "remote"), tmp_path / "copy")
+    assert [c.commit_hash for c in copy.log()] == [c.commit_hash for c in repo.log()]
+    assert callback.manager is not None
+    latest = callback.manager.latest
+    assert latest is not None
+    assert copy.resolve("bert/last") == latest.commit_hash
+    assert copy.weights_status(latest.commit_hash) == "kept"

@@ -13,8 +13,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from coral_core import RefNotFoundError, Repository
-from coral_lightning import CoralCheckpointIO, UnstorableCheckpointError
+from coral_core import RefNotFoundError, Repository, clone
+from coral_lightning import CoralCallback, CoralCheckpointIO, UnstorableCheckpointError
 from coral_lightning.checkpoint_io import PATH_KEY
 from coral_torch import load_state_dict, save_model
 
@@ -194,3 +194,23 @@ def test_exact_resume_in_a_new_process(tmp_path: Path) -> None:
     assert not same_bits(first["model"]["net.0.weight"], full["model"]["net.0.weight"])
     no_rng = result("no-rng")
     assert not same_bits(no_rng["model"]["net.0.weight"], full["model"]["net.0.weight"])
+
+
+def test_push_to_with_model_checkpoint_and_with_the_callback(tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    repo = Repository(tmp_path / "repo", init=True)
+    repo.add_remote("origin", str(remote))
+    io = CoralCheckpointIO(repo, "tiny", push_to="origin")
+    _, checkpoint, _ = fit_with_model_checkpoint(io, tmp_path / "ckpt", monitor="val_loss")
+    copy = clone(str(remote), tmp_path / "copy")  # the end of fit waited for the pushes
+    assert [c.commit_hash for c in copy.log()] == [c.commit_hash for c in repo.log()]
+    assert copy.resolve("tiny/best") == io.resolve(checkpoint.best_model_path)
+
+    callback = CoralCallback(repo, "callback", push_to="origin", save_top_k=1)
+    pl.seed_everything(0, verbose=False)
+    trainer = pl.Trainer(max_epochs=2, callbacks=[callback], **QUIET)
+    trainer.fit(TinyClassifier(), *loaders())
+    copy.fetch("origin")
+    assert callback.manager is not None
+    assert callback.manager.latest is not None
+    assert copy.resolve("callback/last") == callback.manager.latest.commit_hash

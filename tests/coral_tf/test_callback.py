@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coral_core import CheckpointConfig, ConfigError, CoralError, Repository
+from coral_core import CheckpointConfig, ConfigError, CoralError, Repository, clone
 from coral_tf import CoralKerasCallback, load_weights
 from coral_tf.weights import MODEL_KEY
 
@@ -148,3 +148,13 @@ def test_a_resumed_fit_goes_on_counting_and_steps_per_execution_is_met(tmp_path:
     fit(model, resumed, epochs=2, validation_data=None, initial_epoch=1)
     steps = [(c.epoch, c.step) for c in resumed.manager.checkpoints]
     assert steps == [(0, 3), (1, 5), (1, 6)]  # the end; step 4 passed by at 5; the end
+
+
+def test_push_to_sends_the_run_as_fit_goes(tmp_path: Path) -> None:
+    repo = Repository(tmp_path / "repo", init=True)
+    repo.add_remote("origin", str(tmp_path / "remote"))
+    callback = CoralKerasCallback(repo, "run", config=CheckpointConfig(push_to="origin"))
+    fit(mlp(), callback)
+    copy = clone(str(tmp_path / "remote"), tmp_path / "copy")
+    assert [c.commit_hash for c in copy.log()] == [c.commit_hash for c in repo.log()]
+    assert copy.resolve("run/last") == repo.resolve("run/last") == repo.resolve("main")

@@ -16,7 +16,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 
-from coral_core import RefNotFoundError, Repository, TensorNotFoundError
+from coral_core import ConfigError, RefNotFoundError, Repository, TensorNotFoundError, clone
 from coral_torch.dcp import METADATA_KEY, CoralReader, CoralWriter, DCPCheckpointError
 
 #: dcp.save / dcp.load without a process group say they assume a single process.
@@ -212,3 +212,18 @@ def test_two_ranks_save_one_commit_and_load_resharded(repo: Repository, tmp_path
     loaded["count"] = torch.zeros(5, dtype=torch.int64)
     dcp.load(loaded, storage_reader=CoralReader(repo))
     assert_bitwise(loaded, full_tensors())
+
+
+@SINGLE_PROCESS
+def test_push_to_sends_each_save_in_the_background(repo: Repository, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such remote"):
+        CoralWriter(repo, message="x", push_to="origin")  # refused before anything is saved
+    repo.add_remote("origin", str(tmp_path / "remote"))
+    state = model_state()
+    for step in range(3):
+        state["linear.weight"][0, step] += 1.0
+        writer = CoralWriter(repo, message=f"step {step}", push_to="origin")
+        dcp.save({"model": state}, storage_writer=writer)
+    assert writer.wait_for_push()
+    copy = clone(str(tmp_path / "remote"), tmp_path / "copy")
+    assert [c.commit_hash for c in copy.log()] == [c.commit_hash for c in repo.log()]

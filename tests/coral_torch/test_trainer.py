@@ -19,6 +19,7 @@ from coral_core import (
     RefNotFoundError,
     Repository,
     TrainingState,
+    clone,
 )
 from coral_torch import CoralTrainer, StateDictMismatchError, to_tensor
 from coral_torch.trainer import LOOP_KEY
@@ -235,3 +236,22 @@ def test_resuming_an_older_checkpoint_trains_on_a_branch_from_it(tmp_path: Path)
         step_6.commit_hash,
     )
     assert [c.commit_hash for c in repo.log("main")] == first_run  # the first run, untouched
+
+
+def test_push_to_sends_the_run_and_fit_waits_for_it(tmp_path: Path) -> None:
+    repo = Repository(tmp_path / "repo", init=True)
+    repo.add_remote("origin", str(tmp_path / "remote"))
+    config = CheckpointConfig(max_checkpoints=1, push_to="origin", push_strategy="end")
+    trainer = trainer_for(repo, config)
+    train, _ = loaders()
+    trainer.fit(train, epochs=3)  # pushes once, at the end, and waits for it
+    copy = clone(str(tmp_path / "remote"), tmp_path / "copy")
+    assert [c.commit_hash for c in copy.log()] == [c.commit_hash for c in repo.log()]
+    latest = trainer.manager.latest
+    assert latest is not None
+    assert copy.resolve("mlp/last") == latest.commit_hash
+    assert [copy.weights_status(c.commit_hash) for c in trainer.manager.history] == [
+        "pruned",
+        "pruned",
+        "kept",
+    ]

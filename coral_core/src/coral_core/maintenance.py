@@ -205,8 +205,11 @@ def free_pruned(repo: Repository, commits: Iterable[str]) -> GCResult:
 
     The targeted ``gc`` that retention runs after pruning: it marks what
     everything kept needs, then deletes the pruned commits' trees and what
-    only they reach (delta bases a kept chunk uses stay). Commits that are
-    not pruned (a ref holds them) keep their weights.
+    only they reach. Chunks a kept chunk's delta chain runs through stay
+    (they are what the kept checkpoints need); objects are never encoded
+    again in place here, since a remote holding the old encoding would then
+    grow chains without bound. Commits that are not pruned (a ref holds
+    them) keep their weights.
     """
     with maintenance_lock(repo):
         view = repo.weights_view()

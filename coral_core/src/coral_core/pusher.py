@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from coral_core.errors import ConfigError
-from coral_core.refs import HEADS
+from coral_core.errors import ConfigError, MissingObjectError
+from coral_core.refs import HEADS, PRUNED
 
 if TYPE_CHECKING:
     from coral_core.repository import Repository
@@ -105,9 +105,13 @@ class BackgroundPusher:
                 if self._closed:
                     return
                 generation, branch, refs = self._requested, self._branch, list(self._refs)
+            marks = self.repo.refs.list_refs(PRUNED)
             try:
                 self._push(str(branch), refs)
-            except Exception as exc:
+            except Exception as exc:  # the thread outlives any failure
+                pruned_meanwhile = self.repo.refs.list_refs(PRUNED) != marks
+                if isinstance(exc, MissingObjectError) and pruned_meanwhile:
+                    continue  # retention freed what the walk had seen: walk again, at once
                 with self._cond:
                     self.failures += 1
                     self.last_error = exc

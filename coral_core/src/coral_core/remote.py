@@ -455,8 +455,9 @@ def push(
         moves: list[tuple[str, str | None, str | None]] = [*updates]
         moves.sort(key=_push_order)
         moves += [(ref, old, None) for ref, old in deletions]
+        if moves:
+            held.check()  # still this push's remote: no gc took objects it relies on
         for ref, before, after in moves:
-            held.check()
             if not target.swap(ref, before, after):
                 raise PushRejectedError(
                     f"{ref} on remote {remote!r} moved while pushing (another push won); "

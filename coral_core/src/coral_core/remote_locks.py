@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from coral_core.errors import CoralError, LockTimeoutError
+from coral_core.errors import CoralError, LockTimeoutError, MissingObjectError
 from coral_core.store.base import WeightStore
 
 LOCKS = "locks/"
@@ -82,8 +82,8 @@ def read_lock(store: WeightStore, key: str) -> tuple[str, float] | None:
     try:
         data = json.loads(store.get(key))
         return str(data["owner"]), float(data["expires"])
-    except CoralError:
-        return None if not store.has(key) else ("", 0.0)
+    except MissingObjectError:
+        return None
     except (ValueError, KeyError, TypeError):
         return "", 0.0  # garbage (a torn or foreign file): as good as expired
 
