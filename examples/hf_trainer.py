@@ -80,7 +80,7 @@ def trainer(repo: Repository, output_dir: Path) -> tuple[Trainer, CoralTrainerCa
         save_strategy="epoch",
         save_total_limit=1,  # the Trainer's own folders: Coral keeps the history
         logging_strategy="epoch",
-        metric_for_best_model="accuracy",  # -> the bert-tiny/best tag, higher is better
+        metric_for_best_model="accuracy",  # -> the bert-tiny/best pointer, higher is better
         report_to="none",
         use_cpu=True,
         disable_tqdm=True,

@@ -87,7 +87,7 @@ def main(folder: str = "lightning-repo", epochs: int = 4) -> dict[str, Any]:
     train = DataLoader(digits(512, seed=1), batch_size=64, shuffle=True)
     val = DataLoader(digits(256, seed=2), batch_size=256)
 
-    # 1. Train with the callback: a commit per epoch, the two best kept, the best tagged.
+    # 1. Train with the callback: a commit per epoch, the two best kept, the best pointed at.
     pl.seed_everything(0, verbose=False)
     callback = CoralCallback(repo, "mnist", monitor="val_accuracy", save_top_k=2)
     trainer = pl.Trainer(max_epochs=epochs, callbacks=[callback], **QUIET)

@@ -10,7 +10,7 @@ import click
 from coral_cli.main import Env, pass_env
 from coral_cli.output import table, user_errors
 from coral_cli.parsing import metric_filters
-from coral_cli.views import commit_data, tags_by_commit, weights_marker, when
+from coral_cli.views import commit_data, decoration, pointers_by_commit, tags_by_commit, when
 from coral_core import CommitDiff
 
 
@@ -45,10 +45,11 @@ def log(
             passing = {c.commit_hash for c in repo.find_commits(metric_filter=tests, ref=ref)}
             commits = [c for c in commits if c.commit_hash in passing]
         commits = commits[:max_count] if max_count else commits
-        tags = tags_by_commit(repo)
+        tags, pointers = tags_by_commit(repo), pointers_by_commit(repo)
         view = repo.weights_view()
     data = [
-        commit_data(c, tags, view.status(c.commit_hash, list(c.trees.values()))) for c in commits
+        commit_data(c, tags, view.status(c.commit_hash, list(c.trees.values())), pointers)
+        for c in commits
     ]
 
     def render(rows: list[dict[str, Any]]) -> str:
@@ -56,14 +57,13 @@ def log(
             return "no commits"
         lines = []
         for row, marker in zip(rows, _graph(rows) if graph else [""] * len(rows), strict=True):
-            decoration = f" ({', '.join('tag: ' + t for t in row['tags'])})" if row["tags"] else ""
-            decoration += weights_marker(row["weights"])
+            decorated = decoration(row)
             metrics = " ".join(f"{k}={_short(v)}" for k, v in row["metrics"].items())
             if oneline:
-                lines.append(f"{marker}{row['commit'][:12]}{decoration} {row['message']}")
+                lines.append(f"{marker}{row['commit'][:12]}{decorated} {row['message']}")
                 continue
             lines += [
-                f"{marker}commit {row['commit']}{decoration}",
+                f"{marker}commit {row['commit']}{decorated}",
                 f"Author: {row['author']}",
                 f"Date:   {when(row['timestamp'])}",
                 f"\n    {row['message']}",

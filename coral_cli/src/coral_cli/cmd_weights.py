@@ -13,7 +13,14 @@ from coral_cli.cmd_publish import hf_module
 from coral_cli.main import Env, pass_env
 from coral_cli.output import Output, human_bytes, table, user_errors
 from coral_cli.parsing import metric_pairs
-from coral_cli.views import commit_data, tags_by_commit, tree_data, weights_marker, when
+from coral_cli.views import (
+    commit_data,
+    pointers_by_commit,
+    tags_by_commit,
+    tree_data,
+    weights_marker,
+    when,
+)
 from coral_core import TensorMismatchError, format_for
 
 metric_option = click.option(
@@ -109,7 +116,7 @@ def show(env: Env, ref: str) -> None:
         found = repo.show(ref)
         weights = repo.weights_status(found.commit_hash)
         rows = tree_data(repo, found) if weights == "kept" else []
-        data = commit_data(found, tags_by_commit(repo), weights)
+        data = commit_data(found, tags_by_commit(repo), weights, pointers_by_commit(repo))
     data.update(
         metadata=found.metadata.metadata,
         tensors=len(rows),
@@ -127,6 +134,8 @@ def show(env: Env, ref: str) -> None:
             lines.append(f"Parents: {' '.join(p[:12] for p in d['parents'])}")
         if d["tags"]:
             lines.append(f"Tags:   {', '.join(d['tags'])}")
+        if d["pointers"]:
+            lines.append(f"Runs:   {', '.join(d['pointers'])}")
         lines += ["", f"    {d['message']}", ""]
         if d["metrics"]:
             lines.append("Metrics: " + ", ".join(f"{k}={v}" for k, v in d["metrics"].items()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from coral_core import Commit, CoralError, Repository
+from coral_core import Commit, CoralError, Repository, runs
 from coral_core.objects import Codec
 
 
@@ -17,8 +17,16 @@ def tags_by_commit(repo: Repository) -> dict[str, list[str]]:
     return found
 
 
+def pointers_by_commit(repo: Repository) -> dict[str, list[str]]:
+    """Run pointer names per commit id (``exp/best``, ``exp/<run>/best``)."""
+    return runs.pointers_by_commit(repo.refs, repo.read_commit)
+
+
 def commit_data(
-    commit: Commit, tags: dict[str, list[str]], weights: str = "kept"
+    commit: Commit,
+    tags: dict[str, list[str]],
+    weights: str = "kept",
+    pointers: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
     """A commit as ``log --json`` and ``show --json`` print it; ``weights`` is
     ``kept``, ``pruned`` or ``shallow`` (see ``Repository.weights_status``)."""
@@ -31,10 +39,20 @@ def commit_data(
         "metrics": commit.metrics,
         "labels": list(commit.metadata.tags),
         "tags": sorted(tags.get(commit.commit_hash, [])),
+        "pointers": (pointers or {}).get(commit.commit_hash, []),
         "lossy": commit.lossy,
         "training_state": commit.training is not None,
         "weights": weights,
     }
+
+
+def decoration(row: dict[str, Any]) -> str:
+    """`` (tag: v1, exp/best)``: the tags and run pointers naming a commit (an
+    experiment's own pointer in place of its run's), and whether its weights are gone."""
+    names = [f"tag: {t}" for t in row["tags"]]
+    short = [p for p in row["pointers"] if p.count("/") == 1]
+    names += short or row["pointers"]
+    return (f" ({', '.join(names)})" if names else "") + weights_marker(row["weights"])
 
 
 def weights_marker(weights: str) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from coral_core.formats import write_safetensors
-from coral_core.runs import pointer_names
+from coral_core.runs import pointers_by_commit
 
 if TYPE_CHECKING:
     from coral_core.repository import Repository
@@ -134,7 +134,7 @@ def _log_safetensors(mlflow: Any, repo: Repository, commit: str) -> str:
 def _tags_on(repo: Repository, commit: str) -> list[str]:
     """The tags and run pointers (``exp/best``, ``exp/<run>/best``) naming ``commit``."""
     tags = [tag.name for tag in repo.list_tags() if tag.commit == commit]
-    return tags + pointer_names(repo.refs, repo.read_commit, commit)
+    return tags + pointers_by_commit(repo.refs, repo.read_commit).get(commit, [])
 
 
 def _is_number(value: Any) -> bool:

@@ -197,19 +197,26 @@ def experiment_pointer(
     return chosen.commit_hash
 
 
-def pointer_names(refs: RefSource, read_commit: Callable[[str], Commit], commit: str) -> list[str]:
-    """The run pointers naming ``commit``: ``<experiment>/<run>/<pointer>``, and
-    ``<experiment>/<pointer>`` where that resolves to it too."""
-    names = []
+def pointers_by_commit(
+    refs: RefSource, read_commit: Callable[[str], Commit]
+) -> dict[str, list[str]]:
+    """Commit -> the run pointers naming it: ``<experiment>/<run>/<pointer>``,
+    and ``<experiment>/<pointer>`` where that resolves to it too."""
+    found: dict[str, set[str]] = {}
+    resolved: dict[tuple[str, str], str | None] = {}
     for name, target in refs.list_refs(RUNS).items():
         parts = split_pointer(name)
-        if target != commit or parts is None:
+        if parts is None:
             continue
         experiment, _, pointer = parts
-        names.append(name)
-        if experiment_pointer(refs, read_commit, experiment, pointer) == commit:
-            names.append(f"{experiment}/{pointer}")
-    return sorted(set(names))
+        found.setdefault(target, set()).add(name)
+        if (experiment, pointer) not in resolved:
+            resolved[experiment, pointer] = experiment_pointer(
+                refs, read_commit, experiment, pointer
+            )
+        if resolved[experiment, pointer] == target:
+            found[target].add(f"{experiment}/{pointer}")
+    return {commit: sorted(names) for commit, names in found.items()}
 
 
 @dataclass(frozen=True)
