@@ -311,3 +311,44 @@ def test_a_run_resumed_from_an_older_checkpoint_branches_off_there(
     assert newest.run_id == first.run_id
     assert newest.branch == "main"
     assert [c.step for c in newest.checkpoints] == [10, 20, 30, 40]
+
+
+def test_drop_commits_over_pruned_checkpoints_keeps_them_pruned(repo: Repository) -> None:
+    config = CheckpointConfig(max_checkpoints=1, tag_best_checkpoints=False)
+    manager = CheckpointManager(repo, config, "exp")
+    for step in range(1, 5):
+        save(manager, step)
+    oldest = repo.log()[-1].commit_hash
+    mapping = repo.drop_commits("main", [oldest])
+    assert [repo.weights_status(c.commit_hash) for c in repo.log()] == ["kept", "pruned", "pruned"]
+    with pytest.raises(PrunedCommitError):
+        repo.get_weight("encoder.weight", repo.log()[1].commit_hash)
+    assert repo.verify().ok
+    assert repo.gc().removed_objects == 4  # the dropped commit, the three rewritten ones
+    assert repo.verify().ok
+    (run,) = list_runs(repo)  # one run, its pointer moved with the rewrite
+    assert [c.record.step for c in run.checkpoints] == [2, 3, 4]
+    assert run.last == mapping[manager.history[-1].commit_hash]
+
+
+def test_a_manager_prunes_its_own_run_only(repo: Repository) -> None:
+    config = CheckpointConfig(tag_best_checkpoints=False)
+    first, second = CheckpointManager(repo, config, "exp"), CheckpointManager(repo, config, "exp")
+    theirs, ours = save(first, 1), save(second, 2)
+    second.prune([theirs, ours])
+    assert repo.weights_status(theirs) == "kept"
+    assert [c.kept for c in second.history] == [False]
+
+
+def test_resuming_from_a_checkpoint_of_the_newest_step_goes_on_with_the_run(
+    repo: Repository,
+) -> None:
+    config = CheckpointConfig(tag_best_checkpoints=False)
+    first = CheckpointManager(repo, config, "exp")
+    save(first, 10)
+    best = save(first, 20)  # a best and a last of one moment, as ModelCheckpoint saves them
+    save(first, 20)
+    again = CheckpointManager(repo, config, "exp")
+    again.resume_from(best)
+    save(again, 30)
+    assert (again.run_id, again.branch) == (first.run_id, "main")

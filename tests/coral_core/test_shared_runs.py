@@ -22,11 +22,13 @@ import pytest
 from coral_core import (
     CheckpointConfig,
     CheckpointManager,
+    ConfigError,
     LocalStore,
     PrunedCommitError,
     PushRejectedError,
     RefExistsError,
     Repository,
+    RepositoryNotFoundError,
     ShallowCommitError,
     TrainingState,
     bit_view,
@@ -333,3 +335,123 @@ def test_remote_locks_one_gc_alone_or_many_pushes(tmp_path: Path) -> None:
         with pytest.raises(RemoteBusyError, match="broken"):
             held.check()  # checked before any ref moves: the push gives up, and runs again
     assert list(store.list("locks/")) == []
+
+
+def test_a_pin_travels_and_unpinning_on_the_remote_too(tmp_path: Path) -> None:
+    repo = Repository(tmp_path / "repo", init=True)
+    repo.add_remote("origin", str(tmp_path / "remote"))
+    config = CheckpointConfig(max_checkpoints=1, push_to="origin")
+    manager = CheckpointManager(repo, config, EXPERIMENT)
+    ids = {1: save(manager, 0, 1)}
+    repo.pin(ids[1])  # retention lets it go at the next save; the pin keeps it
+    for step in range(2, 6):
+        ids[step] = save(manager, 0, step)
+    assert manager.finish()
+    copy = clone(str(tmp_path / "remote"), tmp_path / "copy")
+    assert copy.weights_status(ids[1]) == "kept"  # the pin went along, and its weights
+    assert same(copy, ids[1], weights(0, 1))
+    assert copy.weights_status(ids[2]) == "pruned"
+    copy.unpin(ids[1], remote="origin")
+    assert copy.weights_status(ids[1]) == "pruned"
+    repo.unpin(ids[1])
+    repo.fetch()
+    assert repo.pins() == []  # the remote's pin is gone: the fetch brought none back
+    collect_remote_garbage(repo, "origin")
+    assert clone(str(tmp_path / "remote"), tmp_path / "again").weights_status(ids[1]) == "pruned"
+
+
+def test_retention_frees_at_once_while_pushes_lag_behind(tmp_path: Path) -> None:
+    repo = Repository(tmp_path / "repo", init=True)
+    repo.add_remote("origin", str(tmp_path / "remote"))
+    config = CheckpointConfig(max_checkpoints=2, push_to="origin")
+    manager = CheckpointManager(repo, config, EXPERIMENT)
+    for step in range(1, 16):  # no waiting: the background pushes fall behind
+        save(manager, 0, step, size=128)
+    assert manager.finish()
+    assert repo.gc(dry_run=True).removed_objects == 0  # nothing left for a later gc
+    assert stored(repo) < 3 * 128 * 128 * 4 * 1.2
+
+
+def test_push_strategy_end_pushes_when_the_process_ends(tmp_path: Path) -> None:
+    script = f"""
+import numpy as np
+from coral_core import CheckpointConfig, CheckpointManager, Repository, TrainingState
+repo = Repository({str(tmp_path / "repo")!r}, init=True)
+repo.add_remote("origin", {str(tmp_path / "remote")!r})
+config = CheckpointConfig(push_to="origin", push_strategy="end")
+manager = CheckpointManager(repo, config, "exp")
+for step in range(1, 4):
+    manager.save({{"w": np.full(8, step, np.float32)}}, TrainingState(global_step=step))
+"""  # no finish(): the manual loop a user writes
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    copy = clone(str(tmp_path / "remote"), tmp_path / "copy")
+    assert len(copy.log()) == 3
+    assert copy.resolve("exp/last") == copy.resolve("main")
+
+
+def test_an_unreachable_remote_costs_the_end_of_training_one_timeout(tmp_path: Path) -> None:
+    script = f"""
+import numpy as np
+from coral_core import CheckpointConfig, CheckpointManager, Repository, TrainingState
+repo = Repository({str(tmp_path / "repo")!r}, init=True)
+repo.add_remote("origin", "s3://no-such-bucket/x")
+config = CheckpointConfig(push_to="origin")
+manager = CheckpointManager(repo, config, "exp")
+manager.save({{"w": np.zeros(8, np.float32)}}, TrainingState(global_step=1))
+print("pushed" if manager.finish(timeout=2) else "not pushed")
+"""
+    env = {**os.environ, "CORAL_S3_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x"}
+    env |= {"AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )  # the exit does not wait for the pushes once more (that would be 10 minutes)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "not pushed"
+    assert "coral-ml push origin" in done.stderr  # how to push later
+    assert Repository(tmp_path / "repo").log()  # the checkpoint is committed here
+
+
+def test_remote_folders_are_where_they_were_named_and_missing_ones_are_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    repo = Repository(tmp_path / "repo", init=True)
+    repo.commit("one", weights=weights(0, 1))
+    repo.add_remote("origin", "shared")  # relative to where the command runs
+    assert repo.list_remotes()["origin"] == str(tmp_path / "shared")
+    monkeypatch.chdir(tmp_path / "repo")
+    repo.push()
+    assert (tmp_path / "shared" / "refs" / "heads" / "main").is_file()
+    assert not (tmp_path / "repo" / "shared").exists()
+    with pytest.raises(RepositoryNotFoundError, match="does not exist"):
+        clone(str(tmp_path / "nothing-here"), tmp_path / "copy")
+    assert not (tmp_path / "copy").exists()  # nothing made for nothing
+    repo.add_remote("gone", str(tmp_path / "gone"))
+    with pytest.raises(RepositoryNotFoundError, match="does not exist"):
+        repo.fetch("gone")
+
+
+def test_an_interrupted_clone_is_taken_up_by_running_it_again(
+    tmp_path: Path, remote_url: str
+) -> None:
+    repo = Repository(tmp_path / "repo", init=True)
+    ids = [repo.commit(f"step {s}", weights=weights(2, s)).commit_hash for s in range(4)]
+    repo.add_remote("origin", remote_url)
+    repo.push()
+    moved = []
+
+    def cut(size: int) -> None:
+        moved.append(size)
+        if len(moved) == 5:
+            raise OSError(28, "No space left on device")  # as a full disk would
+
+    with pytest.raises(OSError, match="No space"):
+        clone(remote_url, tmp_path / "copy", cut)
+    with pytest.raises(ConfigError, match="unfinished clone of"):
+        clone(str(tmp_path / "repo"), tmp_path / "copy")  # not what it began with
+    copy = clone(remote_url, tmp_path / "copy")  # the same clone again: it finishes
+    assert [c.commit_hash for c in copy.log()] == ids[::-1]
+    assert all(same(copy, commit, weights(2, s)) for s, commit in enumerate(ids))
+    assert copy.verify().ok
+    with pytest.raises(ConfigError, match="already holds"):
+        clone(remote_url, tmp_path / "copy")  # a finished one is not cloned into again

@@ -182,3 +182,6 @@ def test_push_to_sends_each_checkpoint_as_the_trainer_saves(tmp_path: Path) -> N
     assert latest is not None
     assert copy.resolve("bert/last") == latest.commit_hash
     assert copy.weights_status(latest.commit_hash) == "kept"
+    recorded = callback.manager.hyperparameters  # what a sweep varies, from the arguments
+    assert recorded["learning_rate"] == trainer.args.learning_rate
+    assert recorded["model_type"] == "bert"

@@ -214,3 +214,6 @@ def test_push_to_with_model_checkpoint_and_with_the_callback(tmp_path: Path) -> 
     assert callback.manager is not None
     assert callback.manager.latest is not None
     assert copy.resolve("callback/last") == callback.manager.latest.commit_hash
+    assert callback.manager.hyperparameters == {"hidden": 16, "lr": 3e-3}  # save_hyperparameters
+    assert io.manager.hyperparameters == {"hidden": 16, "lr": 3e-3}
+    assert io.manager.config.save_on_best_metric == "val_loss"  # ModelCheckpoint's monitor

@@ -158,3 +158,19 @@ def test_push_to_sends_the_run_as_fit_goes(tmp_path: Path) -> None:
     copy = clone(str(tmp_path / "remote"), tmp_path / "copy")
     assert [c.commit_hash for c in copy.log()] == [c.commit_hash for c in repo.log()]
     assert copy.resolve("run/last") == repo.resolve("run/last") == repo.resolve("main")
+
+
+def test_one_callback_over_a_sweep_makes_a_run_per_fit(tmp_path: Path) -> None:
+    repo = Repository(tmp_path / "repo", init=True)
+    callback = CoralKerasCallback(repo, "sweep", save_best_only=True)
+    runs = []
+    for rate in (1e-2, 1e-3):
+        model = mlp()
+        model.compile(optimizer=keras.optimizers.Adam(rate), loss="mse", metrics=["mae"])
+        fit(model, callback)
+        runs.append(callback.manager.run_id)
+        assert callback.manager.hyperparameters["learning_rate"] == pytest.approx(rate)
+        assert callback.manager.hyperparameters["optimizer"] == "Adam"
+    assert runs[0] != runs[1]  # a fit from scratch is a run of its own
+    record = repo.show(callback.manager.latest.commit_hash).metadata.metadata["coral.checkpoint"]
+    assert record["hyperparameters"]["learning_rate"] == pytest.approx(1e-3)

@@ -255,3 +255,6 @@ def test_push_to_sends_the_run_and_fit_waits_for_it(tmp_path: Path) -> None:
         "pruned",
         "kept",
     ]
+    record = copy.show("mlp/last").metadata.metadata["coral.checkpoint"]
+    assert record["hyperparameters"]["optimizer"] == "AdamW"  # the optimizer's settings
+    assert record["hyperparameters"]["lr"] == 1e-2

@@ -8,9 +8,9 @@ import click
 
 from coral_cli.main import Env, pass_env
 from coral_cli.output import table, user_errors
-from coral_core import Repository
+from coral_core import Commit, Repository
 from coral_core.errors import RefNotFoundError
-from coral_core.runs import Run, find_run, list_runs
+from coral_core.runs import CheckpointRecord, Run, find_run, list_runs
 
 
 def run_data(run: Run) -> dict[str, Any]:
@@ -31,6 +31,12 @@ def run_data(run: Run) -> dict[str, Any]:
         "started": run.checkpoints[0].commit.timestamp,
         "hyperparameters": run.hyperparameters,
     }
+
+
+def settings(values: dict[str, Any], width: int = 48) -> str:
+    """Hyperparameters as ``lr=0.001 seed=1``, cut to ``width`` characters."""
+    text = " ".join(f"{k}={v}" for k, v in values.items()) or "-"
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _chosen(repo: Repository, name: str) -> list[Run]:
@@ -65,7 +71,15 @@ def list_experiments(env: Env) -> None:
         data,
         lambda rows: (
             table(
-                ("experiment", "run", "branch", "kept/total", "best", "last step"),
+                (
+                    "experiment",
+                    "run",
+                    "branch",
+                    "kept/total",
+                    "best",
+                    "last step",
+                    "hyperparameters",
+                ),
                 [
                     (
                         r["experiment"],
@@ -74,6 +88,7 @@ def list_experiments(env: Env) -> None:
                         f"{r['kept']}/{r['checkpoints']}",
                         best(r),
                         r["last_step"],
+                        settings(r["hyperparameters"]),
                     )
                     for r in rows
                 ],
@@ -121,6 +136,8 @@ def show_experiment(env: Env, run: str) -> None:
         if d["other_runs"]:
             head += f" (newest of {len(d['other_runs']) + 1} runs; others: "
             head += ", ".join(d["other_runs"]) + ")"
+        if d["hyperparameters"]:
+            head += "\nhyperparameters: " + settings(d["hyperparameters"], 200)
         rows = [
             (
                 c["commit"][:12] + (" *" if c["best"] else ""),
@@ -141,30 +158,65 @@ def show_experiment(env: Env, run: str) -> None:
 @click.argument("names", nargs=-1, required=True)
 @pass_env
 def compare_experiments(env: Env, names: tuple[str, ...]) -> None:
-    """The newest checkpoint of each run (or of each experiment's newest run),
-    metrics side by side.
+    """Runs side by side: hyperparameters, and the metrics of each run's best
+    checkpoint (its newest when it ranks none). NAMES are run ids, experiments
+    (all their runs: a sweep) or refs (``sweep/last``, a commit).
 
-    Example: coral-ml experiment compare lr-1e-3 lr-3e-4
+    Example: coral-ml experiment compare sweep
     """
     with user_errors():
         repo = env.repo()
-        last = {name: _chosen(repo, name)[-1].checkpoints[-1] for name in names}
-    metrics = sorted({m for c in last.values() for m in c.commit.metrics})
+        columns = [column for name in names for column in _columns(repo, name)]
+    labels = [label for label, _, _ in columns]
+    settings_names = sorted({k for _, _, values in columns for k in values})
+    metrics = sorted({m for _, commit, _ in columns for m in commit.metrics})
     data = {
-        "experiments": list(names),
-        "commits": {n: c.commit.commit_hash for n, c in last.items()},
-        "steps": {n: c.record.step for n, c in last.items()},
-        "metrics": {m: {n: c.commit.metrics.get(m) for n, c in last.items()} for m in metrics},
+        "columns": labels,
+        "commits": {label: commit.commit_hash for label, commit, _ in columns},
+        "steps": {label: _step(commit) for label, commit, _ in columns},
+        "hyperparameters": {
+            k: {label: values.get(k) for label, _, values in columns} for k in settings_names
+        },
+        "metrics": {
+            m: {label: commit.metrics.get(m) for label, commit, _ in columns} for m in metrics
+        },
     }
     env.output.emit(
         data,
         lambda d: table(
-            ("metric", *names),
+            ("", *labels),
             [("step", *d["steps"].values())]
+            + [(k, *values.values()) for k, values in d["hyperparameters"].items()]
             + [(m, *values.values()) for m, values in d["metrics"].items()],
-            right=tuple(range(1, 1 + len(names))),
+            right=tuple(range(1, 1 + len(labels))),
         ),
     )
+
+
+def _columns(repo: Repository, name: str) -> list[tuple[str, Commit, dict[str, Any]]]:
+    """(label, commit, hyperparameters) of each run ``name`` names (its best
+    checkpoint, else its newest), or of the commit it resolves to."""
+    runs = find_run(repo, name)
+    if not runs:
+        try:
+            commit = repo.show(name)
+        except RefNotFoundError:
+            _chosen(repo, name)  # raises, naming the experiments there are
+            raise
+        record = CheckpointRecord.of(commit)
+        return [(name, commit, record.hyperparameters if record else {})]
+    columns = []
+    for run in runs:
+        chosen = run.best or run.last or run.checkpoints[-1].commit.commit_hash
+        commit = next(c.commit for c in run.checkpoints if c.commit.commit_hash == chosen)
+        label = f"{run.experiment}/{run.run_id[-6:]}" if len(runs) > 1 else name
+        columns.append((label, commit, run.hyperparameters))
+    return columns
+
+
+def _step(commit: Commit) -> int | None:
+    record = CheckpointRecord.of(commit)
+    return record.step if record else None
 
 
 COMMANDS = [experiment]

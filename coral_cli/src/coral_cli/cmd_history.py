@@ -10,7 +10,14 @@ import click
 from coral_cli.main import Env, pass_env
 from coral_cli.output import table, user_errors
 from coral_cli.parsing import metric_filters
-from coral_cli.views import commit_data, decoration, pointers_by_commit, tags_by_commit, when
+from coral_cli.views import (
+    branches_by_commit,
+    commit_data,
+    decoration,
+    pointers_by_commit,
+    tags_by_commit,
+    when,
+)
 from coral_core import CommitDiff
 
 
@@ -46,9 +53,10 @@ def log(
             commits = [c for c in commits if c.commit_hash in passing]
         commits = commits[:max_count] if max_count else commits
         tags, pointers = tags_by_commit(repo), pointers_by_commit(repo)
+        branches = branches_by_commit(repo)
         view = repo.weights_view()
     data = [
-        commit_data(c, tags, view.status(c.commit_hash, list(c.trees.values())), pointers)
+        commit_data(c, tags, view.status(c.commit_hash, list(c.trees.values())), pointers, branches)
         for c in commits
     ]
 

@@ -233,14 +233,15 @@ def pin(env: Env, ref: str | None) -> None:
 
 @click.command()
 @click.argument("ref")
+@click.option("--remote", metavar="NAME", help="Unpin it on this remote too.")
 @pass_env
-def unpin(env: Env, ref: str) -> None:
-    """Let retention decide about REF's weights again.
+def unpin(env: Env, ref: str, remote: str | None) -> None:
+    """Let retention decide about REF's weights again (here, and on --remote).
 
-    Example: coral-ml unpin exp/best
+    Example: coral-ml unpin exp/best --remote origin
     """
     with user_errors():
-        commit = env.repo().unpin(ref)
+        commit = env.repo().unpin(ref, remote=remote)
     env.output.emit({"unpinned": commit}, lambda d: f"unpinned {commit[:12]} ({ref})")
 
 

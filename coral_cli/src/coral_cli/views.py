@@ -7,6 +7,7 @@ from typing import Any
 
 from coral_core import Commit, CoralError, Repository, runs
 from coral_core.objects import Codec
+from coral_core.refs import REMOTES
 
 
 def tags_by_commit(repo: Repository) -> dict[str, list[str]]:
@@ -14,6 +15,22 @@ def tags_by_commit(repo: Repository) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for tag in repo.list_tags():
         found.setdefault(tag.commit, []).append(tag.name)
+    return found
+
+
+def branches_by_commit(repo: Repository) -> dict[str, list[str]]:
+    """Branch names per commit id, as git's log decorates: ``HEAD -> main``,
+    ``feature``, ``origin/main`` (remote-tracking)."""
+    found: dict[str, list[str]] = {}
+    head = repo.head
+    for branch in repo.list_branches():
+        if branch.commit is not None:
+            label = f"HEAD -> {branch.name}" if branch.current else branch.name
+            found.setdefault(branch.commit, []).append(label)
+    if head.branch is None and head.commit is not None:
+        found.setdefault(head.commit, []).insert(0, "HEAD")
+    for name, commit in repo.refs.list_refs(REMOTES).items():
+        found.setdefault(commit, []).append(name)
     return found
 
 
@@ -27,6 +44,7 @@ def commit_data(
     tags: dict[str, list[str]],
     weights: str = "kept",
     pointers: dict[str, list[str]] | None = None,
+    branches: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
     """A commit as ``log --json`` and ``show --json`` print it; ``weights`` is
     ``kept``, ``pruned`` or ``shallow`` (see ``Repository.weights_status``)."""
@@ -40,6 +58,7 @@ def commit_data(
         "labels": list(commit.metadata.tags),
         "tags": sorted(tags.get(commit.commit_hash, [])),
         "pointers": (pointers or {}).get(commit.commit_hash, []),
+        "branches": (branches or {}).get(commit.commit_hash, []),
         "lossy": commit.lossy,
         "training_state": commit.training is not None,
         "weights": weights,
@@ -47,9 +66,11 @@ def commit_data(
 
 
 def decoration(row: dict[str, Any]) -> str:
-    """`` (tag: v1, exp/best)``: the tags and run pointers naming a commit (an
+    """`` (HEAD -> main, tag: v1, exp/best)``: the branches, tags and run
+    pointers naming a commit (an
     experiment's own pointer in place of its run's), and whether its weights are gone."""
-    names = [f"tag: {t}" for t in row["tags"]]
+    names = list(row.get("branches", []))
+    names += [f"tag: {t}" for t in row["tags"]]
     short = [p for p in row["pointers"] if p.count("/") == 1]
     names += short or row["pointers"]
     return (f" ({', '.join(names)})" if names else "") + weights_marker(row["weights"])

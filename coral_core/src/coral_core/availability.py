@@ -7,7 +7,8 @@ parents forever. Its weights (its trees and what only they reference) can go:
   ``refs/pruned/<commit>`` says so; it travels with push and fetch, so a
   commit pruned on one side is pruned on the other. A mark does not take
   what a branch tip, tag, pin or run pointer holds: those stay kept while
-  their weights are still there.
+  their weights are still there. (A remote-tracking branch holds nothing:
+  it says where a remote was, and the remote keeps its own tips.)
 - **shallow**: a ``clone --depth`` or ``fetch --depth`` did not bring them;
   ``.coral/shallow`` lists such commits (one id per line) until a
   ``fetch --deepen`` or ``--unshallow`` does.
@@ -26,7 +27,7 @@ from typing import Protocol
 from coral_core.errors import CoralError
 from coral_core.hashing import is_object_id
 from coral_core.objects import ObjectKind
-from coral_core.refs import HEADS, PINS, REMOTES, RUNS, TAGS
+from coral_core.refs import HEADS, PINS, RUNS, TAGS
 from coral_core.store.local import write_file_atomic
 
 KEPT, PRUNED, SHALLOW = "kept", "pruned", "shallow"
@@ -46,10 +47,10 @@ class RefSource(Protocol):
 def protected_commits(
     refs: RefSource, peel: Callable[[str], str], extra: Iterable[str] = ()
 ) -> frozenset[str]:
-    """Commits whose weights no prune mark takes: branch tips (remote-tracking
-    ones too), tag targets, pins, run pointers, and ``extra`` (HEAD)."""
+    """Commits whose weights no prune mark takes: branch tips, tag targets,
+    pins, run pointers, and ``extra`` (HEAD)."""
     found = set(extra)
-    for prefix in (HEADS, REMOTES, PINS, RUNS):
+    for prefix in (HEADS, PINS, RUNS):
         found.update(refs.list_refs(prefix).values())
     for tag in refs.list_refs(TAGS).values():
         try:

@@ -237,7 +237,7 @@ class CheckpointManager:
                 "check out a branch or give CheckpointConfig(branch=...)"
             )
         self.branch = branch
-        self.hyperparameters = _json_values(hyperparameters or {})
+        self._hyperparameters = _json_values(hyperparameters or {})
         self.run_id = validate_run_id(run_id) if run_id is not None else new_run_id()
         self.parent_run: str | None = None
         self._history: list[Checkpoint] = []
@@ -247,6 +247,15 @@ class CheckpointManager:
         self._resumed_from: str | None = None
         self._held: list[str] = []  # pruned, but a ref still holds their weights
         self._pusher = pusher_for(repo, config.push_to) if config.push_to else None
+
+    @property
+    def hyperparameters(self) -> dict[str, Any]:
+        """What the run records with each checkpoint (JSON values)."""
+        return dict(self._hyperparameters)
+
+    @hyperparameters.setter
+    def hyperparameters(self, values: Mapping[str, Any]) -> None:
+        self._hyperparameters = _json_values(values)
 
     @property
     def pusher(self) -> BackgroundPusher | None:
@@ -263,7 +272,7 @@ class CheckpointManager:
         if self._history:
             record = CheckpointRecord.of(self.repo.read_commit(self._history[-1].commit_hash))
             if record is not None:
-                self.hyperparameters = self.hyperparameters or record.hyperparameters
+                self._hyperparameters = self._hyperparameters or record.hyperparameters
                 self.parent_run = record.parent_run
 
     def _pointer(self, pointer: str) -> str:
@@ -412,6 +421,8 @@ class CheckpointManager:
         if origin is None or latest is None or origin == latest.commit_hash:
             return
         start = next(c for c in self._history if c.commit_hash == origin)
+        if start.step == latest.step:
+            return  # the same step (a best and a last of one moment): no other lineage
         name = f"{self.branch}-from-step-{start.step}"
         taken = {b.name for b in self.repo.list_branches()}
         suffix = 2
@@ -467,7 +478,7 @@ class CheckpointManager:
             branch=self.branch,
             monitor=self.config.save_on_best_metric,
             minimize=self.config.minimize if self.config.save_on_best_metric else None,
-            hyperparameters=self.hyperparameters,
+            hyperparameters=self._hyperparameters,
             parent_run=self.parent_run,
         )
         details = {**(metadata or {}), CHECKPOINT_KEY: record.to_dict()}
@@ -489,8 +500,11 @@ class CheckpointManager:
         if improved:
             self._best_id = commit.commit_hash
         self._retain()
-        if self._pusher is not None and self.config.push_strategy == "every_save":
-            self._pusher.request(self.branch, self._pointers())
+        if self._pusher is not None:
+            if self.config.push_strategy == "every_save":
+                self._pusher.request(self.branch, self._pointers())
+            else:  # at finish(), or when the process exits without one
+                self._pusher.request_at_end(self.branch, self._pointers())
         return commit
 
     def kept(self) -> list[Checkpoint]:
@@ -517,7 +531,9 @@ class CheckpointManager:
         stay); for frameworks that decide retention themselves (Lightning's
         ``save_top_k`` through ``CoralCheckpointIO``). A checkpoint a ref still
         holds (the branch's tip) keeps its weights until the ref moves on: the
-        next save frees them."""
+        next save frees them. Commits of other runs are left alone."""
+        ours = {c.commit_hash for c in self._history}
+        commits = [c for c in commits if c in ours]
         held = [c for c in self._held if self.repo.weights_status(c) == KEPT]
         if not commits and not held:
             return
@@ -542,8 +558,6 @@ class CheckpointManager:
         seconds leaves the checkpoints here, with a warning."""
         if self._pusher is None:
             return True
-        if self._history and self.config.push_strategy == "end":
-            self._pusher.request(self.branch, self._pointers())
         return self._pusher.flush(timeout)
 
     def commit_of(self, load_best: bool = False, ref: str | None = None) -> str:

@@ -76,6 +76,7 @@ _PARAMS_PROBE = 4096
 #: The largest chunk: a header claiming more is damage, not a reason to allocate.
 MAX_CHUNK_SIZE = 1 << 30
 _MAX_DECODE_DEPTH = 64  # longer chains can only come from damaged parameters
+_GRAPH_ENTRIES = 1 << 17  # documents and tensors whose references are remembered
 _BASE_SLOT = 2  # scratch slot of delta bases (the delta codecs use 0 and 1)
 _READ_SLOT = 3  # scratch slots of chunk objects read, one per link of a chain from here
 T = TypeVar("T")
@@ -389,6 +390,7 @@ class ObjectDatabase:
         self.threads = threads or min(2, os.cpu_count() or 1)
         self._pool: ThreadPoolExecutor | None = None
         self._recent: dict[str, _Recent] = {}  # chunks of the last write, by id
+        self._graph: dict[str, list[tuple[str, ObjectKind]]] = {}  # see references()
 
     def _map(self, function: Callable[[Any], T], items: Sequence[Any]) -> list[T]:
         """Run ``function`` over ``items`` on the pool (results in order), or inline
@@ -986,17 +988,29 @@ class ObjectDatabase:
         parents, ...); from ``blob`` when the caller has read the object (a
         chunk's first bytes will do).
 
+        What documents and tensors reference is remembered (they are never
+        rewritten: a walk of history that gc, retention and pushes repeat reads
+        each of them once per process); a chunk's base is read each time, as
+        ``repack`` may encode a chunk again.
+
         Raises:
             MissingObjectError, CorruptObjectError: also for an object whose
                 parameters or document do not name valid object ids.
         """
+        known = self._graph.get(object_id)
+        if known is not None:
+            return list(known)
         try:
             found = self._references(object_id, kind, blob)
         except (KeyError, TypeError, AttributeError) as exc:
             raise CorruptObjectError(f"object {object_id} is malformed: {exc!r}") from None
         if not all(isinstance(child, str) and is_object_id(child) for child, _ in found):
             raise CorruptObjectError(f"object {object_id} names something that is not an id")
-        return found
+        if kind != ObjectKind.CHUNK:
+            if len(self._graph) >= _GRAPH_ENTRIES:
+                self._graph.clear()
+            self._graph[object_id] = found
+        return list(found)
 
     def references_read_once(
         self, object_id: str, kind: ObjectKind, keep_below: int = 64 << 10

@@ -16,6 +16,7 @@ the branch stays as it is there and the run travels by its pointers
 from __future__ import annotations
 
 import atexit
+import concurrent.futures.thread  # noqa: F401 (its exit hook must be registered before ours)
 import logging
 import sys
 import threading
@@ -73,6 +74,8 @@ class BackgroundPusher:
         self._branch: str | None = None
         self._refs: dict[str, None] = {}
         self._requested = self._done = 0
+        self._at_end: dict[str, list[str]] = {}  # branch -> refs, pushed by flush()
+        self._gave_up = False  # the last flush timed out: exiting does not wait again
         self._closed = False
         self._warned_branch = False
         self._thread: threading.Thread | None = None
@@ -85,16 +88,24 @@ class BackgroundPusher:
             self._branch = branch
             self._refs.update(dict.fromkeys(refs))
             self._requested += 1
+            self._gave_up = False
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="coral-push", daemon=True)
                 self._thread.start()
             self._cond.notify_all()
 
+    def request_at_end(self, branch: str, refs: Sequence[str]) -> None:
+        """Ask for a push of ``branch`` and ``refs`` at the next :meth:`flush`
+        (``push_strategy="end"``); the process's exit flushes too."""
+        with self._cond:
+            self._at_end[branch] = list(refs)
+            self._gave_up = False
+
     @property
     def pending(self) -> bool:
-        """Whether a requested push has not gone through yet."""
+        """Whether a requested push (or one for the end) has not gone through yet."""
         with self._cond:
-            return self._done < self._requested
+            return self._done < self._requested or bool(self._at_end)
 
     def _run(self) -> None:
         delay = self.first_retry
@@ -105,11 +116,11 @@ class BackgroundPusher:
                 if self._closed:
                     return
                 generation, branch, refs = self._requested, self._branch, list(self._refs)
-            marks = self.repo.refs.list_refs(PRUNED)
+            marks = self.repo.refs.names(PRUNED)
             try:
                 self._push(str(branch), refs)
             except Exception as exc:  # the thread outlives any failure
-                pruned_meanwhile = self.repo.refs.list_refs(PRUNED) != marks
+                pruned_meanwhile = self.repo.refs.names(PRUNED) != marks
                 if isinstance(exc, MissingObjectError) and pruned_meanwhile:
                     continue  # retention freed what the walk had seen: walk again, at once
                 with self._cond:
@@ -164,6 +175,10 @@ class BackgroundPusher:
         deadline = time.monotonic() + limit
         show = sys.stderr.isatty()
         with self._cond:
+            deferred, self._at_end = self._at_end, {}
+        for branch, refs in deferred.items():
+            self.request(branch, refs)
+        with self._cond:
             while self._done < self._requested and not self._closed:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -175,6 +190,7 @@ class BackgroundPusher:
                     sys.stderr.flush()
                 self._cond.wait(min(0.2, remaining))
             done = self._done >= self._requested
+            self._gave_up = not done
         if show:
             sys.stderr.write(f"\rpushing to {self.remote}: {self.bytes_sent / 1e6:.1f} MB sent\n")
         if not done:
@@ -213,10 +229,16 @@ def pusher_for(repo: Repository, remote: str) -> BackgroundPusher:
         return pusher
 
 
-@atexit.register
 def _flush_at_exit() -> None:
     with _shared_lock:
         pushers = list(_shared.values())
     for pusher in pushers:
-        if pusher.pending:
+        if pusher.pending and not pusher._gave_up:  # a flush that gave up warned already
             pusher.flush()
+
+
+# The exit's flush must run while threads still start and thread pools still take
+# work: threading's own exit hooks run before the interpreter joins its threads,
+# and in reverse order, so this one runs before concurrent.futures stops its pools
+# (imported above, so registered first). ``atexit`` runs too late for both.
+getattr(threading, "_register_atexit", atexit.register)(_flush_at_exit)

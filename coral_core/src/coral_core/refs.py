@@ -147,6 +147,26 @@ class RefDatabase:
             if (self.root / parent).is_file():
                 raise RefExistsError(f"cannot create {ref}: {parent.as_posix()} exists")
 
+    def names(self, prefix: str) -> list[str]:
+        """The names of the refs under ``prefix``, without reading them (for
+        pins and prune marks, whose names are their commits)."""
+        found: list[str] = []
+        pending = [("", os.path.join(self.root, prefix))]
+        while pending:
+            below, folder = pending.pop()
+            try:
+                entries = list(os.scandir(folder))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append((f"{below}{entry.name}/", entry.path))
+                elif not entry.name.startswith(TEMP_PREFIX) and not entry.name.endswith(
+                    LOCK_SUFFIX
+                ):
+                    found.append(below + entry.name)
+        return sorted(found)
+
     def list_refs(self, prefix: str) -> dict[str, str]:
         """Every ref under ``prefix`` (``refs/heads/``), by short name."""
         base = self.root / prefix

@@ -30,6 +30,7 @@ push in progress is about to name.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +45,7 @@ from coral_core.errors import (
     CorruptObjectError,
     MissingObjectError,
     RefNotFoundError,
+    RepositoryNotFoundError,
 )
 from coral_core.hashing import is_object_id
 from coral_core.maintenance import GCResult, delete_objects, live_objects, ref_roots
@@ -60,7 +62,10 @@ from coral_core.store.prefix import PrefixStore
 if TYPE_CHECKING:
     from coral_core.repository import Repository
 
+_log = logging.getLogger("coral.remote")
 _THREADS = 8
+#: The file in ``.coral`` that marks a clone not finished yet.
+CLONING = "CLONING"
 #: Objects the walk read whole and the copy reuses instead of reading them
 #: again (documents and small chunks: a request each saved on a remote).
 KEPT_BYTES = 64 << 20
@@ -99,9 +104,10 @@ class TransferResult:
         self.commits += other.commits
 
 
-def open_store(url: str) -> WeightStore:
+def open_store(url: str, base: Path | None = None) -> WeightStore:
     """The store a remote URL names: ``s3://bucket/prefix`` (endpoint from
-    ``CORAL_S3_ENDPOINT_URL`` or ``AWS_ENDPOINT_URL``), ``file://path`` or a path.
+    ``CORAL_S3_ENDPOINT_URL`` or ``AWS_ENDPOINT_URL``), ``file://path`` or a
+    path (a relative one from ``base``, else from the current folder).
 
     Raises:
         ConfigError: for a URL scheme Coral does not know.
@@ -114,7 +120,9 @@ def open_store(url: str) -> WeightStore:
         return S3Store(S3Config(bucket=bucket, prefix=prefix.strip("/"), endpoint_url=endpoint))
     if "://" in url and not url.startswith("file://"):
         raise ConfigError(f"remote {url!r}: Coral reaches s3:// and file:// URLs and folders")
-    folder = Path(url.removeprefix("file://"))
+    folder = Path(url.removeprefix("file://")).expanduser()
+    if base is not None and not folder.is_absolute():
+        folder = base / folder
     if (folder / ".coral" / "config").is_file():
         folder = folder / ".coral"
     return LocalStore(folder)
@@ -182,7 +190,7 @@ class RemoteRefs:
             marked=frozenset(self.names(PRUNED)),
             protected=protected_commits(self, self._peel),
             shallow=frozenset(),
-            has=lambda object_id: self.store.has(object_key(object_id)),
+            has=self.objects.has,
         )
 
     def _peel(self, object_id: str) -> str:
@@ -336,6 +344,8 @@ def add_remote(repo: Repository, name: str, url: str) -> None:
     if name in remotes:
         raise ConfigError(f"remote {name!r} exists ({remotes[name]}); remove it first")
     open_store(url)  # refuse what cannot be reached by scheme
+    if "://" not in url:  # a folder: where it is now, whichever folder a later command runs in
+        url = str(Path(url).expanduser().absolute())
     _save_remotes(repo, {**remotes, name: url})
 
 
@@ -361,7 +371,7 @@ def _remote(repo: Repository, name: str) -> RemoteRefs:
         raise RefNotFoundError(
             f"no remote named {name!r}; add one with `coral-ml remote add {name} <url>`"
         )
-    return RemoteRefs(open_store(remotes[name]))
+    return RemoteRefs(open_store(remotes[name], base=repo.path))
 
 
 def push(
@@ -422,7 +432,7 @@ def push(
     if tags:
         local.update({TAGS + name: tag for name, tag in repo.refs.list_refs(TAGS).items()})
     pins = {c for c in repo.pins() if c in history}
-    marks = {c for c in repo.refs.list_refs(PRUNED) if c in history}
+    marks = {c for c in repo.refs.names(PRUNED) if c in history}
     view = repo.weights_view()
     with push_lock(target.store, lease) as held:
         updates = []
@@ -582,6 +592,12 @@ def fetch(
         ):
             raise ConfigError(f"{name} must be a positive number of commits, not {value!r}")
     source = _remote(repo, remote)
+    store = source.store
+    if isinstance(store, LocalStore) and not store.root.is_dir():
+        raise RepositoryNotFoundError(
+            f"remote {remote!r}: {store.root} does not exist; check the path with "
+            "`coral-ml remote list`"
+        )
     branches = source.list_refs(HEADS)
     tags = source.list_refs(TAGS)
     pointers = source.list_refs(RUNS)
@@ -724,19 +740,38 @@ def clone(
 ) -> Repository:
     """A new repository at ``path`` with every branch and tag of ``url`` (remote ``origin``).
 
+    A clone that was interrupted (killed, a full disk, the network) is taken
+    up again by running it once more with the same arguments.
+
     Args:
         depth: bring the weights of the newest ``depth`` commits of each branch
             and run pointer only (a shallow clone; see :func:`fetch`).
 
     Raises:
-        ConfigError: when ``path`` already holds a repository.
+        ConfigError: when ``path`` already holds a repository (other than an
+            unfinished clone of ``url``).
+        RepositoryNotFoundError: when ``url`` is a folder that does not exist.
     """
     from coral_core.repository import Repository
 
+    store = open_store(url)
+    if isinstance(store, LocalStore) and not store.root.is_dir():
+        raise RepositoryNotFoundError(f"cannot clone {url}: {store.root} does not exist")
+    marker = Path(path) / ".coral" / CLONING
     if (Path(path) / ".coral" / "config").is_file():
-        raise ConfigError(f"{path} already holds a Coral repository; clone into a new folder")
-    repo = Repository(path, init=True)
-    add_remote(repo, "origin", url)
+        if not marker.is_file():
+            raise ConfigError(f"{path} already holds a Coral repository; clone into a new folder")
+        began = marker.read_text(errors="replace")
+        if began != url:
+            raise ConfigError(
+                f"{path} holds an unfinished clone of {began}, not of {url}; clone that "
+                "again, or remove the folder"
+            )
+        repo = Repository(path)  # an unfinished clone: take it up again
+    else:
+        repo = Repository(path, init=True)
+        write_file_atomic(marker, url.encode())
+        add_remote(repo, "origin", url)
     fetch(repo, "origin", depth=depth, progress=progress)
     tracked = repo.refs.list_refs(f"{REMOTES}origin/")
     with repo.refs.lock():
@@ -744,7 +779,19 @@ def clone(
             repo.refs.write(HEADS + branch, commit)
         if tracked:
             repo.refs.set_head(branch="main" if "main" in tracked else sorted(tracked)[0])
+    if not tracked:
+        _log.warning("cloned %s, which has no branches: an empty remote, or a mistyped one?", url)
+    marker.unlink()
     return repo
+
+
+def unpin_on_remote(
+    repo: Repository, remote: str, commit: str, lease: float = LEASE_SECONDS
+) -> bool:
+    """Remove the pin of ``commit`` on the remote; whether there was one."""
+    target = _remote(repo, remote)
+    with push_lock(target.store, lease):
+        return target.store.delete(PINS + commit)
 
 
 def collect_remote_garbage(

@@ -99,7 +99,7 @@ from coral_core.refs import (
     RefDatabase,
     ReflogEntry,
 )
-from coral_core.remote import collect_remote_garbage
+from coral_core.remote import collect_remote_garbage, unpin_on_remote
 from coral_core.runs import POINTERS, experiment_pointer, nearest_kept
 from coral_core.similarity import Deduplicator
 from coral_core.store.base import WeightStore
@@ -309,7 +309,7 @@ class Repository:
         """A snapshot of which commits' weights this repository holds."""
         head = self.refs.head().commit
         return WeightsView(
-            marked=frozenset(self.refs.list_refs(PRUNED)),
+            marked=frozenset(self.refs.names(PRUNED)),
             protected=protected_commits(self.refs, self.peel, [head] if head else []),
             shallow=self.shallow.read(),
             has=self.objects.has,
@@ -836,17 +836,23 @@ class Repository:
             self.refs.write(PINS + commit.commit_hash, commit.commit_hash)
         return commit.commit_hash
 
-    def unpin(self, ref: str) -> str:
+    def unpin(self, ref: str, remote: str | None = None) -> str:
         """Let retention decide about a pinned commit again; returns its id.
 
+        Args:
+            remote: unpin it on that remote too (a push never removes a pin
+                there, and a fetch brings the remote's pins here).
+
         Raises:
-            RefNotFoundError: when the commit is not pinned.
+            RefNotFoundError: when the commit is pinned neither here nor there.
         """
         commit = self.resolve(ref)
+        unpinned = remote is not None and unpin_on_remote(self, remote, commit)
         with self.refs.lock():
-            if self.refs.read(PINS + commit) is None:
+            if self.refs.read(PINS + commit) is not None:
+                self.refs.delete(PINS + commit)
+            elif not unpinned:
                 raise RefNotFoundError(f"commit {commit[:12]} ({ref}) is not pinned")
-            self.refs.delete(PINS + commit)
         return commit
 
     def pins(self) -> list[str]:
@@ -879,8 +885,9 @@ class Repository:
         this; it prunes weights, see :meth:`prune`).
 
         Each later commit is written again with the same tree, metadata and
-        training state, its parent replaced; tags on rewritten commits move
-        with them and tags on dropped ones are deleted. Objects nothing else
+        training state, its parent replaced; tags, pins, prune marks and run
+        pointers on rewritten commits move with them, and tags and pins on
+        dropped ones are deleted. Objects nothing else
         references are left for ``gc`` to free. Other branches are not moved,
         so history they share stays alive through them (as in git).
 
@@ -935,6 +942,7 @@ class Repository:
             message = f"rewrite: dropped {len(drop)} commit(s)"
             self._move(branch, tip, new_tip, author, message, self.refs.head())
             self._retarget_tags(mapping, drop)
+            self._retarget_marks(mapping, drop)
         return mapping
 
     def _refuse_rewriting_shared(self, branch: str, commits: Sequence[str]) -> None:
@@ -962,6 +970,29 @@ class Repository:
                 document = self.objects.read_document(ObjectKind.TAG, object_id)
                 target = self.objects.write_document(ObjectKind.TAG, {**document, "object": target})
             self.refs.write(TAGS + name, target)
+
+    def _retarget_marks(self, mapping: Mapping[str, str | None], dropped: set[str]) -> None:
+        """Pins, prune marks and run pointers follow rewritten commits to their
+        new ids; on dropped commits, pins and pointers go (a pointer to the
+        commit that took the dropped one's place)."""
+        for prefix in (PINS, PRUNED):
+            for commit in self.refs.names(prefix):
+                new = mapping.get(commit, commit)
+                if new == commit:
+                    continue
+                self.refs.delete(prefix + commit)
+                if commit not in dropped and new is not None:
+                    self.refs.write(prefix + new, new)
+        author = self._author(None)
+        for name, commit in self.refs.list_refs(RUNS).items():
+            new = mapping.get(commit, commit)
+            if new == commit:
+                continue
+            if new is None:
+                self.refs.delete(RUNS + name)
+            else:
+                self.refs.write(RUNS + name, new)
+            self.refs.log_move(RUNS + name, commit, new, author, "rewrite: dropped commits")
 
     def checkout(self, ref: str, force: bool = False) -> Commit:
         """Point HEAD at a branch, or detach it at a tag or commit.

@@ -289,11 +289,18 @@ def list_runs(repo: Repository, commits: Iterable[Commit] | None = None) -> list
 
 
 def find_run(repo: Repository, name: str) -> list[Run]:
-    """The runs ``name`` names: a run id, ``<experiment>/<run id>``, or an
-    experiment's name (all its runs)."""
+    """The runs ``name`` names: a run id (or the start of one, when only one
+    run's id starts so), ``<experiment>/<run id>``, or an experiment's name
+    (all its runs)."""
     runs = list_runs(repo)
     exact = [r for r in runs if name in (r.run_id, f"{r.experiment}/{r.run_id}")]
-    return exact or [r for r in runs if r.experiment == name]
+    if exact:
+        return exact
+    by_name = [r for r in runs if r.experiment == name]
+    if by_name:
+        return by_name
+    started = [r for r in runs if r.run_id.startswith(name) or r.run_id.endswith(name)]
+    return started if len(started) == 1 else []
 
 
 def nearest_kept(repo: Repository, commit: Commit) -> str | None:

@@ -22,8 +22,9 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -64,6 +65,11 @@ class CoralTrainerCallback(TrainerCallback):
             ``save_last`` fields are not used; ``save_on_best_metric`` and its
             direction come from ``metric_for_best_model`` / ``greater_is_better``
             when those are set.
+        push_to, push_strategy: push the run as it trains (see
+            :class:`~coral_core.CheckpointConfig`; the Trainer's ``push_to_hub`` /
+            ``hub_strategy`` for a Coral remote); the end of ``train`` waits.
+        hyperparameters: recorded with each checkpoint (default: the
+            ``TrainingArguments`` a sweep varies, and the model's type).
 
     Only the main process (``state.is_world_process_zero``) commits. The
     manager exists from ``on_train_begin`` on (``callback.manager``).
@@ -74,10 +80,18 @@ class CoralTrainerCallback(TrainerCallback):
         repo: Repository | str | os.PathLike[str],
         experiment_name: str | None = None,
         config: CheckpointConfig | None = None,
+        *,
+        push_to: str | None = None,
+        push_strategy: Literal["every_save", "end"] = "every_save",
+        hyperparameters: Mapping[str, Any] | None = None,
     ) -> None:
         self.repo = repo if isinstance(repo, Repository) else Repository(repo, init=True)
         self.experiment_name = experiment_name or "training"
-        self._requested = config or CheckpointConfig()
+        config = config or CheckpointConfig()
+        if push_to is not None:
+            config = dataclasses.replace(config, push_to=push_to, push_strategy=push_strategy)
+        self.hyperparameters = dict(hyperparameters) if hyperparameters is not None else None
+        self._requested = config
         self.config = self._requested
         self.manager: CheckpointManager | None = None
         self._metrics: dict[str, Any] = {}
@@ -89,7 +103,12 @@ class CoralTrainerCallback(TrainerCallback):
         resumed run (``resume_from_checkpoint``) goes on with the run of the
         checkpoint at its step."""
         self.config = policy_for(args, self._requested)
-        self.manager = CheckpointManager(self.repo, self.config, self.experiment_name)
+        values = self.hyperparameters
+        if values is None:
+            values = trainer_hyperparameters(args, kwargs.get("model"))
+        self.manager = CheckpointManager(
+            self.repo, self.config, self.experiment_name, hyperparameters=values
+        )
         self.manager.resume_at_step(state.global_step)
         self._metrics = {}
 
@@ -183,6 +202,36 @@ class CoralTrainerCallback(TrainerCallback):
         or ``ref``), for ``trainer.train(resume_from_checkpoint=...)``."""
         manager = self.manager or CheckpointManager(self.repo, self.config, self.experiment_name)
         return checkout_checkpoint(self.repo, manager.commit_of(load_best, ref), folder)
+
+
+#: The ``TrainingArguments`` a run records (the ones a sweep varies).
+TRAINING_ARGUMENTS = (
+    "learning_rate",
+    "weight_decay",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "lr_scheduler_type",
+    "warmup_ratio",
+    "warmup_steps",
+    "optim",
+    "seed",
+)
+
+
+def trainer_hyperparameters(args: TrainingArguments, model: Any = None) -> dict[str, Any]:
+    """What a Trainer run records: the arguments sweeps vary, and the model's type."""
+    found = {}
+    for name in TRAINING_ARGUMENTS:
+        value = getattr(args, name, None)
+        value = getattr(value, "value", value)  # enums (lr_scheduler_type, optim)
+        if isinstance(value, (bool, int, float, str)):
+            found[name] = value
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if isinstance(model_type, str):
+        found["model_type"] = model_type
+    return found
 
 
 def policy_for(args: TrainingArguments, config: CheckpointConfig) -> CheckpointConfig:

@@ -19,6 +19,7 @@ commits; the other ranks do nothing.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
@@ -54,6 +55,8 @@ class CoralCallback(Checkpoint):
             ``every_n_epochs`` / ``every_n_train_steps`` (``0`` turns one off;
             giving only steps turns epoch commits off, as in ModelCheckpoint)
             and ``save_last``.
+        hyperparameters: recorded with each checkpoint (default: the module's
+            ``hparams``, what ``save_hyperparameters()`` recorded).
 
     Raises:
         ConfigError: for unknown or contradicting settings, naming them.
@@ -64,6 +67,8 @@ class CoralCallback(Checkpoint):
         repo: Repository | str | os.PathLike[str],
         experiment_name: str | None = None,
         config: CheckpointConfig | None = None,
+        *,
+        hyperparameters: Mapping[str, Any] | None = None,
         **settings: Any,
     ) -> None:
         if config is not None and settings:
@@ -73,6 +78,7 @@ class CoralCallback(Checkpoint):
         self.config = config if config is not None else policy_from_settings(settings)
         self._repo = repo
         self._experiment_name = experiment_name
+        self._hyperparameters = hyperparameters
         self.manager: CheckpointManager | None = None
         self.last_commit: Commit | None = None
         self._last_step_checked = -1
@@ -110,7 +116,10 @@ class CoralCallback(Checkpoint):
             self._repo if isinstance(self._repo, Repository) else Repository(self._repo, init=True)
         )
         name = self._experiment_name or type(pl_module).__name__
-        self.manager = CheckpointManager(repo, self.config, name)
+        values = self._hyperparameters
+        if values is None:  # what save_hyperparameters() recorded
+            values = dict(getattr(pl_module, "hparams", None) or {})
+        self.manager = CheckpointManager(repo, self.config, name, hyperparameters=values)
         self._last_step_checked = -1
         self._resumed = False
 

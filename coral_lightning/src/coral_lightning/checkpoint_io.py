@@ -15,6 +15,7 @@ paths, ``coral://<ref>`` (a branch, tag or commit) and commit ids.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -126,6 +127,13 @@ class CoralCheckpointIO(CheckpointIO):
         state.experiment_name = self.experiment_name
         metadata[PATH_KEY] = key
         earlier = self._commits_at(key)
+        if not self.manager.hyperparameters and checkpoint.get("hyper_parameters"):
+            self.manager.hyperparameters = dict(checkpoint["hyper_parameters"])
+        monitors = [s["monitor"] for s in _callback_states(checkpoint)]
+        if monitors and self.manager.config.save_on_best_metric is None:  # ModelCheckpoint's
+            self.manager.config = dataclasses.replace(
+                self.manager.config, save_on_best_metric=str(monitors[0])
+            )
         message = f"{self.experiment_name}: {os.path.basename(key)} (epoch {state.epoch}, "
         message += f"step {state.global_step})"
         self.manager.save(

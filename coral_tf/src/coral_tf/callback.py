@@ -11,8 +11,10 @@ mean what they mean to Keras' ``ModelCheckpoint``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import keras  # type: ignore[import-untyped]
@@ -45,6 +47,14 @@ class CoralKerasCallback(keras.callbacks.Callback):  # type: ignore[misc]
         mode: ``"min"``, ``"max"`` or ``"auto"`` (max for accuracy-like names).
         save_best_only: commit only when ``monitor`` improved (and not at the end).
         save_freq: ``"epoch"``, or commit every this many batches.
+        push_to, push_strategy: push the run to this remote as it trains (see
+            :class:`~coral_core.CheckpointConfig`), with either way of configuring.
+        hyperparameters: recorded with each checkpoint (default: the optimizer's
+            settings, ``learning_rate`` and the like).
+
+    Each ``fit`` that starts from scratch (the optimizer at step 0) is a run of
+    its own, so one callback can serve a sweep; a ``fit`` that goes on from
+    restored weights goes on with the run whose checkpoint is at that step.
 
     Raises:
         ConfigError: for Keras-style arguments beside ``config``, or a bad ``save_freq``.
@@ -60,6 +70,9 @@ class CoralKerasCallback(keras.callbacks.Callback):  # type: ignore[misc]
         mode: Literal["auto", "min", "max"] = "auto",
         save_best_only: bool = False,
         save_freq: Literal["epoch"] | int = "epoch",
+        push_to: str | None = None,
+        push_strategy: Literal["every_save", "end"] = "every_save",
+        hyperparameters: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.repo = repo if isinstance(repo, Repository) else Repository(repo, init=True)
@@ -71,8 +84,11 @@ class CoralKerasCallback(keras.callbacks.Callback):  # type: ignore[misc]
                 "give either config=CheckpointConfig(...) or the Keras-style monitor, "
                 "mode, save_best_only and save_freq, not both"
             )
+        if push_to is not None:
+            config = dataclasses.replace(config, push_to=push_to, push_strategy=push_strategy)
         self.config = config
         self.experiment_name = experiment_name
+        self.hyperparameters = dict(hyperparameters) if hyperparameters is not None else None
         self._manager: CheckpointManager | None = None
         self._epoch = 0
         self._step = 0
@@ -93,12 +109,20 @@ class CoralKerasCallback(keras.callbacks.Callback):  # type: ignore[misc]
     # -- Keras' hooks --------------------------------------------------------------
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        if self._manager is None:
+        step = self._optimizer_step()
+        if self._manager is None or (step == 0 and self._manager.history):  # a new run
             self._manager = CheckpointManager(
-                self.repo, self.config, self.experiment_name or self.model.name
+                self.repo,
+                self.config,
+                self.experiment_name or self.model.name,
+                hyperparameters=(
+                    self.hyperparameters
+                    if self.hyperparameters is not None
+                    else optimizer_hyperparameters(self.model)
+                ),
             )
-        self._step = self._optimizer_step()
-        self.manager.resume_at_step(self._step)  # a fit going on from restored weights
+        self._step = step
+        self.manager.resume_at_step(step)  # a fit going on from restored weights
         self._warned = False
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -178,6 +202,23 @@ class CoralKerasCallback(keras.callbacks.Callback):  # type: ignore[misc]
             and self.config.save_every_n_epochs is None
             and self.config.save_every_n_steps is None
         )
+
+
+def optimizer_hyperparameters(model: keras.Model) -> dict[str, Any]:
+    """The compiled optimizer's settings that are plain values (its name,
+    ``learning_rate``, ``beta_1``, ``weight_decay``, ...)."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        return {}
+    found: dict[str, Any] = {"optimizer": type(optimizer).__name__}
+    try:
+        settings = optimizer.get_config()
+    except (AttributeError, TypeError, ValueError, NotImplementedError):
+        return found
+    for key, value in settings.items():
+        if isinstance(value, (bool, int, float, str)) and key != "name":
+            found[key] = value
+    return found
 
 
 def _config(

@@ -15,13 +15,14 @@ from coral_torch.state_dict import (
     state_dict_to_weights,
 )
 from coral_torch.tensors import TORCH_DTYPES, coral_dtype, to_array, to_tensor
-from coral_torch.trainer import CoralTrainer
+from coral_torch.trainer import CoralTrainer, optimizer_hyperparameters
 from coral_torch.training_state import capture_rng, restore_rng, to_numpy_tree, to_torch_tree
 
 __all__ = [
     "TIES_KEY",
     "CoralReader",
     "CoralTrainer",
+    "optimizer_hyperparameters",
     "CoralWriter",
     "TORCH_DTYPES",
     "StateDictMismatchError",

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
@@ -46,6 +46,21 @@ class _Snapshot:
     state: TrainingState
 
 
+def optimizer_hyperparameters(optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+    """An optimizer's class and the plain settings of its first parameter group
+    (``lr``, ``weight_decay``, ``momentum``, ``betas``, ...): what a run records."""
+    if optimizer is None:
+        return {}
+    found: dict[str, Any] = {"optimizer": type(optimizer).__name__}
+    group = optimizer.param_groups[0] if optimizer.param_groups else {}
+    for key, value in group.items():
+        if isinstance(value, (bool, int, float, str)):
+            found[key] = value
+        elif isinstance(value, tuple) and all(isinstance(v, (int, float)) for v in value):
+            found[key] = list(value)
+    return found
+
+
 #: ``TrainingState.extra`` key of the loop's own position (for exact resume by ``fit``).
 LOOP_KEY = "coral_torch.loop"
 CheckpointCallback = Callable[[TrainingState, str], None]
@@ -63,6 +78,8 @@ class CoralTrainer:
             when ``config.include_optimizer``.
         repo_path: the repository folder, when ``repo`` is not given.
         async_commit: commit on a background thread.
+        hyperparameters: recorded with each checkpoint of the run (default: the
+            optimizer's class and settings: ``lr``, ``weight_decay``, ...).
         max_pending: with ``async_commit``, how many snapshots may wait to be
             written before the next checkpoint waits for the oldest (bounds memory).
     """
@@ -80,6 +97,7 @@ class CoralTrainer:
         repo_path: str | os.PathLike[str] | None = None,
         async_commit: bool = False,
         max_pending: int = 1,
+        hyperparameters: Mapping[str, Any] | None = None,
     ) -> None:
         if repo is None and repo_path is None:
             raise ConfigError("CoralTrainer needs a repository: repo=Repository(...) or repo_path=")
@@ -94,7 +112,11 @@ class CoralTrainer:
         self.scheduler = scheduler
         self.grad_scaler = grad_scaler
         self.config = config or CheckpointConfig()
-        self.manager = CheckpointManager(self.repo, self.config, experiment_name)
+        if hyperparameters is None:
+            hyperparameters = optimizer_hyperparameters(optimizer)
+        self.manager = CheckpointManager(
+            self.repo, self.config, experiment_name, hyperparameters=hyperparameters
+        )
         self.state = TrainingState(experiment_name=experiment_name)
         self._callbacks: list[CheckpointCallback] = []
         self._pool = ThreadPoolExecutor(1, "coral-commit") if async_commit else None
