@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -422,3 +423,24 @@ def test_a_commit_waits_for_a_held_refs_lock_and_goes_on_when_it_dies(
     commit = repo.commit("after the holder died", weights=weights_for(7))
     assert time.monotonic() - started < 5
     assert repo.resolve("main") == commit.commit_hash
+
+
+def test_pushes_into_a_live_repository_while_its_owner_commits_and_collects(
+    tmp_path: Path,
+) -> None:
+    """benchmarks/shared_folder_soak.py for a few seconds: the owner's commits
+    and every push that reported success are in main, bit for bit."""
+    out = tmp_path / "soak.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "shared_folder_soak.py")]
+        + ["--seconds", "6", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    result = json.loads(out.read_text())
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sum(result["lost"].values()) == 0
+    assert result["verify_ok"]
+    assert result["reported"]["owner"] > 10
+    assert sum(n for writer, n in result["reported"].items() if writer != "owner") > 0

@@ -23,7 +23,7 @@ from coral_core import (
     CheckpointConfig,
     CheckpointManager,
     ConfigError,
-    LocalStore,
+    MemoryStore,
     PrunedCommitError,
     PushRejectedError,
     RefExistsError,
@@ -303,8 +303,8 @@ def test_a_run_killed_at_random_loses_no_kept_checkpoint(tmp_path: Path) -> None
             assert found.kept <= 3 + 1  # best, the last two, and one a kill caught mid-prune
 
 
-def test_remote_locks_one_gc_alone_or_many_pushes(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path / "remote")
+def test_remote_locks_one_gc_alone_or_many_pushes() -> None:
+    store = MemoryStore()  # a bucket's way: lock objects with leases
     order: list[str] = []
 
     def collect() -> None:

@@ -12,6 +12,7 @@ import click
 from coral_cli.main import Env, pass_env
 from coral_cli.output import USER_ERROR, human_bytes, table, user_errors
 from coral_core import Repository
+from coral_core.delta import MAX_CHAIN_LENGTH
 from coral_core.refs import HEADS, TAGS
 
 
@@ -223,7 +224,11 @@ def gc(env: Env, dry_run: bool, remote: str | None) -> None:
 
 
 @click.command()
-@click.option("--max-chain-length", type=click.IntRange(min=1), help="A new bound on chains.")
+@click.option(
+    "--max-chain-length",
+    type=click.IntRange(min=1, max=MAX_CHAIN_LENGTH),
+    help="A new bound on chains.",
+)
 @pass_env
 def repack(env: Env, max_chain_length: int | None) -> None:
     """Re-choose every chunk's delta base along history (and bound chains anew).

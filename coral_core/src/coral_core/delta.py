@@ -81,6 +81,10 @@ _FLOAT_FIELDS = {
 }
 
 
+#: The longest delta chain a read decodes; a longer one can only be damage.
+MAX_CHAIN_LENGTH = 64
+
+
 @dataclass(frozen=True)
 class DeltaConfig:
     """Settings of delta encoding, validated at construction.
@@ -107,8 +111,11 @@ class DeltaConfig:
             )
         if not -7 <= self.compression_level <= 22:
             raise ValueError(f"compression_level must be in [-7, 22], got {self.compression_level}")
-        if self.max_chain_length < 1:
-            raise ValueError(f"max_chain_length must be at least 1, got {self.max_chain_length}")
+        if not 1 <= self.max_chain_length <= MAX_CHAIN_LENGTH:
+            raise ValueError(
+                f"max_chain_length must be from 1 to {MAX_CHAIN_LENGTH} (the longest chain "
+                f"a read decodes), got {self.max_chain_length}"
+            )
         if self.sparse_threshold < 0:
             raise ValueError(f"sparse_threshold must be >= 0, got {self.sparse_threshold}")
 

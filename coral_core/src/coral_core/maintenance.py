@@ -14,7 +14,7 @@ from coral_core.fingerprints import Fingerprint
 from coral_core.locks import fair_lock
 from coral_core.objects import ObjectDatabase, ObjectKind, object_key
 from coral_core.refs import HEADS, PINS, REMOTES, RUNS, TAGS
-from coral_core.store.local import LocalStore
+from coral_core.store.local import GC_LOCK, LocalStore
 
 if TYPE_CHECKING:
     from coral_core.model import TreeEntry
@@ -166,7 +166,7 @@ def delete_objects(
 @contextlib.contextmanager
 def maintenance_lock(repo: Repository) -> Iterator[None]:
     """Exclusive: no writer is between storing objects and naming them in a ref."""
-    with fair_lock(repo.coral_dir / "locks" / "gc.lock"), repo.refs.lock():
+    with fair_lock(repo.coral_dir / GC_LOCK), repo.refs.lock():
         yield
 
 

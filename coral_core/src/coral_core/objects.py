@@ -31,7 +31,14 @@ import xxhash
 import zstandard
 
 from coral_core.compression import decompress_exact
-from coral_core.delta import DeltaConfig, DeltaType, apply_delta, encode_arrays, supports
+from coral_core.delta import (
+    MAX_CHAIN_LENGTH,
+    DeltaConfig,
+    DeltaType,
+    apply_delta,
+    encode_arrays,
+    supports,
+)
 from coral_core.dtypes import numpy_dtype
 from coral_core.errors import (
     CoralError,
@@ -75,8 +82,9 @@ RECENT_BYTES = 256 << 20
 _PARAMS_PROBE = 4096
 #: The largest chunk: a header claiming more is damage, not a reason to allocate.
 MAX_CHUNK_SIZE = 1 << 30
-_MAX_DECODE_DEPTH = 64  # longer chains can only come from damaged parameters
+_MAX_DECODE_DEPTH = MAX_CHAIN_LENGTH  # longer chains can only come from damaged parameters
 _GRAPH_ENTRIES = 1 << 17  # documents and tensors whose references are remembered
+MAX_TAG_CHAIN = 8  # tags of tags followed to their commit
 _BASE_SLOT = 2  # scratch slot of delta bases (the delta codecs use 0 and 1)
 _READ_SLOT = 3  # scratch slots of chunk objects read, one per link of a chain from here
 T = TypeVar("T")
@@ -350,6 +358,33 @@ def _carve(sizes: Sequence[int], align: int = 64) -> list[np.ndarray]:
         whole[shift + start : shift + start + size]
         for start, size in zip(starts, sizes, strict=False)
     ]
+
+
+def _count(value: Any) -> int:
+    """A size or dimension from a descriptor: a non-negative integer, nothing else."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{value!r} is not a count")
+    return value
+
+
+def _check_layout(descriptor: TensorDescriptor, itemsize: int) -> None:
+    """Refuse a descriptor whose sizes do not add up (before anything is allocated
+    for it): its bytes, its shape and its chunks must agree."""
+    expected = itemsize
+    for dim in descriptor.shape:
+        expected *= dim
+    size, count = descriptor.chunk_size, len(descriptor.chunks)
+    problem = None
+    if descriptor.nbytes != expected:
+        problem = f"claims {descriptor.nbytes} bytes for {descriptor.shape} of {descriptor.dtype}"
+    elif not 0 < size <= MAX_CHUNK_SIZE:
+        problem = f"claims chunks of {size} bytes"
+    elif count != -(-descriptor.nbytes // size):
+        problem = f"lists {count} chunks for {descriptor.nbytes} bytes in chunks of {size}"
+    elif not all(is_object_id(chunk) for chunk in descriptor.chunks):
+        problem = "lists a chunk that is not an id"
+    if problem:
+        raise CorruptObjectError(f"tensor object {descriptor.tensor_id} {problem}")
 
 
 def canonical_json(document: dict[str, Any]) -> bytes:
@@ -828,17 +863,20 @@ class ObjectDatabase:
         raw = self._get(tensor_id, ObjectKind.TENSOR, blob)
         try:
             document = json.loads(raw)
-            return TensorDescriptor(
+            descriptor = TensorDescriptor(
                 tensor_id=tensor_id,
                 dtype=str(document["dtype"]),
-                shape=tuple(int(d) for d in document["shape"]),
-                nbytes=int(document["nbytes"]),
+                shape=tuple(_count(d) for d in document["shape"]),
+                nbytes=_count(document["nbytes"]),
                 chunks=tuple(str(c) for c in document["chunks"]),
-                chunk_size=int(document["chunk_size"]),
+                chunk_size=_count(document["chunk_size"]),
                 simhash=int(document["simhash"], 16) if "simhash" in document else None,
             )
-        except (ValueError, KeyError, TypeError) as exc:
+            itemsize = numpy_dtype(descriptor.dtype).itemsize
+        except (ValueError, KeyError, TypeError, CoralError) as exc:
             raise CorruptObjectError(f"tensor object {tensor_id} is malformed: {exc}") from None
+        _check_layout(descriptor, itemsize)
+        return descriptor
 
     def read_chunk(self, object_id: str) -> bytes:
         """Read one chunk (decoding its delta chain) and verify it against its id."""
@@ -980,6 +1018,29 @@ class ObjectDatabase:
             self.read_document(kind, object_id)
 
     # -- graph -------------------------------------------------------------------
+
+    def peel(self, object_id: str) -> str:
+        """Follow annotated tags (a tag of a tag, ...) to what they name, at most
+        :data:`MAX_TAG_CHAIN` deep.
+
+        Raises:
+            CorruptObjectError: for a longer chain (a loop can only be forged).
+        """
+        given = object_id
+        for _ in range(MAX_TAG_CHAIN):
+            try:
+                kind = self.kind_of(object_id)
+            except CoralError:
+                if object_id == given:
+                    raise
+                return object_id  # the tag is sound; whoever reads its target hears why
+            if kind != ObjectKind.TAG:
+                return object_id
+            target = self.read_document(ObjectKind.TAG, object_id).get("object")
+            if not isinstance(target, str) or not is_object_id(target):
+                raise CorruptObjectError(f"tag {object_id} names {target!r}, not an object id")
+            object_id = target
+        raise CorruptObjectError(f"tag {object_id}: tags of tags deeper than {MAX_TAG_CHAIN}")
 
     def references(
         self, object_id: str, kind: ObjectKind, blob: bytes | None = None

@@ -25,7 +25,7 @@ from pathlib import Path
 from coral_core.errors import CorruptObjectError, InvalidRefNameError, RefExistsError
 from coral_core.hashing import is_object_id
 from coral_core.locks import file_lock
-from coral_core.store.local import TEMP_PREFIX, append_lines, write_file_atomic
+from coral_core.store.local import REF_LOCK, TEMP_PREFIX, append_lines, write_file_atomic
 
 HEADS = "refs/heads/"
 TAGS = "refs/tags/"
@@ -72,7 +72,7 @@ class RefDatabase:
     @contextmanager
     def lock(self, timeout: float = 60.0) -> Iterator[None]:
         """Exclusive lock for every ref, HEAD, index and reflog update."""
-        with file_lock(self.root / "locks" / "refs.lock", timeout=timeout):
+        with file_lock(self.root / REF_LOCK, timeout=timeout):
             yield
 
     def _path(self, ref: str) -> Path:
@@ -126,6 +126,25 @@ class RefDatabase:
         path = self._path(ref)
         self._check_no_clash(ref)
         self._write(path, object_id + "\n")
+
+    def set_if_equals(
+        self, ref: str, old: str | None, new: str | None, author: str, message: str
+    ) -> bool:
+        """Compare-and-swap ``ref`` from ``old`` to ``new`` (None: absent, or
+        delete) under :meth:`lock`, with its reflog line in the same step (as
+        dulwich's ``set_if_equals``); False when it held something else. For
+        writers from elsewhere (a push into this repository's folder); the
+        caller must not hold the lock."""
+        with self.lock():
+            if self.read(ref) != old:
+                return False
+            if new is None:
+                self.delete(ref)
+            else:
+                self.write(ref, new)
+            if ref.startswith(HEADS) or ref.startswith(RUNS):
+                self.log_move(ref, old, new, author, message)
+            return True
 
     def delete(self, ref: str) -> None:
         path = self._path(ref)

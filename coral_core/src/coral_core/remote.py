@@ -52,7 +52,7 @@ from coral_core.maintenance import GCResult, delete_objects, live_objects, ref_r
 from coral_core.maintenance import Progress as MaintenanceProgress
 from coral_core.objects import ObjectDatabase, ObjectKind, object_key
 from coral_core.refnames import validate_ref_name
-from coral_core.refs import HEADS, PINS, PRUNED, REMOTES, RUNS, TAGS
+from coral_core.refs import HEADS, PINS, PRUNED, REMOTES, RUNS, TAGS, RefDatabase
 from coral_core.remote_locks import LEASE_SECONDS, gc_lock, push_lock
 from coral_core.runs import split_pointer
 from coral_core.store.base import WeightStore
@@ -134,6 +134,11 @@ class RemoteRefs:
     def __init__(self, store: WeightStore) -> None:
         self.store = store
         self.objects = ObjectDatabase(PrefixStore(store, "objects"))
+        #: A repository's own refs when the remote is its folder (someone's live
+        #: repository): ref updates take its lock and write its reflog.
+        self.live: RefDatabase | None = None
+        if isinstance(store, LocalStore) and (store.root / "config").is_file():
+            self.live = RefDatabase(store.root)
 
     def read(self, ref: str) -> str | None:
         """The id ``ref`` holds on the remote, or None.
@@ -175,6 +180,8 @@ class RemoteRefs:
 
     def swap(self, ref: str, old: str | None, new: str | None) -> bool:
         """Compare-and-swap ``ref`` from ``old`` to ``new`` (None: absent / delete)."""
+        if self.live is not None:
+            return self.live.set_if_equals(ref, old, new, push_author(), "push")
         expected = None if old is None else f"{old}\n".encode()
         if new is None:
             return expected is not None and self.store.compare_and_delete(ref, expected)
@@ -182,21 +189,25 @@ class RemoteRefs:
 
     def mark(self, ref: str, commit: str) -> None:
         """Write an immutable ref that names its own commit (a pin or prune mark)."""
+        if self.live is not None:
+            self.live.set_if_equals(ref, None, commit, push_author(), "push")
+            return
         self.store.put_if_absent(ref, f"{commit}\n".encode())
 
     def weights_view(self) -> WeightsView:
         """Which commits' weights the remote holds (it is never shallow)."""
         return WeightsView(
             marked=frozenset(self.names(PRUNED)),
-            protected=protected_commits(self, self._peel),
+            protected=protected_commits(self, self.objects.peel),
             shallow=frozenset(),
             has=self.objects.has,
         )
 
-    def _peel(self, object_id: str) -> str:
-        if self.objects.kind_of(object_id) == ObjectKind.TAG:
-            return str(self.objects.read_document(ObjectKind.TAG, object_id)["object"])
-        return object_id
+def push_author() -> str:
+    """Who a reflog line of a push into a live repository names."""
+    from coral_core.repository import default_author
+
+    return f"{default_author()} (push)"
 
 
 # -- the object walk -----------------------------------------------------------------
@@ -240,6 +251,7 @@ def missing_objects(
     height: dict[Node, int] = {}
     for node in edges:  # iterative post-order: a node after the missing ones it references
         stack = [(node, False)]
+        path: set[Node] = set()  # the nodes being expanded: one met again is a loop
         while stack:
             current, expanded = stack.pop()
             if current in height:
@@ -247,7 +259,14 @@ def missing_objects(
             below = [c for c in edges[current] if c in edges]
             if expanded:
                 height[current] = 1 + max((height[c] for c in below), default=-1)
+                path.discard(current)
                 continue
+            if current in path:
+                raise CorruptObjectError(
+                    f"object {current[0]} references itself (through {len(path)} others): "
+                    "a loop no writer makes; nothing was copied"
+                )
+            path.add(current)
             stack.append((current, True))
             stack.extend((c, False) for c in below if c not in height)
     levels: list[list[Node]] = [[] for _ in range(1 + max(height.values(), default=-1))]
@@ -292,7 +311,7 @@ def copy_objects(
             dest.store.put_if_absent(key, data)
             if verify:
                 try:
-                    dest.check_object(node[0])
+                    _verify(dest, *node)
                 except CoralError as exc:
                     dest.store.delete(key)
                     raise CorruptObjectError(f"object {node[0]} from the remote: {exc}") from exc
@@ -305,6 +324,26 @@ def copy_objects(
                 result.objects += 1
                 result.bytes += size
     return result
+
+
+def _verify(objects: ObjectDatabase, object_id: str, kind: ObjectKind) -> None:
+    """Check an object that arrived against its id: its header, checksum and
+    kind; a chunk decoded and hashed; a tensor's every byte rebuilt from its
+    chunks (already here: they travel first) and hashed, so no descriptor can
+    claim a tensor it does not hold.
+
+    Raises:
+        CorruptObjectError: naming what does not match.
+    """
+    found = objects.kind_of(object_id)
+    if found != kind:
+        raise CorruptObjectError(f"is a {found.name.lower()}, named as a {kind.name.lower()}")
+    if kind == ObjectKind.TENSOR:
+        problems = objects.check_tensor(object_id)
+        if problems:
+            raise CorruptObjectError("; ".join(problems.values()))
+        return
+    objects.check_object(object_id)
 
 
 def is_ancestor(repo: Repository, ancestor: str, commit: str) -> bool:
@@ -633,6 +672,8 @@ def fetch(
         result = copy_objects(
             source.objects, repo.objects, roots, verify=True, follow=follow, progress=progress
         )
+        for name, target in [*branches.items(), *pointers.items(), *new_tags.items()]:
+            _require_commit(repo, remote, name, target)  # before any ref moves
         with repo.refs.lock():
             for commit in source.names(PRUNED):
                 if repo.refs.read(PRUNED + commit) is None and repo.objects.has(commit):
@@ -653,6 +694,24 @@ def fetch(
                 repo.refs.write(TAGS + name, tag_id)
                 result.refs[TAGS + name] = (None, tag_id)
     return result
+
+
+def _require_commit(repo: Repository, remote: str, name: str, target: str) -> None:
+    """A fetched ref must name a commit (a tag: through tags, at most 8 deep)
+    that is here now, verified.
+
+    Raises:
+        CorruptObjectError: naming the remote's ref and what it names instead.
+    """
+    try:
+        kind = repo.objects.kind_of(repo.objects.peel(target))
+    except CoralError as exc:
+        raise CorruptObjectError(f"remote {remote!r}: {name} names {target[:12]}: {exc}") from exc
+    if kind != ObjectKind.COMMIT:
+        raise CorruptObjectError(
+            f"remote {remote!r}: {name} names a {kind.name.lower()} ({target[:12]}), not a "
+            "commit; nothing was changed here"
+        )
 
 
 def _within_depth(
@@ -807,9 +866,15 @@ def collect_remote_garbage(
     Holds the remote's exclusive gc lock (pushes wait, and it waits for the
     pushes in progress), then marks from the remote's branches, tags, run
     pointers and pins, skipping the weights of commits pruned there, and
-    deletes the rest in an order that a kill at any point leaves sound.
+    deletes the rest in an order that a kill at any point leaves sound. A
+    remote that is someone's live repository (its folder) is collected as its
+    owner's ``gc`` would, with its HEAD, index and remote-tracking branches.
     """
+    from coral_core.repository import Repository
+
     target = _remote(repo, remote)
+    if target.live is not None:
+        return Repository(target.live.root).gc(dry_run=dry_run, progress=progress)
     with gc_lock(target.store, lease):
         keep = live_objects(
             target.objects, ref_roots(target, target.objects.kind_of), target.weights_view()

@@ -1,6 +1,11 @@
 """Locks on a remote: any number of pushes at once, or one ``gc --remote`` alone.
 
-restic's scheme, on any :class:`~coral_core.WeightStore` (a bucket, a folder):
+On a folder, the readers-writer ``flock`` of its ``locks/gc.lock``: for a
+repository's ``.coral``, the very lock its owner's commits (shared) and gc
+(exclusive) take, so a push into someone's live repository excludes their gc
+and the other way round; the kernel drops a dead holder's lock.
+
+Elsewhere (a bucket), restic's scheme on any :class:`~coral_core.WeightStore`:
 a push holds a shared lock object ``locks/push-<token>`` while it looks for
 what the remote lacks, copies it and moves refs; ``gc --remote`` holds the
 exclusive ``locks/gc`` and starts marking only once no push lock is left.
@@ -26,9 +31,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 from coral_core.errors import CoralError, LockTimeoutError, MissingObjectError
+from coral_core.locks import fair_lock
 from coral_core.store.base import WeightStore
+from coral_core.store.local import GC_LOCK as FOLDER_GC_LOCK
+from coral_core.store.local import LocalStore
 
 LOCKS = "locks/"
 GC_LOCK = LOCKS + "gc"
@@ -120,15 +129,41 @@ def _heartbeat(lease: Lease) -> Iterator[Lease]:
             lease.store.delete(lease.key)
 
 
+class Held(Protocol):
+    """A lock held on a remote; ``check()`` raises if it was lost meanwhile."""
+
+    def check(self) -> None: ...
+
+
+class _Flock:
+    """A folder's ``flock``: nobody else can break it while this process lives."""
+
+    def check(self) -> None:
+        return None
+
+
+@contextmanager
+def _folder_lock(store: LocalStore, shared: bool, wait: float) -> Iterator[Held]:
+    try:
+        with fair_lock(store.root / FOLDER_GC_LOCK, shared=shared, timeout=wait):
+            yield _Flock()
+    except LockTimeoutError as exc:
+        raise RemoteBusyError(f"{store!r} stays locked by another push or gc: {exc}") from exc
+
+
 @contextmanager
 def push_lock(
     store: WeightStore, lease: float = LEASE_SECONDS, wait: float = WAIT_SECONDS
-) -> Iterator[Lease]:
+) -> Iterator[Held]:
     """Hold a shared push lock on ``store`` (waiting while a gc runs).
 
     Raises:
         RemoteBusyError: when a gc holds the remote for ``wait`` seconds.
     """
+    if isinstance(store, LocalStore):
+        with _folder_lock(store, True, wait) as held:
+            yield held
+        return
     token = secrets.token_hex(8)
     held = Lease(store, f"{PUSH_PREFIX}{token}", "push", lease, owner=token)
     deadline = time.monotonic() + wait
@@ -153,12 +188,16 @@ def push_lock(
 @contextmanager
 def gc_lock(
     store: WeightStore, lease: float = LEASE_SECONDS, wait: float = WAIT_SECONDS
-) -> Iterator[Lease]:
+) -> Iterator[Held]:
     """Hold the exclusive gc lock on ``store``, once every push in progress is done.
 
     Raises:
         RemoteBusyError: when another gc holds it, or pushes keep going, for ``wait`` seconds.
     """
+    if isinstance(store, LocalStore):
+        with _folder_lock(store, False, wait) as held:
+            yield held
+        return
     token = secrets.token_hex(8)
     held = Lease(store, GC_LOCK, "gc", lease, owner=token)
     deadline = time.monotonic() + wait

@@ -40,6 +40,7 @@ from coral_core.diff import CommitDiff, diff_trees
 from coral_core.errors import (
     AmbiguousRefError,
     BranchInUseError,
+    ConfigError,
     CoralError,
     DirtyIndexError,
     MissingObjectError,
@@ -103,7 +104,7 @@ from coral_core.remote import collect_remote_garbage, unpin_on_remote
 from coral_core.runs import POINTERS, experiment_pointer, nearest_kept
 from coral_core.similarity import Deduplicator
 from coral_core.store.base import WeightStore
-from coral_core.store.local import LocalStore
+from coral_core.store.local import GC_LOCK, LocalStore
 from coral_core.tensor import WeightMetadata, WeightTensor
 from coral_core.training_state import TrainingState
 
@@ -196,7 +197,7 @@ class Repository:
     @contextmanager
     def writing_objects(self) -> Iterator[None]:
         """Hold off ``gc`` while new objects are not yet referenced by a ref or the index."""
-        with fair_lock(self.coral_dir / "locks" / "gc.lock", shared=True):
+        with fair_lock(self.coral_dir / GC_LOCK, shared=True):
             yield
 
     def _author(self, author: str | None) -> str:
@@ -264,10 +265,8 @@ class Repository:
         )
 
     def peel(self, object_id: str) -> str:
-        """Follow an annotated tag to its commit."""
-        if self.objects.kind_of(object_id) == ObjectKind.TAG:
-            return str(self.objects.read_document(ObjectKind.TAG, object_id)["object"])
-        return object_id
+        """Follow an annotated tag (or a tag of tags) to its commit."""
+        return self.objects.peel(object_id)
 
     def _commit_by_prefix(self, prefix: str) -> str:
         if is_object_id(prefix):
@@ -1304,7 +1303,7 @@ class Repository:
             tags.append(
                 Tag(
                     name,
-                    doc["object"],
+                    self.peel(object_id),
                     doc.get("description"),
                     dict(doc.get("metrics") or {}),
                     doc.get("tagger"),
@@ -1447,9 +1446,15 @@ class Repository:
 
         Args:
             max_chain_length: a new bound on delta chains, saved in the config.
+
+        Raises:
+            ConfigError: for a bound outside 1 to 64 (the longest chain a read decodes).
         """
         if max_chain_length is not None:
-            config = replace(self.objects.delta_config, max_chain_length=max_chain_length)
+            try:
+                config = replace(self.objects.delta_config, max_chain_length=max_chain_length)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(str(exc)) from None
             self.config.set_delta_config(config)
             self.objects.delta_config = config
         return repack(self, progress)

@@ -17,7 +17,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from coral_core.errors import InvalidKeyError, MissingObjectError
+from coral_core.errors import InvalidKeyError, MissingObjectError, ReadOnlyStoreError
+from coral_core.locks import file_lock
 from coral_core.store.base import (
     KEY_SEGMENT,
     MAX_KEY_LENGTH,
@@ -27,6 +28,10 @@ from coral_core.store.base import (
 )
 
 TEMP_PREFIX = ".tmp-"
+#: The lock a folder's compare-and-swap takes (a repository's refs lock in ``.coral``).
+REF_LOCK = "locks/refs.lock"
+#: The readers-writer lock of storing objects and collecting them (``.coral``'s gc lock).
+GC_LOCK = "locks/gc.lock"
 #: The longest file name (one key segment) common local file systems accept.
 MAX_FILE_NAME = 255
 #: A valid key whose segments all fit in a file name (what validate_key and
@@ -299,6 +304,34 @@ class LocalStore(WeightStore):
 
     def has(self, key: str) -> bool:
         return os.path.isfile(self._file(key))
+
+    def compare_and_swap(self, key: str, expected: bytes | None, new: bytes) -> bool:
+        """Under the folder's ``locks/refs.lock`` (an ``flock``: the kernel drops
+        it when its holder dies, so no lock is ever stale); for a repository's
+        ``.coral``, the very lock its own commits take."""
+        with self._ref_lock():
+            if self._current(key) != expected:
+                return False
+            self.put(key, new)
+            return True
+
+    def compare_and_delete(self, key: str, expected: bytes) -> bool:
+        """Under the same lock as :meth:`compare_and_swap`."""
+        with self._ref_lock():
+            if self._current(key) != expected:
+                return False
+            return self.delete(key)
+
+    def _ref_lock(self) -> contextlib.AbstractContextManager[None]:
+        if self.read_only:
+            raise ReadOnlyStoreError(f"{self!r} is read-only")
+        return file_lock(self.root / REF_LOCK)
+
+    def _current(self, key: str) -> bytes | None:
+        try:
+            return self.get(key)
+        except MissingObjectError:
+            return None
 
     def _new_batch(self) -> WriteBatch:
         return LocalWriteBatch(self) if self.fsync else WriteBatch(self)
