@@ -431,9 +431,9 @@ def test_pushes_into_a_live_repository_while_its_owner_commits_and_collects(
     """benchmarks/shared_folder_soak.py for a few seconds: the owner's commits
     and every push that reported success are in main, bit for bit."""
     out = tmp_path / "soak.json"
+    soak = str(ROOT / "benchmarks" / "shared_folder_soak.py")
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "shared_folder_soak.py")]
-        + ["--seconds", "6", "--json", str(out)],
+        [sys.executable, soak, "--seconds", "6", "--json", str(out)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -203,6 +203,7 @@ class RemoteRefs:
             has=self.objects.has,
         )
 
+
 def push_author() -> str:
     """Who a reflog line of a push into a live repository names."""
     from coral_core.repository import default_author
