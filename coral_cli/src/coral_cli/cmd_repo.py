@@ -84,22 +84,22 @@ def config(env: Env, list_all: bool, key: str | None, value: str | None) -> None
     Example: coral-ml config user.name ada
     """
     with user_errors():
-        repo = env.repo()
+        settings = env.config()  # not the repository: a bad setting can be repaired
         if list_all or key is None:
-            items = repo.config.items()
+            items = settings.items()
             env.output.emit(
                 items, lambda d: "\n".join(f"{k} = {json.dumps(v)}" for k, v in d.items())
             )
             return
         if value is None:
-            current = repo.config.get(key)
+            current = settings.get(key)
             env.output.emit({key: current}, lambda d: json.dumps(current))
             return
         try:
             parsed = json.loads(value)
         except json.JSONDecodeError:
             parsed = value  # a bare word is a string
-        repo.config.set(key, parsed)
+        settings.set(key, parsed)
     env.output.emit({key: parsed}, lambda d: f"{key} = {json.dumps(parsed)}")
 
 

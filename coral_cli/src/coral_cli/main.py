@@ -15,7 +15,7 @@ import click
 
 from coral_cli import __version__
 from coral_cli.output import Output
-from coral_core import Repository, RepositoryNotFoundError
+from coral_core import RepoConfig, Repository, RepositoryNotFoundError
 
 CORAL_DIR = ".coral"
 
@@ -46,9 +46,20 @@ class Env:
     def repo(self) -> Repository:
         """The repository (``--repo``, else found from the current folder upwards)."""
         if self._repo is None:
-            folder = self.repo_dir if self.repo_dir is not None else find_repository(Path.cwd())
-            self._repo = Repository(folder)
+            self._repo = Repository(self.folder())
         return self._repo
+
+    def folder(self) -> Path:
+        """The repository's folder, without opening it."""
+        return self.repo_dir if self.repo_dir is not None else find_repository(Path.cwd())
+
+    def config(self) -> RepoConfig:
+        """The repository's settings, read without opening the repository: a
+        setting that keeps it from opening can still be repaired."""
+        path = self.folder() / CORAL_DIR / "config"
+        if not path.is_file():
+            raise RepositoryNotFoundError(f"no Coral repository at {path.parent.parent}")
+        return RepoConfig.load(path)
 
 
 pass_env = click.make_pass_decorator(Env)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from coral_core.delta import DeltaConfig, DeltaType
+from coral_core.delta import MAX_CHAIN_LENGTH, DeltaConfig, DeltaType
 from coral_core.errors import ConfigError, CorruptObjectError, UnsupportedFormatError
-from coral_core.objects import DEFAULT_CHUNK_SIZE
+from coral_core.objects import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
 from coral_core.store.local import write_file_atomic
 
 #: The on-disk format this Coral writes; it reads this and every older one
@@ -46,6 +47,24 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "delta.max_chain_length": int,
     "delta.similarity_threshold": (float, int),
     "delta.sparse_threshold": (float, int),
+}
+
+
+#: What each setting may hold beyond its type, and how to say it.
+_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "core.chunk_size": (
+        lambda v: 1024 <= v <= MAX_CHUNK_SIZE and v % 16 == 0,
+        f"a multiple of 16 from 1024 to {MAX_CHUNK_SIZE}",
+    ),
+    "core.compression_level": (lambda v: 1 <= v <= 22, "a zstd level from 1 to 22"),
+    "core.hash": (lambda v: v == "xxh3-128", '"xxh3-128", the only hash Coral has'),
+    "delta.type": (
+        lambda v: v in {t.value for t in DeltaType},
+        "one of " + ", ".join(t.value for t in DeltaType),
+    ),
+    "delta.max_chain_length": (lambda v: 1 <= v <= MAX_CHAIN_LENGTH, f"1 to {MAX_CHAIN_LENGTH}"),
+    "delta.similarity_threshold": (lambda v: 0 <= v <= 1, "from 0 to 1"),
+    "delta.sparse_threshold": (lambda v: v >= 0, "0 or more"),
 }
 
 
@@ -93,7 +112,7 @@ class RepoConfig:
         config = cls(path, values)
         for key in _TYPES:
             try:
-                config._check(key, config.get(key))
+                config._check_type(key, config.get(key))
             except ConfigError as exc:
                 raise CorruptObjectError(f"{path} is damaged: {exc}") from None
         return config
@@ -102,11 +121,31 @@ class RepoConfig:
         write_file_atomic(self.path, json.dumps(self._values, indent=2).encode() + b"\n")
 
     def _check(self, key: str, value: Any) -> None:
+        self._check_type(key, value)
+        allowed, says = _RANGES.get(key, (lambda v: True, ""))
+        if not allowed(value):
+            raise ConfigError(f"config {key} must be {says}, got {value!r}")
+
+    def _check_type(self, key: str, value: Any) -> None:
         expected = _TYPES.get(key)
         if expected is None:
             raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(_TYPES)}")
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             raise ConfigError(f"config {key} must be {expected}, got {value!r}")
+
+    def problems(self) -> list[str]:
+        """Settings out of their range (written by hand, or by an older Coral),
+        each with the command that repairs it."""
+        found = []
+        for key, (allowed, says) in _RANGES.items():
+            value = self.get(key)
+            if not allowed(value):
+                default = DEFAULTS[key.partition(".")[0]][key.partition(".")[2]]
+                found.append(
+                    f"{key} is {value!r}, but must be {says}: "
+                    f"`coral-ml config {key} {json.dumps(default)}` repairs it"
+                )
+        return found
 
     def get(self, key: str) -> Any:
         section, _, name = key.partition(".")

@@ -51,18 +51,18 @@ class StagingIndex:
 
     def read(self) -> Staged:
         try:
-            data = json.loads(self.path.read_text())
+            data = json.loads(self.path.read_bytes())
+            return Staged(
+                entries={str(k): TreeEntry.from_dict(v) for k, v in data["entries"].items()},
+                removed={str(name) for name in data["removed"]},
+                replace=bool(data["replace"]),
+            )
         except FileNotFoundError:
             return Staged()
-        except ValueError as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CorruptObjectError(
-                f"staging index {self.path} is damaged ({exc}); `coral-ml reset` clears it"
+                f"staging index {self.path} is damaged ({exc!r}); `coral-ml reset` clears it"
             ) from None
-        return Staged(
-            entries={k: TreeEntry.from_dict(v) for k, v in data["entries"].items()},
-            removed=set(data["removed"]),
-            replace=bool(data["replace"]),
-        )
 
     def write(self, staged: Staged) -> None:
         if staged.empty:

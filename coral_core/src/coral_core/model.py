@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from coral_core.errors import InvalidMetricError
+from coral_core.errors import CorruptObjectError, InvalidMetricError
+from coral_core.hashing import is_object_id
 
 #: Key under which a tree entry's ``compression_info`` and a commit's metadata
 #: record that a lossy codec stored the tensor (and how far off it may be).
@@ -62,15 +63,36 @@ class TreeEntry:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TreeEntry:
-        return cls(
-            tensor=data["tensor"],
-            dtype=data["dtype"],
-            shape=tuple(data["shape"]),
-            nbytes=data["nbytes"],
-            layer_type=data.get("layer_type"),
-            model_name=data.get("model_name"),
-            compression_info=data.get("compression_info"),
+        """An entry from its JSON (a tree, the index): data from disk or a
+        remote, so every field is checked.
+
+        Raises:
+            CorruptObjectError: for a field missing or of the wrong kind.
+        """
+        try:
+            entry = cls(
+                tensor=data["tensor"],
+                dtype=data["dtype"],
+                shape=tuple(data["shape"]),
+                nbytes=data["nbytes"],
+                layer_type=data.get("layer_type"),
+                model_name=data.get("model_name"),
+                compression_info=data.get("compression_info"),
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise CorruptObjectError(f"a tree entry is malformed: {exc!r}") from None
+        counts = [*entry.shape, entry.nbytes]
+        sound = (
+            isinstance(entry.tensor, str)
+            and is_object_id(entry.tensor)
+            and isinstance(entry.dtype, str)
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts)
+            and all(isinstance(v, (str, type(None))) for v in (entry.layer_type, entry.model_name))
+            and isinstance(entry.compression_info, (dict, type(None)))
         )
+        if not sound:
+            raise CorruptObjectError(f"a tree entry is malformed: {dict(data)!r:.200}")
+        return entry
 
 
 @dataclass(frozen=True)
@@ -152,21 +174,41 @@ class Commit:
 
     @classmethod
     def from_document(cls, commit_hash: str, doc: Mapping[str, Any]) -> Commit:
-        return cls(
-            commit_hash=commit_hash,
-            tree_hash=doc["tree"],
-            parent_hashes=tuple(doc["parents"]),
-            metadata=CommitMetadata(
-                message=doc["message"],
-                author=doc["author"],
-                timestamp=doc["timestamp"],
-                metrics=dict(doc.get("metrics", {})),
-                tags=tuple(doc.get("tags", ())),
-                metadata=dict(doc.get("metadata", {})),
-                environment=dict(doc.get("environment", {})),
-            ),
-            training=dict(doc["training"]) if isinstance(doc.get("training"), dict) else None,
+        """A commit from its document (from disk or a remote: every field is checked).
+
+        Raises:
+            CorruptObjectError: for a field missing or of the wrong kind.
+        """
+        try:
+            commit = cls(
+                commit_hash=commit_hash,
+                tree_hash=doc["tree"],
+                parent_hashes=tuple(doc["parents"]),
+                metadata=CommitMetadata(
+                    message=doc["message"],
+                    author=doc["author"],
+                    timestamp=doc["timestamp"],
+                    metrics=dict(doc.get("metrics", {})),
+                    tags=tuple(doc.get("tags", ())),
+                    metadata=dict(doc.get("metadata", {})),
+                    environment=dict(doc.get("environment", {})),
+                ),
+                training=dict(doc["training"]) if isinstance(doc.get("training"), dict) else None,
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CorruptObjectError(f"commit {commit_hash} is malformed: {exc!r}") from None
+        meta = commit.metadata
+        ids = [commit.tree_hash, *commit.parent_hashes]
+        sound = (
+            all(isinstance(i, str) and is_object_id(i) for i in ids)
+            and isinstance(meta.message, str)
+            and isinstance(meta.author, str)
+            and isinstance(meta.timestamp, (int, float))
+            and not isinstance(meta.timestamp, bool)
         )
+        if not sound:
+            raise CorruptObjectError(f"commit {commit_hash} is malformed")
+        return commit
 
 
 @dataclass(frozen=True)

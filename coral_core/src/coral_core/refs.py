@@ -15,6 +15,7 @@ marks hold their own commit id; prune marks are not roots of anything.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from coral_core.hashing import is_object_id
 from coral_core.locks import file_lock
 from coral_core.store.local import REF_LOCK, TEMP_PREFIX, append_lines, write_file_atomic
 
+_log = logging.getLogger("coral.refs")
 HEADS = "refs/heads/"
 TAGS = "refs/tags/"
 REMOTES = "refs/remotes/"  # branches as last fetched from (or pushed to) each remote
@@ -97,9 +99,20 @@ class RefDatabase:
     # -- HEAD ----------------------------------------------------------------------
 
     def head(self) -> Head:
-        text = (self.root / "HEAD").read_text().strip()
+        """Where HEAD points.
+
+        Raises:
+            CorruptObjectError: for a HEAD that names no branch nor commit (a
+                damaged file, or a ref outside ``refs/heads/``).
+        """
+        text = _text(self.root / "HEAD")
         if text.startswith(_SYMREF):
             ref = text[len(_SYMREF) :]
+            if not ref.startswith(HEADS) or len(ref) == len(HEADS):
+                raise CorruptObjectError(
+                    f"{self.root / 'HEAD'} names {ref!r}, not a branch; repair it with "
+                    "`coral-ml checkout main`"
+                )
             return Head(branch=ref.removeprefix(HEADS), commit=self.read(ref))
         if not is_object_id(text):
             raise CorruptObjectError(f"{self.root / 'HEAD'} holds {text!r}, not a ref or commit id")
@@ -115,7 +128,7 @@ class RefDatabase:
         """Id a full ref name (``refs/heads/main``) points at, or None."""
         path = self._path(ref)
         try:
-            text = path.read_text().strip()
+            text = _text(path)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
         if not is_object_id(text):
@@ -212,12 +225,17 @@ class RefDatabase:
     def log_move(
         self, ref: str, old: str | None, new: str | None, author: str, message: str
     ) -> None:
-        """Append one line to the reflog of ``ref``."""
+        """Append one line to the reflog of ``ref``. The move it records has
+        happened: a disk that fails now costs the line (with a warning), not
+        an error that would say the move did not happen."""
         path = self._log_path(ref)
         line = json.dumps(
             {"old": old, "new": new, "author": author, "time": time.time(), "message": message}
         )
-        append_lines(path, [line], fsync=self.fsync)
+        try:
+            append_lines(path, [line], fsync=self.fsync)
+        except OSError as exc:
+            _log.warning("the reflog of %s misses a move to %s: %s", ref, new, exc)
 
     def reflog(self, ref: str = "HEAD") -> list[ReflogEntry]:
         """Moves of ``ref``, newest first; a torn last line (crash) is skipped."""
@@ -225,14 +243,30 @@ class RefDatabase:
         if not path.is_file():
             return []
         entries = []
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 item = json.loads(line)
-                entries.append(
-                    ReflogEntry(
-                        ref, item["old"], item["new"], item["author"], item["time"], item["message"]
-                    )
+                entry = ReflogEntry(
+                    ref, item["old"], item["new"], item["author"], item["time"], item["message"]
                 )
             except (ValueError, KeyError, TypeError):
                 continue
+            if _sound(entry):  # a damaged line is skipped, as a torn one is
+                entries.append(entry)
         return entries[::-1]
+
+
+def _text(path: Path) -> str:
+    """A small file's text, stripped; bytes that are not text read as damage, not a crash."""
+    return path.read_bytes().decode("utf-8", errors="replace").strip()
+
+
+def _sound(entry: ReflogEntry) -> bool:
+    ids = all(v is None or (isinstance(v, str) and is_object_id(v)) for v in (entry.old, entry.new))
+    return (
+        ids
+        and isinstance(entry.author, str)
+        and isinstance(entry.message, str)
+        and isinstance(entry.timestamp, (int, float))
+        and not isinstance(entry.timestamp, bool)
+    )

@@ -10,6 +10,7 @@ new objects are referenced, so ``gc`` never deletes a commit in the making.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import getpass
 import heapq
@@ -42,6 +43,7 @@ from coral_core.errors import (
     BranchInUseError,
     ConfigError,
     CoralError,
+    CorruptObjectError,
     DirtyIndexError,
     MissingObjectError,
     NothingToCommitError,
@@ -165,6 +167,9 @@ class Repository:
                 )
             self._create(chunk_size, delta_config)
         self.config = RepoConfig.load(config_path)
+        problems = self.config.problems()
+        if problems:
+            raise ConfigError(f"{config_path} cannot be used: " + "; ".join(problems))
         fsync = bool(self.config.get("core.fsync"))
         self.objects = ObjectDatabase(
             store or LocalStore(self.coral_dir / "objects", fsync=fsync),
@@ -290,8 +295,16 @@ class Repository:
         )
 
     def read_tree(self, tree_hash: str) -> dict[str, TreeEntry]:
+        """The entries of a tree object, by tensor name.
+
+        Raises:
+            CorruptObjectError: for a tree that is not a mapping of entries.
+        """
         document = self.objects.read_document(ObjectKind.TREE, tree_hash)
-        return {name: TreeEntry.from_dict(e) for name, e in document["entries"].items()}
+        entries = document.get("entries")
+        if not isinstance(entries, dict):
+            raise CorruptObjectError(f"tree {tree_hash} holds no entries")
+        return {str(name): TreeEntry.from_dict(e) for name, e in entries.items()}
 
     def show(self, ref: str | None = None) -> Commit:
         """The commit a ref names (HEAD by default); pruned and shallow commits too."""
@@ -691,12 +704,17 @@ class Repository:
                 )
                 commit_hash = self.objects.write_document(ObjectKind.COMMIT, commit.to_document())
                 reflog_message = f"commit: {message.splitlines()[0] if message else ''}"
-                self._move(target, parent, commit_hash, commit.author, reflog_message, head)
-                for ref, expected in (pointers or {}).items():
-                    self.refs.write(ref, commit_hash)
-                    self.refs.log_move(ref, expected, commit_hash, commit.author, reflog_message)
+                self._move_with(
+                    pointers or {},
+                    commit_hash,
+                    commit.author,
+                    reflog_message,
+                    lambda: self._move(
+                        target, parent, commit_hash, commit.author, reflog_message, head
+                    ),
+                )
                 if snapshot is None:
-                    self.index.clear()
+                    self.index.clear()  # an unlink: a full disk cannot fail it
         return self.read_commit(commit_hash)
 
     def _tip(self, branch: str | None) -> str | None:
@@ -757,7 +775,9 @@ class Repository:
     def _move(
         self, branch: str | None, old: str | None, new: str, author: str, message: str, head: Head
     ) -> None:
-        """Move a branch (or a detached HEAD) and log it; HEAD's log too when it follows."""
+        """Move a branch (or a detached HEAD) and log it; HEAD's log too when it
+        follows. The one write that can fail comes first: once it is done the
+        move has happened, and nothing after it raises."""
         if branch is None:
             self.refs.set_head(commit=new)
         else:
@@ -765,6 +785,31 @@ class Repository:
             self.refs.log_move(HEADS + branch, old, new, author, message)
         if branch is None or head.branch == branch:
             self.refs.log_move("HEAD", old, new, author, message)
+
+    def _move_with(
+        self,
+        pointers: Mapping[str, str | None],
+        new: str,
+        author: str,
+        message: str,
+        move_branch: Callable[[], None],
+    ) -> None:
+        """Move the pointers that go with a commit, then its branch; if a write
+        fails (a full disk), the pointers already moved go back and the error is
+        raised: the commit did not happen."""
+        moved: list[tuple[str, str | None]] = []
+        try:
+            for ref, expected in pointers.items():
+                self.refs.write(ref, new)
+                moved.append((ref, expected))
+            move_branch()
+        except BaseException:
+            for ref, expected in moved:
+                with contextlib.suppress(OSError):
+                    self.refs.write(ref, expected) if expected else self.refs.delete(ref)
+            raise
+        for ref, expected in moved:
+            self.refs.log_move(ref, expected, new, author, message)
 
     # -- branches ------------------------------------------------------------------
 
