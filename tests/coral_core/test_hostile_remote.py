@@ -21,7 +21,9 @@ from coral_core import (
     CorruptObjectError,
     InvalidRefNameError,
     LocalStore,
+    MemoryStore,
     Repository,
+    WeightStore,
     bit_view,
     clone,
 )
@@ -228,3 +230,52 @@ def test_a_forged_remote_is_refused_quickly_by_clone_too(tmp_path: Path) -> None
     assert time.monotonic() - start < 30
     assert canonical_json({}) == b"{}"
     assert document_id("tree", b"{}")  # the forger's ids are the real ones
+
+
+class LockingStore(MemoryStore):
+    """A store without conditional writes: compare-and-swap by lock objects."""
+
+    def compare_and_swap(self, key: str, expected: bytes | None, new: bytes) -> bool:
+        return WeightStore.compare_and_swap(self, key, expected, new)
+
+
+@pytest.mark.parametrize("leftover", [b"", b"garbage", str(time.time() - 3600).encode()])
+def test_a_dead_or_garbage_ref_lock_is_broken_at_once(leftover: bytes) -> None:
+    store = LockingStore()
+    store.put("refs/heads/main.lock", leftover)  # a writer that died, or a torn file
+    start = time.monotonic()
+    assert store.compare_and_swap("refs/heads/main", None, b"x\n")
+    assert time.monotonic() - start < 5  # not the 60 s a live lock is waited for
+    assert set(store.list("refs/")) == {"refs/heads/main"}
+
+
+def test_a_fresh_ref_lock_is_not_broken_by_a_slow_breaker() -> None:
+    store = LockingStore()
+    store.put("refs/heads/main.lock", str(time.time() - 3600).encode())
+    store.put("refs/heads/main.lock.break", str(time.time()).encode())  # someone is breaking it
+    store._break_stale_lock("refs/heads/main.lock")  # a second breaker: leaves it to them
+    assert store.has("refs/heads/main.lock")
+    store.delete("refs/heads/main.lock.break")
+    store.put("refs/heads/main.lock", str(time.time()).encode())  # taken anew meanwhile
+    store._break_stale_lock("refs/heads/main.lock")
+    assert store.has("refs/heads/main.lock")  # a live lock stays
+
+
+@pytest.mark.parametrize("model_name", ["../../x", "/tmp/absolute", "a\\b"])
+def test_export_keeps_model_names_from_a_commit_in_the_folder(
+    tmp_path: Path, model_name: str
+) -> None:
+    from click.testing import CliRunner
+
+    from coral_cli.main import cli
+    from coral_core import WeightMetadata, WeightTensor
+
+    repo = Repository(tmp_path / "repo", init=True)
+    meta = WeightMetadata(name="w", shape=(2,), dtype=np.float32, model_name=model_name)
+    repo.commit("forged", weights={"w": WeightTensor(np.zeros(2, np.float32), meta)})
+    out = tmp_path / "deep" / "er" / "export"
+    result = CliRunner().invoke(cli, ["-C", str(repo.path), "export", "HEAD", str(out)])
+    assert result.exit_code == 1
+    assert "cannot name a file" in result.stderr or "leads out" in result.stderr
+    assert not (tmp_path / "x.safetensors").exists()
+    assert not list(tmp_path.glob("deep/**/*.safetensors"))

@@ -120,7 +120,7 @@ def test_a_write_batch_shows_nothing_before_it_is_durable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, has_syncfs: bool
 ) -> None:
     if not has_syncfs:  # the path macOS and Windows take
-        monkeypatch.setattr("coral_core.store.local._syncfs", lambda: None)
+        monkeypatch.setattr("coral_core.files._syncfs", lambda: None)
     store = LocalStore(tmp_path)
     with store.write_batch() as batch:
         for i in range(5):

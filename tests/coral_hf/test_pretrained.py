@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer, BertForMaskedLM
 
-from coral_core import CoralError, Repository
+from coral_core import CoralError, Repository, UnsafePathError
 from coral_core.formats import read_safetensors
 from coral_hf import FILES_KEY, from_pretrained, save_pretrained, write_model_folder
 from coral_hf.pretrained import encode_files, files_of
@@ -86,3 +86,14 @@ def test_a_commit_without_config_is_refused(tmp_path: Path) -> None:
         from_pretrained(AutoModelForMaskedLM, repo, "HEAD")
     with pytest.raises(CoralError, match="Linear has no transformers config"):
         save_pretrained(torch.nn.Linear(2, 2), repo, "not a transformers model")
+
+
+@pytest.mark.parametrize("name", ["../escaped.json", "/tmp/absolute.json", "a/../../up.json"])
+def test_file_names_from_a_commit_stay_in_the_folder(tmp_path: Path, name: str) -> None:
+    repo = Repository(tmp_path / "repo", init=True)
+    files = {"config.json": {"text": "{}"}, name: {"text": "mallory"}}
+    repo.commit("forged", weights={"w": torch.zeros(2).numpy()}, metadata={FILES_KEY: files})
+    with pytest.raises(UnsafePathError):
+        write_model_folder(repo, "HEAD", tmp_path / "out" / "model")
+    assert not (tmp_path / "out" / "model").exists()  # refused before anything was written
+    assert not (tmp_path / "out" / "escaped.json").exists()

@@ -22,6 +22,8 @@ from coral_cli.views import (
     when,
 )
 from coral_core import TensorMismatchError, format_for
+from coral_core.files import confined_path
+from coral_core.formats import regular_file
 
 metric_option = click.option(
     "--metric", "metrics", multiple=True, metavar="KEY=VALUE", help="A metric (repeatable)."
@@ -37,6 +39,7 @@ def read_model_files(paths: Sequence[Path], prefix: str, output: Output) -> dict
     arrays: dict[str, np.ndarray] = {}
     source: dict[str, Path] = {}
     for path in output.progress(list(paths), "reading"):
+        regular_file(path)  # a FIFO would block the read forever
         for name, array in format_for(path).read(path).items():
             full = f"{prefix}{name}"
             if full in arrays:
@@ -214,8 +217,11 @@ def export(env: Env, ref: str, path: Path) -> None:
         else:
             path.mkdir(parents=True, exist_ok=True)
             writer = format_for("x.safetensors")
+            for model in groups:
+                confined_path(path, f"{model}.safetensors")  # names from the commit
             for model, arrays in env.output.progress(list(groups.items()), "exporting"):
-                target = path / f"{model}.safetensors"
+                target = confined_path(path, f"{model}.safetensors")
+                target.parent.mkdir(parents=True, exist_ok=True)
                 writer.write(target, arrays)
                 written.append(str(target))
     env.output.emit(
@@ -258,6 +264,7 @@ def import_(
             )
         files = model_files([Path(s) for s in sources if not s.startswith("hf://")])
         for path in env.output.progress(files, "importing"):
+            regular_file(path)
             arrays = format_for(path).read(path)
             made.append(repo.commit(f"{message} {path.name}", weights=arrays, branch=branch))
     env.output.emit(

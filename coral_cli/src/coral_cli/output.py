@@ -10,6 +10,7 @@ Coral (and bad files) become one line on stderr with exit status 1, through
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -35,8 +36,8 @@ class Output:
 
     def emit(self, data: Any, render: Callable[[Any], str | None] | None = None) -> None:
         """Print ``data`` as JSON, or as ``render(data)`` for people."""
-        if self.json:
-            click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+        if self.json:  # strict JSON: NaN and infinities (a metric may be one) as null
+            click.echo(json.dumps(_finite(data), indent=2, default=str, allow_nan=False))
         elif not self.quiet and render is not None:
             text = render(data)
             if text:
@@ -113,9 +114,20 @@ def user_errors() -> Iterator[None]:
     """Turn Coral's errors and bad files into one line on stderr and exit status 1."""
     try:
         yield
-    except (CoralError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+    except (CoralError, OSError) as exc:  # a disk or OS refusal is one line too
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if isinstance(exc, OSError) and not isinstance(exc, CoralError) and exc.filename:
             message = f"{exc.strerror}: {exc.filename}"
         click.echo(f"error: {message}", err=True)
         raise SystemExit(USER_ERROR) from None
+
+
+def _finite(data: Any) -> Any:
+    """``data`` with every NaN and infinity as None: what strict JSON can hold."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: _finite(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(value) for value in data]
+    return data

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Protocol
 
 from coral_core.errors import CoralError
+from coral_core.files import write_file_atomic
 from coral_core.hashing import is_object_id
 from coral_core.objects import ObjectKind
 from coral_core.refs import HEADS, PINS, RUNS, TAGS
-from coral_core.store.local import write_file_atomic
 
 KEPT, PRUNED, SHALLOW = "kept", "pruned", "shallow"
 SHALLOW_FILE = "shallow"

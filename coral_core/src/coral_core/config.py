@@ -10,8 +10,8 @@ from typing import Any
 
 from coral_core.delta import MAX_CHAIN_LENGTH, DeltaConfig, DeltaType
 from coral_core.errors import ConfigError, CorruptObjectError, UnsupportedFormatError
+from coral_core.files import write_file_atomic
 from coral_core.objects import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
-from coral_core.store.local import write_file_atomic
 
 #: The on-disk format this Coral writes; it reads this and every older one
 #: (migrating them on open, see :mod:`coral_core.migrations`). 2: append-only

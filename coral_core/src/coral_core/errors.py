@@ -50,6 +50,27 @@ class MissingObjectError(CoralError, LookupError):
     """An object a commit needs is not in the store."""
 
 
+class DiskError(CoralError, OSError):
+    """The disk or the OS refused: full, read-only, not allowed, too many open
+    files, a symlink loop, an I/O error. Nothing was half done.
+
+    Attributes:
+        errno: the OS's error number; filename: the file it concerns.
+    """
+
+    def __init__(self, message: str, code: int | None = None, filename: str | None = None):
+        super().__init__(message)
+        self.errno = code
+        self.filename = filename
+
+    def __reduce__(self) -> tuple[type, tuple[str, int | None, str | None]]:
+        return type(self), (str(self), self.errno, self.filename)
+
+
+class UnsafePathError(CoralError, ValueError):
+    """A file name from data (a commit, a remote) that would leave its folder."""
+
+
 class CorruptObjectError(CoralError, OSError):
     """An object failed its integrity check; its data is never returned."""
 

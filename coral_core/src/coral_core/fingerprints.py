@@ -14,6 +14,7 @@ carry the fingerprint too).
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Sequence
@@ -21,11 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coral_core.dtypes import FLOAT_DTYPES
+from coral_core.errors import DiskError
+from coral_core.files import append_lines, write_file_atomic
 from coral_core.hashing import is_object_id
-from coral_core.store.local import append_lines, write_file_atomic
 
 #: Smaller tensors are not worth looking for a reference (and cost little stored whole).
 MIN_FINGERPRINT_ELEMENTS = 4096
+
+_log = logging.getLogger("coral.fingerprints")
 
 
 def worth_fingerprint(dtype: str, size: int) -> bool:
@@ -77,8 +81,12 @@ class FingerprintLog:
 
     def append(self, prints: Sequence[Fingerprint]) -> None:
         """Record fingerprints of newly stored tensors (no fsync: it is a cache)."""
-        if prints:
+        if not prints:
+            return
+        try:
             append_lines(self.path, [p.to_line() for p in prints], fsync=False)
+        except DiskError as exc:  # a cache: the commit stands without these lines
+            _log.warning("fingerprints of %d tensors not recorded: %s", len(prints), exc)
 
     def read_new(self) -> list[Fingerprint]:
         """Complete lines appended since the last call (all of them the first time)."""

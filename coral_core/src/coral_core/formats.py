@@ -12,9 +12,11 @@ the package to install when it is not.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
+import stat
 import tempfile
 import zipfile
 import zlib
@@ -138,7 +140,7 @@ def read_safetensors(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
             a tensor's bytes do not fit its dtype and shape.
     """
     path = Path(path)
-    size = path.stat().st_size
+    size = regular_file(path).st_size
 
     def damaged(why: str) -> ModelFileError:
         return ModelFileError(f"{path} is not a readable .safetensors file: {why}")
@@ -151,32 +153,72 @@ def read_safetensors(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         if header_size > min(_MAX_HEADER, size - 8):
             raise damaged(f"header of {header_size} bytes does not fit a {size}-byte file")
         try:
-            header = json.loads(file.read(header_size))
+            header = json.loads(file.read(header_size), object_pairs_hook=_no_duplicates)
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise damaged(f"header is not JSON ({exc})") from None
+        except ValueError as exc:
+            raise damaged(str(exc)) from None
     if not isinstance(header, dict):
         raise damaged("header is not a JSON object")
     data_start = 8 + header_size
-    arrays = {}
+    # One memory map of the whole file: a model of thousands of tensors holds
+    # one file descriptor, not one per tensor (a process may have only 1024).
+    whole = np.memmap(path, np.uint8, mode="r") if size > data_start else None
+    arrays, spans = {}, []
     for name, info in header.items():
         if name == "__metadata__":
             continue
         try:
             dtype = numpy_dtype(_SAFETENSORS_DTYPES[info["dtype"]])
-            shape = tuple(int(d) for d in info["shape"])
-            begin, end = (int(o) for o in info["data_offsets"])
+            shape = tuple(_whole_number(d) for d in info["shape"])
+            begin, end = (_whole_number(o) for o in info["data_offsets"])
         except (KeyError, TypeError, ValueError):
-            raise damaged(f"tensor {name!r} has a malformed entry {info!r}") from None
-        if any(d < 0 for d in shape) or not 0 <= begin <= end:
-            raise damaged(f"tensor {name!r} has negative sizes or offsets")
+            raise damaged(f"tensor {name!r} has a malformed entry {info!r:.200}") from None
+        if not begin <= end:
+            raise damaged(f"tensor {name!r} ends before it begins")
         if end - begin != math.prod(shape) * dtype.itemsize or data_start + end > size:
             raise damaged(f"tensor {name!r} needs bytes {begin}..{end} the file does not hold")
+        spans.append((begin, end, name))
         if end == begin:
             arrays[name] = np.zeros(shape, dtype)
             continue
-        raw = np.memmap(path, np.uint8, mode="r", offset=data_start + begin, shape=(end - begin,))
+        assert whole is not None  # a non-empty span lies in the file (checked above)
+        raw = whole[data_start + begin : data_start + end]
         arrays[name] = raw.view(np.ndarray).view(dtype).reshape(shape)
+    spans.sort()
+    for (_, end, first), (begin, _, second) in itertools.pairwise(spans):
+        if begin < end:
+            raise damaged(f"tensors {first!r} and {second!r} share bytes")
     return arrays
+
+
+def regular_file(path: Path) -> os.stat_result:
+    """``path``'s status, refused unless it is a regular file: a FIFO would
+    block a read forever, and a device is no model.
+
+    Raises:
+        ModelFileError: for anything but a regular file.
+    """
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise ModelFileError(f"{path} is not a regular file (a FIFO, device or socket?)")
+    return info
+
+
+def _whole_number(value: object) -> int:
+    """A dimension or offset: a non-negative integer (not 2.5, not true), below 2**62."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 62:
+        raise ValueError(f"{value!r} is not a size")
+    return value
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    found: dict[str, object] = {}
+    for key, value in pairs:
+        if key in found:
+            raise ValueError(f"the header names {key!r} twice")
+        found[key] = value
+    return found
 
 
 def write_safetensors(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> None:
@@ -232,6 +274,7 @@ SAFETENSORS = ModelFormat("safetensors", (".safetensors",), read_safetensors, wr
 
 def read_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """The arrays of an ``.npz`` file (object arrays, which need pickles, refused)."""
+    regular_file(Path(path))
     try:
         # numpy leaves the file open when it is not a zip: open and close it here
         with open(path, "rb") as handle:
@@ -248,14 +291,32 @@ def read_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         raise ModelFileError(f"{path} is not a readable .npz file: {exc}") from None
 
 
+def _numpy_can_hold(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> None:
+    """Refuse dtypes numpy's files cannot name (bfloat16, float8: they would come
+    back as raw bytes, neither numpy nor Coral reading them as they were)."""
+    for name, array in arrays.items():
+        dtype = np.asarray(array).dtype
+        if dtype.kind == "V" or dtype.type.__module__ != "numpy":
+            raise ModelFileError(
+                f"{path}: tensor {name!r} is {dtype_name(dtype)}, which .npy/.npz files cannot "
+                "record; export it as .safetensors, which can"
+            )
+
+
 def write_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> None:
-    """Write arrays as an uncompressed ``.npz`` file (atomically)."""
+    """Write arrays as an uncompressed ``.npz`` file (atomically).
+
+    Raises:
+        ModelFileError: for a dtype the format cannot record (bfloat16, float8).
+    """
+    _numpy_can_hold(path, arrays)
     with replacing_file(Path(path)) as handle:
         np.savez(handle, **dict(arrays))  # type: ignore[arg-type]
 
 
 def read_npy(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """An ``.npy`` file's array, memory-mapped, named after the file's stem."""
+    regular_file(Path(path))
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -266,9 +327,14 @@ def read_npy(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 
 
 def write_npy(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> None:
-    """Write the one array of ``arrays`` as an ``.npy`` file."""
+    """Write the one array of ``arrays`` as an ``.npy`` file.
+
+    Raises:
+        ModelFileError: for several arrays, or a dtype the format cannot record.
+    """
     if len(arrays) != 1:
         raise ModelFileError(f"{path}: an .npy file holds one array, not {len(arrays)}")
+    _numpy_can_hold(path, arrays)
     with replacing_file(Path(path)) as handle:
         np.save(handle, next(iter(arrays.values())), allow_pickle=False)
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coral_core.errors import CorruptObjectError
+from coral_core.files import write_file_atomic
 from coral_core.model import TreeEntry
-from coral_core.store.local import write_file_atomic
 
 
 @dataclass
@@ -59,7 +59,7 @@ class StagingIndex:
             )
         except FileNotFoundError:
             return Staged()
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, CorruptObjectError) as exc:
             raise CorruptObjectError(
                 f"staging index {self.path} is damaged ({exc!r}); `coral-ml reset` clears it"
             ) from None

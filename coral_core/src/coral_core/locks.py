@@ -6,6 +6,7 @@ never leaves a stale lock behind.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import time
@@ -13,9 +14,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from coral_core.errors import LockTimeoutError
+from coral_core.errors import DiskError, LockTimeoutError
 
 DEFAULT_TIMEOUT = 60.0
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 @contextmanager
@@ -29,7 +31,7 @@ def file_lock(path: Path, shared: bool = False, timeout: float = DEFAULT_TIMEOUT
     try:
         yield
     finally:
-        os.close(fd)  # closing releases the lock
+        _release(fd)
 
 
 @contextmanager
@@ -48,22 +50,52 @@ def fair_lock(path: Path, shared: bool = False, timeout: float = DEFAULT_TIMEOUT
     try:
         fd = _acquire(path, fcntl.LOCK_SH if shared else fcntl.LOCK_EX, deadline)
     except BaseException:
-        os.close(turnstile)
+        _release(turnstile)
         raise
     if shared:
-        os.close(turnstile)
+        _release(turnstile)
     try:
         yield
     finally:
-        os.close(fd)
+        _release(fd)
         if not shared:
-            os.close(turnstile)
+            _release(turnstile)
 
 
-def _acquire(path: Path, mode: int, deadline: float) -> int:
-    """Open ``path`` and flock it in ``mode``, polling until ``deadline``; return the fd."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+def _release(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)  # closing releases the lock
+
+
+def _acquire(path: Path, mode: int, deadline: float) -> int | None:
+    """Open ``path`` and flock it in ``mode``, polling until ``deadline``; return
+    the fd. None on a read-only file system where the lock file cannot be made:
+    nobody can write there, so there is nothing to exclude. The lock file is
+    never followed through a symlink.
+
+    Raises:
+        DiskError: when the lock cannot be opened (a symlink, a file where the
+            ``locks`` folder should be, permissions).
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o644)
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES):
+            raise DiskError(
+                f"cannot take the lock {path}: {exc.strerror}; it must be a plain file in "
+                "a folder (a symlink or a file in the folder's place is refused)",
+                exc.errno,
+                str(path),
+            ) from exc
+        try:
+            fd = os.open(path, os.O_RDONLY | _NOFOLLOW)  # flock works on a read-only fd
+        except FileNotFoundError:
+            return None  # read-only and never locked: no writer can be there
+        except OSError as again:
+            raise DiskError(
+                f"cannot take the lock {path}: {again.strerror}", again.errno
+            ) from again
     delay = 0.001
     while True:
         try:

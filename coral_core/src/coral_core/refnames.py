@@ -7,6 +7,9 @@ import re
 from coral_core.errors import InvalidRefNameError
 
 _BAD_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+#: What every store (a bucket's keys, a folder's names) takes: a name made of
+#: these can be pushed anywhere it can be made.
+_PORTABLE = re.compile(r"[A-Za-z0-9._/-]+")
 
 
 def validate_ref_name(name: str, what: str = "branch") -> str:
@@ -28,6 +31,8 @@ def validate_ref_name(name: str, what: str = "branch") -> str:
         problem = "it contains '..', '//' or '@{'"
     elif _BAD_CHARS.search(name):
         problem = "it contains a space, a control character or one of ~^:?*[\\"
+    elif not _PORTABLE.fullmatch(name):
+        problem = "use letters a-z, A-Z, digits, '.', '_', '-' and '/' (what every remote takes)"
     elif any(part.startswith(".") or part.endswith(".lock") for part in name.split("/")):
         problem = "a part starts with '.' or ends with '.lock'"
     elif name == "HEAD":

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coral_core.errors import CorruptObjectError, InvalidRefNameError, RefExistsError
+from coral_core.files import TEMP_PREFIX, append_lines, write_file_atomic
 from coral_core.hashing import is_object_id
 from coral_core.locks import file_lock
-from coral_core.store.local import REF_LOCK, TEMP_PREFIX, append_lines, write_file_atomic
+from coral_core.store.local import REF_LOCK
 
 _log = logging.getLogger("coral.refs")
 HEADS = "refs/heads/"

@@ -47,6 +47,7 @@ from coral_core.errors import (
     RefNotFoundError,
     RepositoryNotFoundError,
 )
+from coral_core.files import write_file_atomic
 from coral_core.hashing import is_object_id
 from coral_core.maintenance import GCResult, delete_objects, live_objects, ref_roots
 from coral_core.maintenance import Progress as MaintenanceProgress
@@ -56,7 +57,7 @@ from coral_core.refs import HEADS, PINS, PRUNED, REMOTES, RUNS, TAGS, RefDatabas
 from coral_core.remote_locks import LEASE_SECONDS, gc_lock, push_lock
 from coral_core.runs import split_pointer
 from coral_core.store.base import WeightStore
-from coral_core.store.local import LocalStore, write_file_atomic
+from coral_core.store.local import LocalStore
 from coral_core.store.prefix import PrefixStore
 
 if TYPE_CHECKING:

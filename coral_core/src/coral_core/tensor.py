@@ -61,6 +61,8 @@ class WeightTensor:
         name: str = "",
     ) -> None:
         array = np.asarray(data)
+        if not array.dtype.isnative:  # big-endian: stored by value, in this machine's order
+            array = array.astype(array.dtype.newbyteorder("="))
         if metadata is None:
             metadata = WeightMetadata(name=name, shape=array.shape, dtype=array.dtype)
         if array.shape != metadata.shape:

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import torch
 
 from coral_core import Commit, CoralError, Repository
+from coral_core.files import confined_path
 from coral_core.formats import write_safetensors
 from coral_torch import save_model
 
@@ -138,6 +139,9 @@ def write_model_folder(repo: Repository, ref: str | None, folder: str | os.PathL
     """
     commit = repo.show(ref)
     target = Path(folder)
+    files = files_of(commit)
+    for name in files:
+        confined_path(target, name)  # names from a commit: refused before anything is written
     if target.is_dir() and any(target.iterdir()):
         raise CoralError(
             f"{target} is not empty; write commit {commit.short_hash} into a new or empty "
@@ -146,8 +150,10 @@ def write_model_folder(repo: Repository, ref: str | None, folder: str | os.PathL
     target.mkdir(parents=True, exist_ok=True)
     arrays = {weight.name: weight.data for weight in repo.iter_weights(commit.commit_hash)}
     write_safetensors(target / WEIGHTS_NAME, arrays)
-    for name, data in files_of(commit).items():
-        (target / name).write_bytes(data)
+    for name, data in files.items():
+        path = confined_path(target, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
     return commit
 
 

@@ -146,9 +146,38 @@ class WeightStore(ABC):
             self.delete(lock)
 
     def _break_stale_lock(self, lock: str) -> None:
-        with contextlib.suppress(CoralError, ValueError):
-            if time.time() - float(self.get(lock)) > LOCK_LEASE_SECONDS:
+        """Delete ``lock`` if its writer died (older than the lease, or garbage:
+        an empty or torn lock is as good as dead). Breaking is itself
+        exclusive (a ``.break`` lock object), and the lock is read again under
+        it, so a slow breaker never deletes a lock taken fresh meanwhile."""
+        held = self._lock_age(lock)
+        if held is None or held <= LOCK_LEASE_SECONDS:
+            return
+        breaker = f"{lock}.break"
+        if not self.put_if_absent(breaker, str(time.time()).encode()):
+            age = self._lock_age(breaker)  # a breaker that died holding it
+            if age is not None and age > LOCK_LEASE_SECONDS:
+                with contextlib.suppress(CoralError):
+                    self.delete(breaker)
+            return
+        try:
+            again = self._lock_age(lock)
+            if again is not None and again > LOCK_LEASE_SECONDS:
                 self.delete(lock)
+        finally:
+            with contextlib.suppress(CoralError):
+                self.delete(breaker)
+
+    def _lock_age(self, lock: str) -> float | None:
+        """Seconds since a lock object was taken; infinity for garbage; None if absent."""
+        try:
+            taken = self.get(lock)
+        except CoralError:
+            return None
+        try:
+            return time.time() - float(taken)
+        except ValueError:
+            return float("inf")
 
     @contextmanager
     def write_batch(self) -> Iterator[WriteBatch]:

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import re
 import stat
-import sys
 import threading
-import uuid
-from collections.abc import Callable, Iterator, Sequence
-from functools import cache
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
 from coral_core.errors import InvalidKeyError, MissingObjectError, ReadOnlyStoreError
+from coral_core.files import (
+    TEMP_PREFIX,
+    disk_errors,
+    flush_paths,
+    fsync_dir,
+    write_file_atomic,
+    write_temp_file,
+)
 from coral_core.locks import file_lock
 from coral_core.store.base import (
     KEY_SEGMENT,
@@ -27,7 +30,6 @@ from coral_core.store.base import (
     validate_key,
 )
 
-TEMP_PREFIX = ".tmp-"
 #: The lock a folder's compare-and-swap takes (a repository's refs lock in ``.coral``).
 REF_LOCK = "locks/refs.lock"
 #: The readers-writer lock of storing objects and collecting them (``.coral``'s gc lock).
@@ -39,105 +41,6 @@ MAX_FILE_NAME = 255
 _PLAIN_KEY = re.compile(
     r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}(?:/[A-Za-z0-9_-][A-Za-z0-9._-]{0,254})*"
 )
-
-
-def write_file_atomic(path: Path, data: bytes | memoryview, fsync: bool = True) -> None:
-    """Write ``path`` through a temporary file in the same folder and ``os.replace``.
-
-    A crash leaves either the old file or the new one, never half of one; a file
-    someone has memory-mapped is replaced, not rewritten.
-    """
-    tmp = write_temp_file(path.parent, data, fsync)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    if fsync:
-        fsync_dir(path.parent)
-
-
-def write_temp_file(folder: Path, data: bytes | memoryview, fsync: bool) -> Path:
-    """Write ``data`` to a new hidden temporary file in ``folder`` and return its path."""
-    if isinstance(data, memoryview) and not data.contiguous:
-        data = data.tobytes()  # a strided view cannot be written as one buffer
-    tmp = folder / f"{TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
-    try:
-        try:
-            handle = open(tmp, "xb")  # noqa: SIM115 (closed by the with below)
-        except FileNotFoundError:  # the folder's first file (mkdir only then: one syscall less)
-            folder.mkdir(parents=True, exist_ok=True)
-            handle = open(tmp, "xb")  # noqa: SIM115
-        with handle:
-            handle.write(data)
-            if fsync:
-                handle.flush()
-                os.fsync(handle.fileno())
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    return tmp
-
-
-def append_lines(path: Path, lines: Sequence[str], fsync: bool = True) -> None:
-    """Append text lines to ``path`` in one write; if a crash left the last line
-    torn, start on a new line so the torn one stays the only casualty."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as handle:
-        handle.seek(0, os.SEEK_END)
-        torn = handle.tell() > 0 and not _ends_with_newline(handle)
-        text = "".join(f"{line}\n" for line in lines)
-        handle.write((("\n" if torn else "") + text).encode())
-        if fsync:
-            handle.flush()
-            os.fsync(handle.fileno())
-
-
-def _ends_with_newline(handle: BinaryIO) -> bool:
-    handle.seek(-1, os.SEEK_END)
-    return handle.read(1) == b"\n"
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@cache
-def _syncfs() -> Callable[[int], int] | None:
-    """Linux's ``syncfs(fd)``: flush one file system in one call; None elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        function = ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int]
-    function.restype = ctypes.c_int
-    return function
-
-
-def flush_paths(root: Path, paths: Iterator[Path]) -> None:
-    """Make ``paths`` (files or folders on the file system of ``root``) durable:
-    one ``syncfs`` where the platform has it, one ``fsync`` per path otherwise."""
-    syncfs = _syncfs()
-    if syncfs is None:
-        for path in paths:
-            fsync_dir(path)  # opening read-only and fsync works for files too
-        return
-    fd = os.open(root, os.O_RDONLY)
-    try:
-        if syncfs(fd) != 0:
-            error = ctypes.get_errno()
-            raise OSError(error, f"syncfs failed: {os.strerror(error)}", str(root))
-    finally:
-        os.close(fd)
 
 
 class LocalWriteBatch(WriteBatch):
@@ -157,13 +60,14 @@ class LocalWriteBatch(WriteBatch):
 
     def put_if_absent(self, key: str, data: bytes | memoryview) -> bool:
         self.store._check_writable(key)
-        path = self.store._path(key)
+        path = self.store._confined(key)
         with self._lock:
             if key in self._pending or path.is_file():
                 return False
             self._pending[key] = None  # claimed: a second writer of the key skips it
         try:
-            tmp = write_temp_file(path.parent, data, fsync=False)
+            with disk_errors(f"write {path}"):
+                tmp = write_temp_file(path.parent, data, fsync=False)
         except BaseException:
             with self._lock:
                 del self._pending[key]
@@ -188,13 +92,17 @@ class LocalWriteBatch(WriteBatch):
         if not written:
             return
         try:
-            flush_paths(self.store.root, (tmp for _, tmp in written))
-            first = [(key, tmp) for key, tmp in written if key in self._before]
-            if first:
-                self._publish(first)
-            self._publish([(key, tmp) for key, tmp in written if key not in self._before])
+            with disk_errors(f"write objects into {self.store.root}"):
+                self._finish(written)
         finally:
             self.abort()
+
+    def _finish(self, written: list[tuple[str, Path]]) -> None:
+        flush_paths(self.store.root, (tmp for _, tmp in written))
+        first = [(key, tmp) for key, tmp in written if key in self._before]
+        if first:
+            self._publish(first)
+        self._publish([(key, tmp) for key, tmp in written if key not in self._before])
 
     def _publish(self, written: list[tuple[str, Path]]) -> None:
         """Rename durable temporary files into place, then make the renames durable."""
@@ -232,6 +140,22 @@ class LocalStore(WeightStore):
     def _path(self, key: str) -> Path:
         return Path(self._file(key))
 
+    def _confined(self, key: str) -> Path:
+        """The file of ``key``, refused if a symlink on the way leads it out of
+        the folder (a remote's ``refs/heads`` linked elsewhere, say).
+
+        Raises:
+            InvalidKeyError: naming where it would have gone.
+        """
+        path = self._path(key)
+        folder = os.path.realpath(path.parent)
+        root = os.path.realpath(self.root)
+        if folder != root and not folder.startswith(root + os.sep):
+            raise InvalidKeyError(
+                f"store key {key!r} leads out of {self.root} (to {folder}) through a symlink"
+            )
+        return path
+
     def _file(self, key: str) -> str:
         """The file of ``key`` as a string (cheaper than a Path on the hot paths)."""
         if len(key) > MAX_KEY_LENGTH or not _PLAIN_KEY.fullmatch(key):  # one match, usually
@@ -246,7 +170,7 @@ class LocalStore(WeightStore):
     def get(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
         path = self._file(key)
         try:
-            with open(path, "rb") as handle:
+            with disk_errors(f"read {path}"), open(path, "rb") as handle:
                 if byte_range is None:
                     return handle.read()
                 start, end = byte_range
@@ -262,7 +186,8 @@ class LocalStore(WeightStore):
         which a caller may reuse) instead of fresh memory; returns a view of it."""
         path = self._file(key)
         try:
-            fd = os.open(path, os.O_RDONLY)
+            with disk_errors(f"read {path}"):
+                fd = os.open(path, os.O_RDONLY)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise MissingObjectError(f"object {key!r} is not in {self.root}") from None
         try:
@@ -282,13 +207,17 @@ class LocalStore(WeightStore):
 
     def put(self, key: str, data: bytes | memoryview) -> None:
         self._check_writable(key)
-        write_file_atomic(self._path(key), data, fsync=self.fsync)
+        write_file_atomic(self._confined(key), data, fsync=self.fsync)
 
     def put_if_absent(self, key: str, data: bytes | memoryview) -> bool:
         self._check_writable(key)
-        path = self._path(key)
+        path = self._confined(key)
         if path.exists():
             return False
+        with disk_errors(f"write {path}"):
+            return self._create(path, data)
+
+    def _create(self, path: Path, data: bytes | memoryview) -> bool:
         tmp = write_temp_file(path.parent, data, self.fsync)
         try:
             try:
@@ -338,11 +267,12 @@ class LocalStore(WeightStore):
 
     def delete(self, key: str) -> bool:
         self._check_writable(key)
-        path = self._path(key)
+        path = self._confined(key)
         if not path.is_file():  # a folder of other keys, or a path below a key
             return False
         try:
-            path.unlink()
+            with disk_errors(f"delete {path}"):
+                path.unlink()
         except FileNotFoundError:
             return False
         return True
