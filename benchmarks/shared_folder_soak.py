@@ -1,6 +1,6 @@
 """Soak: pushes into a folder that is someone's live repository, while its owner works.
 
-An owner process commits to ``main`` every 50 ms or so and runs ``gc``
+An owner process commits to ``main`` every 200 ms or so and runs ``gc``
 about twice a second, in its own repository; two other processes, each a
 clone of that folder, pull, commit a tensor of their own, and push to
 ``main`` over and over (a push behind the owner is refused: they pull, which
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import subprocess
 import sys
 import tempfile
@@ -50,7 +51,7 @@ def owner(folder: Path, stop: Path, log: Path) -> None:
             if time.monotonic() - last_gc > 0.5:
                 repo.gc()
                 last_gc = time.monotonic()
-            time.sleep(0.05)
+            time.sleep(0.2)
 
 
 def pusher(name: str, folder: Path, work: Path, stop: Path, log: Path) -> None:
@@ -67,12 +68,15 @@ def pusher(name: str, folder: Path, work: Path, stop: Path, log: Path) -> None:
                     repo.push("origin", ["main"])
                 except PushRejectedError:
                     repo.pull("origin", "main", strategy="ours")  # merges the owner's work
+                    time.sleep(random.uniform(0, 0.05))  # back off, or one pusher starves
                     continue
                 except CoralError as exc:  # the owner's gc held the folder: try again
                     print(f"{name}: {exc}", file=sys.stderr)
                     continue
                 out.write(f"{made.commit_hash} {name} {count}\n")
-                out.write(f"{repo.resolve('main')} {name} merged\n")
+                tip = repo.resolve("main")
+                if tip != made.commit_hash:  # the merge a rejected push made: pushed too
+                    out.write(f"{tip} {name} merged\n")
                 out.flush()
                 break
 
