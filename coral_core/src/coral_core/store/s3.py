@@ -353,28 +353,28 @@ class S3Store(WeightStore):
             return super().compare_and_swap(key, expected, new)
         if expected is None:
             return self._conditional(lambda: self._upload(key, new, IfNoneMatch="*"), key, new)
+        etag = self._etag_if(key, expected)
+        if etag is None:
+            return False
+        return self._conditional(lambda: self._upload(key, new, IfMatch=etag), key, new)
+
+    def _etag_if(self, key: str, expected: bytes) -> str | None:
+        """The ETag of ``key`` when it holds ``expected`` (None otherwise)."""
         try:
             response = self._call("get_object", key, Key=self._key(key))
         except MissingObjectError:
-            return False
-        if response["Data"] != expected:
-            return False
-        return self._conditional(lambda: self._upload(key, new, IfMatch=response["ETag"]), key, new)
+            return None
+        return str(response["ETag"]) if response["Data"] == expected else None
 
     def compare_and_delete(self, key: str, expected: bytes) -> bool:
         """Delete with ``If-Match`` on the ETag of the value read."""
         self._check_writable(key)
         if not self.config.conditional_writes:
             return super().compare_and_delete(key, expected)
-        try:
-            response = self._call("get_object", key, Key=self._key(key))
-        except MissingObjectError:
+        etag = self._etag_if(key, expected)
+        if etag is None:
             return False
-        if response["Data"] != expected:
-            return False
-        delete = partial(
-            self._call, "delete_object", key, Key=self._key(key), IfMatch=response["ETag"]
-        )
+        delete = partial(self._call, "delete_object", key, Key=self._key(key), IfMatch=etag)
         return self._conditional(delete, key)
 
     def has(self, key: str) -> bool:
