@@ -395,3 +395,26 @@ def test_pruned_checkpoints_pins_runs_and_shallow_clones(workdir: Path) -> None:
     run("-C", "shallow", "push", "origin", "topic")
     deleted = as_json("-C", "shallow", "push", "origin", "--delete", "topic")
     assert deleted["refs"]["refs/heads/topic"]["new"] is None
+
+
+def test_global_options_after_the_command_and_an_honest_stats_ratio(workdir: Path) -> None:
+    two_commits()
+    assert json.loads(run("log", "--json").stdout) == json.loads(run("--json", "log").stdout)
+    assert (
+        json.loads(run("log", "-C", str(workdir), "--json", "-n", "1").stdout)[0]["message"]
+        == "second"
+    )
+    assert json.loads(run("experiment", "list", "--json").stdout) == []
+    assert run("status", "-q").stdout == ""
+    repo = Repository(workdir)
+    manager = CheckpointManager(repo, CheckpointConfig(), "opt")
+    for step in range(1, 4):  # Adam-like moments: as large as the weights, twice
+        weights = {"w": np.full(4096, step, np.float32)}
+        state = TrainingState(epoch=step, global_step=step)
+        state.optimizer_state = {
+            "m": np.full(4096, step / 10, np.float32),
+            "v": np.ones(4096, np.float32),
+        }
+        manager.save(weights, state)
+    stats = json.loads(run("stats", "--json").stdout)
+    assert stats["ratio"] > 1  # training state counts on both sides

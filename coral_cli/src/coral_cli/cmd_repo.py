@@ -108,9 +108,11 @@ def config(env: Env, list_all: bool, key: str | None, value: str | None) -> None
 def stats(env: Env) -> None:
     """How much the repository holds and how much it saves.
 
-    logical_bytes counts every tensor of every commit whose weights are here
-    (pruned and shallow commits have none); stored_bytes is what the object
-    store holds. Example: coral-ml stats --json
+    logical_bytes is what the commits whose weights are here would take as
+    files: every tensor of every one of them, training state (optimizer
+    moments) included, as a checkpoint file holds it; pruned and shallow
+    commits have none. stored_bytes is what the object store holds; saved is
+    their ratio. Example: coral-ml stats --json
     """
     with user_errors():
         repo = env.repo()
@@ -124,9 +126,10 @@ def stats(env: Env) -> None:
             if status != "kept":
                 without[status] += 1
                 continue
-            for entry in repo.read_tree(commit.tree_hash).values():
-                logical += entry.nbytes
-                tensors.add(entry.tensor)
+            for tree in commit.trees.values():  # the model and its training state
+                for entry in repo.read_tree(tree).values():
+                    logical += entry.nbytes
+                    tensors.add(entry.tensor)
         ids = list(repo.objects.iter_ids())
         stored = sum(repo.objects.stored_size(i) for i in ids)
     data = {
@@ -152,7 +155,7 @@ def stats(env: Env) -> None:
             ("tags", d["tags"]),
             ("distinct tensors", d["tensors"]),
             ("objects", d["objects"]),
-            ("tensors of all commits", human_bytes(d["logical_bytes"])),
+            ("as checkpoint files", human_bytes(d["logical_bytes"])),
             ("stored", human_bytes(d["stored_bytes"])),
             ("saved", ratio),
         ]

@@ -113,7 +113,55 @@ def _register() -> None:
     )
     for module in modules:
         for command in module.COMMANDS:
+            accept_global_options(command)
             cli.add_command(command)
+
+
+def _set_json(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.find_object(Env).output.json = True  # type: ignore[union-attr]
+
+
+def _set_quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.find_object(Env).output.quiet = True  # type: ignore[union-attr]
+
+
+def _set_repo(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        ctx.find_object(Env).repo_dir = value  # type: ignore[union-attr]
+
+
+def accept_global_options(command: click.Command) -> None:
+    """Let ``--json``, ``-q`` and ``-C`` come after the command too, where git,
+    gh and hf users put them (``coral-ml log --json``, ``coral-ml log -C dir``)."""
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            accept_global_options(sub)
+        return
+    command.params += [
+        click.Option(
+            ["--json"],
+            is_flag=True,
+            expose_value=False,
+            callback=_set_json,
+            help="Print JSON for scripts.",
+        ),
+        click.Option(
+            ["-q", "--quiet"],
+            is_flag=True,
+            expose_value=False,
+            callback=_set_quiet,
+            help="Print nothing but errors.",
+        ),
+        click.Option(
+            ["-C", "--repo"],
+            type=click.Path(file_okay=False, path_type=Path),
+            expose_value=False,
+            callback=_set_repo,
+            help="The repository's folder.",
+        ),
+    ]
 
 
 _register()
