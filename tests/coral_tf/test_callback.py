@@ -174,3 +174,29 @@ def test_one_callback_over_a_sweep_makes_a_run_per_fit(tmp_path: Path) -> None:
     assert runs[0] != runs[1]  # a fit from scratch is a run of its own
     record = repo.show(callback.manager.latest.commit_hash).metadata.metadata["coral.checkpoint"]
     assert record["hyperparameters"]["learning_rate"] == pytest.approx(1e-3)
+
+
+def test_a_resume_with_dropout_draws_the_same_masks(tmp_path: Path) -> None:
+    def model() -> keras.Model:
+        built = keras.Sequential(
+            [
+                keras.Input((6,)),
+                keras.layers.Dense(16, activation="relu", name="d1"),
+                keras.layers.Dropout(0.5, name="drop"),
+                keras.layers.Dense(2, name="d2"),
+            ],
+            name="dropout",
+        )
+        built.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+        return built
+
+    keras.utils.set_random_seed(3)
+    first = model()
+    callback = CoralKerasCallback(tmp_path / "repo", "run")
+    fit(first, callback, epochs=1, validation_data=None, shuffle=False)
+    resumed = model()
+    load_weights(resumed, callback.repo, include_optimizer=True)  # as a new process would
+    inputs, targets = data(seed=2)
+    for each in (first, resumed):
+        each.fit(inputs, targets, epochs=3, batch_size=16, verbose=0, shuffle=False)
+    assert same_bits(values(resumed.weights), values(first.weights))

@@ -123,7 +123,8 @@ def show_experiment(env: Env, run: str) -> None:
         }
         for c in chosen.checkpoints
     ]
-    metrics = sorted({m for c in items for m in c["metrics"]})
+    # a metric named like a column of its own (the Trainer logs "epoch") is that column
+    metrics = sorted({m for c in items for m in c["metrics"]} - {"epoch", "step", "weights"})
     data: dict[str, Any] = {
         **run_data(chosen),
         "other_runs": [r.run_id for r in runs[:-1]],

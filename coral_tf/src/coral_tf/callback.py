@@ -29,7 +29,14 @@ from coral_core import (
     Repository,
     TrainingState,
 )
-from coral_tf.weights import model_details, model_weights, optimizer_state, to_array
+from coral_tf.weights import (
+    MODEL_STATE_KEY,
+    model_details,
+    model_state,
+    model_weights,
+    optimizer_state,
+    to_array,
+)
 
 _KERAS_DEFAULTS = {"monitor": "val_loss", "mode": "auto", "save_best_only": False}
 
@@ -171,6 +178,9 @@ class CoralKerasCallback(keras.callbacks.Callback):  # type: ignore[misc]
             optimizer_state=optimizer_state(self.model) if self.config.include_optimizer else None,
             experiment_name=self.manager.experiment_name,
         )
+        seeds = model_state(self.model) if self.config.include_optimizer else None
+        if seeds is not None:  # Dropout's seed generators: the same masks after a resume
+            state.extra[MODEL_STATE_KEY] = seeds
         return self.manager.save(
             model_weights(self.model),
             state,

@@ -40,6 +40,10 @@ _FILE_LAYOUT = re.compile(r"(?:.+/)?vars/\d+")
 _NO_OPTIMIZER = "model {!r} has no optimizer to restore; compile it first"
 
 
+#: ``TrainingState.extra`` key of :func:`model_state`.
+MODEL_STATE_KEY = "coral_tf.model_state"
+
+
 def to_array(value: Any) -> np.ndarray:
     """A variable's (or tensor's) value as a numpy array of its own dtype."""
     if hasattr(value, "numpy"):  # no keras.ops.convert_to_numpy: it warns under numpy 2
@@ -100,6 +104,17 @@ def optimizer_state(model: keras.Model) -> dict[str, Any] | None:
         "paths": [v.path for v in variables],
         "values": [to_array(v) for v in variables],
     }
+
+
+def model_state(model: keras.Model) -> dict[str, Any] | None:
+    """The model's variables that are not weights (the states of Dropout's and
+    other layers' seed generators), for a :class:`~coral_core.TrainingState`:
+    without them a resumed run draws other dropout masks. None when there are none."""
+    weights = {id(v) for v in model.weights}
+    others = [v for v in model.variables if id(v) not in weights]
+    if not others:
+        return None
+    return {"paths": [v.path for v in others], "values": [to_array(v) for v in others]}
 
 
 def save_weights(
@@ -187,14 +202,39 @@ def load_weights(
     if misshapen or (strict and (missing or unexpected)):
         raise WeightsMismatchError(missing, unexpected, misshapen)
     optimizer = _optimizer_values(model, repo, commit) if include_optimizer else None
+    rng = _model_state_values(model, repo, commit) if include_optimizer else []
     for weight in repo.iter_weights(commit.commit_hash):
         key = names[weight.name]
         if key in targets:
             targets[key].assign(weight.data)
-    if optimizer is not None:
-        for variable, value in optimizer:
-            variable.assign(value)
+    for variable, value in [*(optimizer or []), *rng]:
+        variable.assign(value)
     return commit
+
+
+def _model_state_values(
+    model: keras.Model, repo: Repository, commit: Commit
+) -> list[tuple[Any, np.ndarray]]:
+    """The model's seed-generator variables paired with the commit's values, by
+    position (their paths are numbered per process), each checked; none when the
+    commit holds none."""
+    state = repo.training_state(commit.commit_hash)
+    saved = state.extra.get(MODEL_STATE_KEY) if state is not None else None
+    if not isinstance(saved, dict):
+        return []
+    weights = {id(v) for v in model.weights}
+    variables = [v for v in model.variables if id(v) not in weights]
+    values = list(saved.get("values") or [])
+    misfits = [
+        path
+        for path, variable, value in zip(saved.get("paths") or [], variables, values, strict=False)
+        if not _fits(variable, np.shape(value), dtype_name(np.asarray(value).dtype))
+    ]
+    if len(values) != len(variables) or misfits:
+        raise WeightsMismatchError(
+            misshapen=misfits or [v.path for v in variables], what="model's seed generators"
+        )
+    return list(zip(variables, values, strict=True))
 
 
 def _load_file_layout(
