@@ -5,12 +5,16 @@
 ``full`` trains every epoch; ``first`` stops after MAX_STEPS optimizer steps
 (mid-epoch) with a last checkpoint; ``resume`` starts from a model with other
 initial weights, loads the newest checkpoint, and trains to the end. Each
-writes the final model and optimizer state to OUT with ``torch.save``.
+writes the final model and optimizer state to OUT with ``torch.save``. With
+``CORAL_TEST_AMP=1`` the loop is the one AMP users write: bf16 autocast, a
+grad scaler, clipping, two batches a step, a per-step LambdaLR schedule.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -45,13 +49,31 @@ def main() -> None:
     torch.manual_seed(99)  # the data order and dropout draw from here on
     loader = DataLoader(TensorDataset(inputs, targets), batch_size=16, shuffle=True)
     config = CheckpointConfig(save_every_n_steps=4, max_checkpoints=3)
+    amp = os.environ.get("CORAL_TEST_AMP") == "1"
+    options: dict[str, Any] = {}
+    scaler = None
+    if amp:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 / (1 + step))
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+        options = {
+            "accumulate": 2,
+            "clip_grad_norm": 0.5,
+            "autocast": torch.bfloat16,
+            "scheduler_interval": "step",
+        }
     trainer = CoralTrainer(
-        model, Repository(repo_path, init=True), "resume", config, optimizer, scheduler
+        model,
+        Repository(repo_path, init=True),
+        "resume",
+        config,
+        optimizer,
+        scheduler,
+        grad_scaler=scaler,
     )
     if mode == "resume":
         trainer.load_checkpoint()
     max_steps = int(sys.argv[4]) if mode == "first" else None
-    trainer.fit(loader, loader, epochs=EPOCHS, max_steps=max_steps)
+    trainer.fit(loader, loader, epochs=EPOCHS, max_steps=max_steps, **options)
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, out)
 
 

@@ -83,9 +83,11 @@ def test_fit_commits_on_schedule_calls_back_and_loads_the_best(tmp_path: Path) -
     assert repo.verify().ok
 
 
-def test_exact_resume_in_a_new_process(tmp_path: Path) -> None:
-    """Stop mid-epoch in one process, resume in another: bit for bit the uninterrupted run."""
-    env = {**os.environ, "PYTHONWARNINGS": "error"}
+@pytest.mark.parametrize("amp", [False, True], ids=["plain", "amp-clip-accumulate"])
+def test_exact_resume_in_a_new_process(tmp_path: Path, amp: bool) -> None:
+    """Stop mid-epoch in one process, resume in another: bit for bit the uninterrupted run
+    (also with bf16 autocast, a grad scaler, clipping, accumulation and a per-step schedule)."""
+    env = {**os.environ, "PYTHONWARNINGS": "error", "CORAL_TEST_AMP": "1" if amp else "0"}
 
     def run(mode: str, repo: str, *extra: str) -> dict[str, Any]:
         out = tmp_path / f"{mode}.pt"
@@ -96,12 +98,16 @@ def test_exact_resume_in_a_new_process(tmp_path: Path) -> None:
         return torch.load(out, weights_only=True)
 
     full = run("full", "uninterrupted")
-    first = run("first", "split", "10")
+    steps, batches = (4, 2) if amp else (10, 4)  # 6 batches an epoch; with amp, 2 a step
+    first = run("first", "split", str(steps))
     repo = Repository(tmp_path / "split")
     stopped = repo.training_state()
     assert stopped is not None
-    assert stopped.global_step == 10
-    assert stopped.extra[LOOP_KEY]["batch_in_epoch"] == 4  # mid-epoch: 6 batches an epoch
+    assert stopped.global_step == steps
+    assert stopped.extra[LOOP_KEY]["batch_in_epoch"] == batches  # mid-epoch
+    if amp:
+        assert stopped.grad_scaler_state is not None
+        assert stopped.scheduler_state["last_epoch"] == steps  # stepped with the optimizer
     resumed = run("resume", "split")
     for name, tensor in full["model"].items():
         assert same_bits(resumed["model"][name], tensor), name

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -140,11 +140,13 @@ class CoralTrainer:
 
     # -- the loop's hooks ----------------------------------------------------------
 
-    def step(self, loss: float | None = None, **metrics: Any) -> Commit | None:
+    def step(self, loss: float | None = None, *, batches: int = 1, **metrics: Any) -> Commit | None:
         """Record one optimizer step; commits when ``save_every_n_steps`` says so.
 
         The first step after :meth:`epoch_end` starts the next epoch (and clears
         the metrics, so a checkpoint never carries another epoch's values).
+        ``batches`` is how many batches the step took (gradient accumulation),
+        so a resume knows how many of the epoch's batches are done.
 
         Returns the checkpoint commit (None when none was made, or with ``async_commit``).
         """
@@ -154,7 +156,7 @@ class CoralTrainer:
             self.state.metrics = {}
             self._epoch_done = False
         self.state.global_step += 1
-        self._batch_in_epoch += 1
+        self._batch_in_epoch += batches
         if loss is not None:
             self.state.loss = float(loss)
         self.state.metrics.update(metrics)
@@ -320,6 +322,10 @@ class CoralTrainer:
         loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
         *,
         max_steps: int | None = None,
+        accumulate: int = 1,
+        clip_grad_norm: float | None = None,
+        autocast: torch.dtype | None = None,
+        scheduler_interval: Literal["epoch", "step"] = "epoch",
     ) -> TrainingState:
         """Train for ``epochs`` on ``(inputs, targets)`` batches, checkpointing as configured.
 
@@ -327,15 +333,35 @@ class CoralTrainer:
         mid-epoch too: the epoch's data order is drawn again from the random
         state the epoch began with, the batches already trained on are skipped,
         and the checkpoint's random state is restored before the next one.
-        Steps the scheduler (if any) once per epoch; evaluates ``val_loader``
-        into ``val_loss`` (and ``val_accuracy`` for class scores) per epoch.
-        Stops early after ``max_steps`` optimizer steps in all.
+        Evaluates ``val_loader`` into ``val_loss`` (and ``val_accuracy`` for
+        class scores) per epoch. Stops early after ``max_steps`` optimizer steps.
+
+        Args:
+            accumulate: batches whose gradients add up to one optimizer step
+                (the epoch's last step takes what is left).
+            clip_grad_norm: clip the gradients' total norm to this before each
+                step (unscaled first, with a grad scaler).
+            autocast: run the forward pass and the loss under
+                ``torch.autocast`` with this dtype (``torch.bfloat16``,
+                ``torch.float16``); with ``grad_scaler`` the loss is scaled.
+            scheduler_interval: step the scheduler after every ``"epoch"`` or
+                every optimizer ``"step"``.
+
+        All of it resumes exactly: the scaler's and the scheduler's state are
+        in every checkpoint, and checkpoints fall on optimizer steps.
 
         Raises:
-            ConfigError: without an optimizer.
+            ConfigError: without an optimizer, or for a bad setting.
         """
         if self.optimizer is None:
             raise ConfigError("fit needs an optimizer: CoralTrainer(..., optimizer=...)")
+        if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
+            raise ConfigError(f"accumulate must be a positive int, not {accumulate!r}")
+        if scheduler_interval not in ("epoch", "step"):
+            raise ConfigError(
+                f"scheduler_interval must be 'epoch' or 'step', not {scheduler_interval!r}"
+            )
+        device = next(self.model.parameters()).device.type if autocast is not None else "cpu"
         loss_fn = loss_fn or torch.nn.functional.cross_entropy
         resumed = self.manager.latest is not None and self.state.global_step > 0
         first_epoch = self.state.epoch + 1 if resumed and self._epoch_done else self.state.epoch
@@ -349,28 +375,41 @@ class CoralTrainer:
                 self._epoch_start_rng = capture_rng()
             self.model.train()
             losses: list[float] = []
+            pending = 0  # batches whose gradients wait for the next optimizer step
             for index, (inputs, targets) in enumerate(train_loader):
                 if index < skip:
                     continue
                 if resume_rng is not None:
                     restore_rng(resume_rng)
                     resume_rng = None
-                self.optimizer.zero_grad()
-                loss = loss_fn(self.model(inputs), targets)
-                loss.backward()  # type: ignore[no-untyped-call]
-                self.optimizer.step()
+                if pending == 0:
+                    self.optimizer.zero_grad()
+                with torch.autocast(device, dtype=autocast, enabled=autocast is not None):
+                    loss = loss_fn(self.model(inputs), targets)
+                scaled = loss / accumulate
+                if self.grad_scaler is not None:
+                    scaled = self.grad_scaler.scale(scaled)
+                scaled.backward()  # type: ignore[no-untyped-call]
                 losses.append(loss.item())
-                self.step(loss=losses[-1])
-                if max_steps is not None and self.state.global_step >= max_steps:
-                    stopped = True
-                    break
+                pending += 1
+                if pending == accumulate:
+                    self._optimizer_step(clip_grad_norm, scheduler_interval == "step")
+                    self.step(loss=losses[-1], batches=pending)
+                    pending = 0
+                    if max_steps is not None and self.state.global_step >= max_steps:
+                        stopped = True
+                        break
+            if pending:  # what is left of the epoch's batches: one more step
+                self._optimizer_step(clip_grad_norm, scheduler_interval == "step")
+                self.step(loss=losses[-1], batches=pending)
+                stopped = stopped or (max_steps is not None and self.state.global_step >= max_steps)
             if resume_rng is not None:  # the checkpoint was taken after the epoch's last batch
                 restore_rng(resume_rng)
                 resume_rng = None
             skip = 0
             if stopped:
                 break
-            if self.scheduler is not None:
+            if self.scheduler is not None and scheduler_interval == "epoch":
                 self.scheduler.step()
             metrics = {"train_loss": sum(losses) / len(losses)} if losses else {}
             if val_loader is not None:
@@ -381,6 +420,24 @@ class CoralTrainer:
         self.wait()
         self.manager.finish()
         return self.state
+
+    def _optimizer_step(self, clip_grad_norm: float | None, step_scheduler: bool) -> None:
+        """One optimizer step of what the gradients hold: unscaled and clipped
+        when asked, through the grad scaler when there is one; then the
+        scheduler, when it steps with the optimizer."""
+        assert self.optimizer is not None
+        scaler = self.grad_scaler
+        if clip_grad_norm is not None:
+            if scaler is not None:
+                scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip_grad_norm)
+        if scaler is not None:
+            scaler.step(self.optimizer)
+            scaler.update()
+        else:
+            self.optimizer.step()
+        if step_scheduler and self.scheduler is not None:
+            self.scheduler.step()
 
     def evaluate(
         self, loader: Iterable[Any], loss_fn: Callable[[Any, Any], torch.Tensor]
