@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
@@ -255,3 +256,20 @@ def test_two_process_ddp_commits_once_from_rank_zero(tmp_path: Path) -> None:
     assert reports[1] == {"rank": 1, "opened": False, "commits": []}
     repo = Repository(tmp_path / "repo")
     assert [c.commit_hash for c in repo.log()][::-1] == reports[0]["commits"]
+
+
+def test_a_monitor_typo_and_unstorable_hyperparameters_fail_early(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="could not find the monitored key"):
+        fit(CoralCallback(tmp_path / "typo", monitor="val_los"), epochs=2)  # as ModelCheckpoint
+    assert not any(Repository(tmp_path / "typo").log())  # refused at the first validation
+
+    class WithOpaque(TinyClassifier):
+        def __init__(self) -> None:
+            super().__init__()
+            self.hparams["thing"] = argparse.Namespace(lr=1)  # needs a pickle to be stored
+
+    pl.seed_everything(0, verbose=False)
+    trainer = pl.Trainer(max_epochs=2, callbacks=[CoralCallback(tmp_path / "opaque")], **QUIET)
+    with pytest.raises(UnstorableCheckpointError, match="thing"):
+        trainer.fit(WithOpaque(), *loaders())
+    assert trainer.current_epoch == 0  # before the first epoch trained

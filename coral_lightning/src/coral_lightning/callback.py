@@ -28,7 +28,12 @@ from pytorch_lightning.callbacks import Checkpoint
 
 from coral_core import CheckpointConfig, CheckpointManager, Commit, ConfigError, Repository
 from coral_lightning.checkpoint_io import SCHEME
-from coral_lightning.convert import COMMIT_KEY, checkpoint_to_commit, plain_metrics
+from coral_lightning.convert import (
+    COMMIT_KEY,
+    check_storable,
+    checkpoint_to_commit,
+    plain_metrics,
+)
 
 #: Lightning ``ModelCheckpoint`` argument names and the CheckpointConfig fields they set
 #: (``save_top_k`` maps to ``keep_best_n_checkpoints`` with ``monitor``, else ``max_checkpoints``).
@@ -119,6 +124,7 @@ class CoralCallback(Checkpoint):
         values = self._hyperparameters
         if values is None:  # what save_hyperparameters() recorded
             values = dict(getattr(pl_module, "hparams", None) or {})
+        check_storable("hyper_parameters", values)  # at the start, not after an epoch
         self.manager = CheckpointManager(repo, self.config, name, hyperparameters=values)
         self._last_step_checked = -1
         self._resumed = False
@@ -160,7 +166,16 @@ class CoralCallback(Checkpoint):
         """Commit on the epoch schedule, or when the monitored metric improved."""
         if self.manager is None or _dry_run(trainer):
             return
-        if self.manager.should_save_epoch(trainer.current_epoch, logged_metrics(trainer)):
+        metrics = logged_metrics(trainer)
+        monitor = self.config.save_on_best_metric
+        validated = trainer.fit_loop.epoch_loop.val_loop._has_run
+        if monitor is not None and monitor not in metrics and validated:  # as ModelCheckpoint
+            raise ConfigError(
+                f"CoralCallback(monitor={monitor!r}) could not find the monitored key in the "
+                f"logged metrics: {sorted(metrics)}. HINT: did you call self.log({monitor!r}, "
+                "value) in the LightningModule?"
+            )
+        if self.manager.should_save_epoch(trainer.current_epoch, metrics):
             self.save(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -51,6 +51,24 @@ class UnstorableCheckpointError(CoralError, TypeError):
     """A Lightning checkpoint holds a value Coral cannot store without a pickle."""
 
 
+def check_storable(name: str, value: Any) -> None:
+    """Refuse now what a checkpoint could not store later (hyperparameters that
+    are classes or Namespaces, say): before the first epoch trains, not after.
+
+    Raises:
+        UnstorableCheckpointError: naming the entry.
+    """
+    try:
+        TrainingState(extra={name: to_numpy_tree(value)}).to_storage()
+    except TensorMismatchError as error:
+        where = str(error).replace("extra/", "")
+        raise UnstorableCheckpointError(
+            f"cannot commit {name}: {where}. Coral stores checkpoints as JSON and tensors, "
+            "never as pickles: make it a plain value (for hyper-parameters, "
+            "save_hyperparameters() of numbers, strings, lists and dicts)"
+        ) from None
+
+
 def checkpoint_to_commit(
     checkpoint: Mapping[str, Any],
     model: torch.nn.Module | None = None,
