@@ -3,7 +3,7 @@
 Trains a small convolutional classifier on synthetic 12x12 "digits" (ten
 noisy prototype images) for a few epochs with ``CoralCallback``, which commits
 each epoch with its metrics and keeps the two best by ``val_accuracy`` (and
-the newest); lists the commits, restores the best into a fresh model, and
+the newest); lists the commits, loads the best with Lightning's ``load_from_checkpoint``, and
 goes on training from it with ``ckpt_path="coral://mnist/best"``.
 
     python examples/lightning_mnist_like.py [REPO_FOLDER]
@@ -22,8 +22,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from coral_core import Repository
-from coral_lightning import CoralCallback, CoralCheckpointIO
-from coral_torch import load_model
+from coral_lightning import CoralCallback
 
 QUIET: dict[str, Any] = {
     "accelerator": "cpu",
@@ -106,9 +105,8 @@ def main(folder: str = "lightning-repo", epochs: int = 4) -> dict[str, Any]:
         f"best: {best.short_hash} ({best.message}), val_accuracy {best.metrics['val_accuracy']:.3f}"
     )
 
-    # 3. Restore the best weights into a fresh model and check its accuracy.
-    restored = DigitNet()
-    load_model(repo, restored, "mnist/best")
+    # 3. Lightning's own way to load the best, from a coral:// URL (any process).
+    restored = DigitNet.load_from_checkpoint(f"coral://{repo.path}:mnist/best")
     restored.eval()
     images, labels = val.dataset.tensors  # type: ignore[attr-defined]
     with torch.no_grad():
@@ -119,7 +117,6 @@ def main(folder: str = "lightning-repo", epochs: int = 4) -> dict[str, Any]:
     more = pl.Trainer(
         max_epochs=epochs + 1,
         callbacks=[CoralCallback(repo, "mnist", monitor="val_accuracy", save_top_k=2)],
-        plugins=[CoralCheckpointIO(repo)],
         **QUIET,
     )
     more.fit(DigitNet(), train, val, ckpt_path="coral://mnist/best")

@@ -11,7 +11,9 @@ Lightning resumes plain dataloaders exactly only there); ``first-callback``
 does the same with a CoralCallback committing instead; ``resume`` builds the
 model from another seed, resumes with ``ckpt_path="coral://main"`` and trains
 to the end; ``resume-no-rng`` does the same without restoring the random
-generators.
+generators; ``resume-last`` resumes with ``ckpt_path="last"`` and a
+CoralCallback, without CoralCheckpointIO (Lightning's own CheckpointIO reads
+the ``coral://`` URL "last" names).
 """
 
 from __future__ import annotations
@@ -37,17 +39,21 @@ def run(folder: Path, mode: str, name: str) -> None:
     train, val = loaders()
     # one dirpath for every run: ModelCheckpoint's state names it (nothing is written there)
     checkpoints: pl.Callback = pl.callbacks.ModelCheckpoint(dirpath=folder / "ckpt", save_top_k=-1)
-    if mode == "first-callback":
+    plugins = [CoralCheckpointIO(repo, restore_random_state=mode != "resume-no-rng")]
+    ckpt_path = "coral://main" if mode.startswith("resume") else None
+    if mode in ("first-callback", "resume-last"):
         checkpoints = CoralCallback(repo, "resume", save_last=False)
+    if mode == "resume-last":
+        plugins, ckpt_path = [], "last"
     trainer = pl.Trainer(
         max_epochs=EPOCHS,
         max_steps=FIRST_STEPS if mode.startswith("first") else -1,
         callbacks=[checkpoints],
-        plugins=[CoralCheckpointIO(repo, restore_random_state=mode != "resume-no-rng")],
+        plugins=plugins,
         deterministic=True,
         **QUIET,
     )
-    trainer.fit(model, train, val, ckpt_path="coral://main" if mode.startswith("resume") else None)
+    trainer.fit(model, train, val, ckpt_path=ckpt_path)
     state = {"model": model.state_dict(), "optimizer": trainer.optimizers[0].state_dict()}
     torch.save(state, folder / f"{name}.pt")
 

@@ -110,7 +110,7 @@ def test_commits_follow_the_policy_with_metrics_state_and_best_tag(tmp_path: Pat
     assert {c.commit_hash for c in history if c.kept} == {c.commit_hash for c in kept}
     assert all(repo.weights_status(c.commit_hash) == "pruned" for c in history if not c.kept)
     assert repo.resolve("TinyClassifier/best") == best.commit_hash
-    assert callback.best_model_path == f"coral://{best.commit_hash}"
+    assert callback.best_model_path == f"coral://{repo.path}:{best.commit_hash}"
 
     newest = repo.show(kept[-1].commit_hash)
     assert {"val_loss", "val_accuracy", "train_loss"} <= set(newest.metrics)

@@ -159,8 +159,9 @@ def test_tied_weights_are_stored_once_and_come_back_shared(tmp_path: Path) -> No
 @pytest.mark.slow
 def test_exact_resume_in_a_new_process(tmp_path: Path) -> None:
     """Stop after two epochs, resume in a new process from coral://main: bit for bit the
-    uninterrupted run, from ModelCheckpoint's commit or CoralCallback's; resuming
-    without the random generators' state is not."""
+    uninterrupted run, from ModelCheckpoint's commit or CoralCallback's, and with
+    ckpt_path="last" and no CoralCheckpointIO; resuming without the random
+    generators' state is not."""
     env = {**os.environ, "PYTHONWARNINGS": "error"}
 
     def run(*jobs: str) -> None:
@@ -181,10 +182,12 @@ def test_exact_resume_in_a_new_process(tmp_path: Path) -> None:
         assert stopped is not None
         assert (stopped.epoch, stopped.global_step) == (1, 12)
     shutil.copytree(tmp_path / "split", tmp_path / "no-rng")
+    shutil.copytree(tmp_path / "callback", tmp_path / "last")
     run("resume:split", "resume:callback", "resume-no-rng:no-rng")  # a new process
+    run("resume-last:last")  # nothing of the first run in memory: "last" is read from the repo
 
     full = result("uninterrupted")
-    for repo in ("split", "callback"):
+    for repo in ("split", "callback", "last"):
         resumed = result(repo)
         for name, tensor in full["model"].items():
             assert same_bits(resumed["model"][name], tensor), (repo, name)

@@ -15,24 +15,8 @@ import click
 
 from coral_cli import __version__
 from coral_cli.output import Output
-from coral_core import RepoConfig, Repository, RepositoryNotFoundError
-
-CORAL_DIR = ".coral"
-
-
-def find_repository(start: Path) -> Path:
-    """The folder holding ``.coral``: ``start`` or the nearest folder above it.
-
-    Raises:
-        RepositoryNotFoundError: when there is none up to the file system's root.
-    """
-    start = start.absolute()
-    for folder in (start, *start.parents):
-        if (folder / CORAL_DIR / "config").is_file():
-            return folder
-    raise RepositoryNotFoundError(
-        f"no Coral repository in {start} or above it; create one with `coral-ml init`"
-    )
+from coral_core import RepoConfig, Repository, RepositoryNotFoundError, find_repository
+from coral_core.repository import CORAL_DIR
 
 
 @dataclass

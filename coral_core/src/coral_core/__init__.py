@@ -51,7 +51,7 @@ from coral_core.merge import MergeConflictError, MergeOptions, MergeStrategy, So
 from coral_core.model import Branch, Commit, CommitMetadata, Tag, TreeEntry
 from coral_core.refs import ReflogEntry
 from coral_core.remote import PushRejectedError, TransferResult, clone
-from coral_core.repository import Repository
+from coral_core.repository import Repository, find_repository
 from coral_core.similarity import Deduplicator, LSHIndex, simhash
 from coral_core.store import LocalStore, MemoryStore, WeightStore
 from coral_core.tensor import WeightMetadata, WeightTensor
@@ -146,6 +146,7 @@ __all__ = [
     "bit_view",
     "clone",
     "dtype_name",
+    "find_repository",
     "format_for",
     "numpy_dtype",
     "simhash",

@@ -119,6 +119,22 @@ Weight = WeightTensor | np.ndarray | TreeEntry
 _ANCESTRY = re.compile(r"^(.*?)((?:[~^]\d*)*)$")
 
 
+def find_repository(start: str | os.PathLike[str] = ".") -> Path:
+    """The folder holding ``.coral``: ``start`` or the nearest folder above it
+    (as git finds ``.git``).
+
+    Raises:
+        RepositoryNotFoundError: when there is none up to the file system's root.
+    """
+    begin = Path(start).absolute()
+    for folder in (begin, *begin.parents):
+        if (folder / CORAL_DIR / "config").is_file():
+            return folder
+    raise RepositoryNotFoundError(
+        f"no Coral repository in {begin} or above it; create one with `coral-ml init`"
+    )
+
+
 def default_author() -> str:
     """``CORAL_AUTHOR``, else the login name."""
     try:

@@ -167,6 +167,12 @@ def run_pointers(refs: RefSource, experiment: str, pointer: str) -> dict[str, st
     return found
 
 
+def experiment_names(refs: RefSource) -> list[str]:
+    """The experiments that have run pointers, sorted."""
+    names = {split_pointer(name) for name in refs.list_refs(RUNS)}
+    return sorted({found[0] for found in names if found is not None})
+
+
 def experiment_pointer(
     refs: RefSource, read_commit: Callable[[str], Commit], experiment: str, pointer: str
 ) -> str | None:

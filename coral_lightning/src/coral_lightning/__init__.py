@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from coral_lightning import conventions
 from coral_lightning.callback import CoralCallback, policy_from_settings
 from coral_lightning.checkpoint_io import CoralCheckpointIO
 from coral_lightning.convert import (
@@ -9,10 +10,15 @@ from coral_lightning.convert import (
     checkpoint_from_commit,
     checkpoint_to_commit,
 )
+from coral_lightning.filesystem import CoralFileSystem, CoralURL
+
+conventions.install()
 
 __all__ = [
     "CoralCallback",
     "CoralCheckpointIO",
+    "CoralFileSystem",
+    "CoralURL",
     "UnstorableCheckpointError",
     "checkpoint_from_commit",
     "checkpoint_to_commit",

@@ -10,7 +10,8 @@ Each commit holds the model's tensors, the logged metrics
 :class:`~coral_core.TrainingState` with everything Lightning's own
 checkpoint holds (optimizer, scheduler, loop and callback state) plus the
 random generators' state, so ``trainer.fit(model, ckpt_path="coral://<ref>")``
-with :class:`~coral_lightning.CoralCheckpointIO` resumes from any of them.
+resumes from any of them exactly, and ``ckpt_path="best"`` / ``"last"``
+name the experiment's in a new process too.
 
 Under a distributed strategy only global rank 0 opens the repository and
 commits; the other ranks do nothing.
@@ -21,19 +22,29 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Checkpoint
 
-from coral_core import CheckpointConfig, CheckpointManager, Commit, ConfigError, Repository
-from coral_lightning.checkpoint_io import SCHEME
+from coral_core import (
+    CheckpointConfig,
+    CheckpointManager,
+    Commit,
+    ConfigError,
+    RefNotFoundError,
+    Repository,
+)
+from coral_core.runs import experiment_names
 from coral_lightning.convert import (
     COMMIT_KEY,
     check_storable,
     checkpoint_to_commit,
     plain_metrics,
+    restore_random_state,
 )
+from coral_lightning.filesystem import remember, url_for
 
 #: Lightning ``ModelCheckpoint`` argument names and the CheckpointConfig fields they set
 #: (``save_top_k`` maps to ``keep_best_n_checkpoints`` with ``monitor``, else ``max_checkpoints``).
@@ -97,19 +108,62 @@ class CoralCallback(Checkpoint):
 
     @property
     def best_model_path(self) -> str:
-        """``coral://<commit>`` of the best checkpoint (the newest without ``monitor``,
-        as in ModelCheckpoint; "" before one), so ``trainer.test(ckpt_path="best")``
-        with CoralCheckpointIO loads it."""
+        """The ``coral://`` URL of the best checkpoint (the newest without
+        ``monitor``, as in ModelCheckpoint; "" before one), so
+        ``trainer.test(ckpt_path="best")`` and ``LitModel.load_from_checkpoint``
+        load it. Before ``fit`` (a new process): the experiment's best so far.
+
+        Raises:
+            ConfigError: before ``fit`` without ``experiment_name``, when the
+                repository holds runs of several experiments.
+        """
         if self.manager is None:
-            return self._best_model_path
-        metric = self.config.save_on_best_metric
-        chosen = self.manager.best if metric else self.manager.latest
-        return f"{SCHEME}{chosen.commit_hash}" if chosen is not None else ""
+            return self._best_model_path or self._pointer_url("best" if self._monitor else "last")
+        chosen = self.manager.best if self._monitor else self.manager.latest
+        return url_for(self.manager.repo, chosen.commit_hash) if chosen is not None else ""
 
     @best_model_path.setter
     def best_model_path(self, path: str) -> None:
         """Lightning's spawn launchers hand rank 0's best path back to the main process."""
         self._best_model_path = path
+
+    @property
+    def last_model_path(self) -> str:
+        """The ``coral://`` URL of the newest checkpoint ("" before one): what
+        ``ckpt_path="last"`` resumes from, in this process or a new one."""
+        if self.manager is None:
+            return self._pointer_url("last")
+        latest = self.manager.latest
+        return url_for(self.manager.repo, latest.commit_hash) if latest is not None else ""
+
+    @property
+    def _monitor(self) -> str | None:
+        return self.config.save_on_best_metric
+
+    def _pointer_url(self, pointer: str) -> str:
+        """The experiment's ``best``/``last`` over its runs, read from the
+        repository without opening a run ("" when there is none yet)."""
+        if isinstance(self._repo, Repository):
+            repo = self._repo
+        elif (Path(self._repo) / ".coral").is_dir():
+            repo = Repository(self._repo)
+        else:
+            return ""
+        name = self._experiment_name
+        if name is None:
+            names = experiment_names(repo.refs)
+            if len(names) > 1:
+                raise ConfigError(
+                    f"{repo.path} holds runs of several experiments ({', '.join(names)}): give "
+                    "CoralCallback(experiment_name=...) to say whose best or last to load"
+                )
+            if not names:
+                return ""
+            name = names[0]
+        try:
+            return url_for(repo, repo.resolve(f"{name}/{pointer}"))
+        except RefNotFoundError:
+            return ""
 
     # -- Lightning's hooks -------------------------------------------------------------
 
@@ -126,17 +180,22 @@ class CoralCallback(Checkpoint):
             values = dict(getattr(pl_module, "hparams", None) or {})
         check_storable("hyper_parameters", values)  # at the start, not after an epoch
         self.manager = CheckpointManager(repo, self.config, name, hyperparameters=values)
+        remember(repo)
         self._last_step_checked = -1
         self._resumed = False
 
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        """A fit resumed from a Coral commit (``ckpt_path`` with CoralCheckpointIO):
-        its checkpoints go on in the run that made it."""
-        commit = checkpoint.get(COMMIT_KEY)
-        if self.manager is not None and isinstance(commit, str):
-            self.manager.resume_from(commit)
+        """A fit resumed from a Coral commit: its checkpoints go on in the run
+        that made it, and the random generators are put back as they were
+        (CoralCheckpointIO did that already; Lightning's own CheckpointIO,
+        which read a ``coral://`` URL, did not)."""
+        if not isinstance(checkpoint.get(COMMIT_KEY), str) or trainer.state.fn != "fit":
+            return
+        restore_random_state(checkpoint)  # on every rank
+        if self.manager is not None:
+            self.manager.resume_from(checkpoint[COMMIT_KEY])
             self._resumed = True
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -167,7 +226,7 @@ class CoralCallback(Checkpoint):
         if self.manager is None or _dry_run(trainer):
             return
         metrics = logged_metrics(trainer)
-        monitor = self.config.save_on_best_metric
+        monitor = self._monitor
         validated = trainer.fit_loop.epoch_loop.val_loop._has_run
         if monitor is not None and monitor not in metrics and validated:  # as ModelCheckpoint
             raise ConfigError(

@@ -8,9 +8,10 @@ so ModelCheckpoint's bookkeeping (``best_model_path``, ``save_top_k``,
 ``last.ckpt``) works unchanged: saving to a path again prunes the weights of
 the commit saved there before, and ``remove_checkpoint`` prunes that commit's
 weights. History is append-only: every checkpoint stays in ``log``, and only
-the checkpoints ModelCheckpoint keeps hold weights. ModelCheckpoint's best is
-the run's ``best`` pointer (``<experiment>/best``). ``ckpt_path`` accepts those
-paths, ``coral://<ref>`` (a branch, tag or commit) and commit ids.
+the checkpoints ModelCheckpoint keeps hold weights; a new run never touches
+an earlier run's. ModelCheckpoint's best is the run's ``best`` pointer
+(``<experiment>/best``). ``ckpt_path`` accepts those paths, ``coral://`` URLs
+and commit ids.
 """
 
 from __future__ import annotations
@@ -25,16 +26,22 @@ from pytorch_lightning.plugins.io import CheckpointIO
 from coral_core import (
     CheckpointConfig,
     CheckpointManager,
+    Commit,
     CoralError,
     RefNotFoundError,
     Repository,
 )
-from coral_lightning.convert import checkpoint_from_commit, checkpoint_to_commit
+from coral_core.runs import CheckpointRecord
+from coral_lightning.convert import (
+    RANDOM_STATE_KEY,
+    checkpoint_from_commit,
+    checkpoint_to_commit,
+    restore_random_state,
+)
+from coral_lightning.filesystem import SCHEME, CoralURL, remember, url_for
 
 #: Commit metadata key: the checkpoint path Lightning saved to.
 PATH_KEY = "coral_lightning.path"
-#: ``ckpt_path`` prefix that names a Coral ref.
-SCHEME = "coral://"
 
 
 class CoralCheckpointIO(CheckpointIO):
@@ -86,6 +93,7 @@ class CoralCheckpointIO(CheckpointIO):
     def _open(self, create: bool) -> Repository:
         if self._repo is None:
             self._repo = Repository(self._repo_path, init=create)
+        remember(self._repo)
         return self._repo
 
     @property
@@ -126,7 +134,7 @@ class CoralCheckpointIO(CheckpointIO):
         weights, state, metadata = checkpoint_to_commit(checkpoint, metrics=_monitored(checkpoint))
         state.experiment_name = self.experiment_name
         metadata[PATH_KEY] = key
-        earlier = self._commits_at(key)
+        earlier = self._commits_at(key, self.manager.run_id)
         if not self.manager.hyperparameters and checkpoint.get("hyper_parameters"):
             self.manager.hyperparameters = dict(checkpoint["hyper_parameters"])
         monitors = [s["monitor"] for s in _callback_states(checkpoint)]
@@ -139,7 +147,7 @@ class CoralCheckpointIO(CheckpointIO):
         self.manager.save(
             weights, state, message=message, metadata=metadata, best=key in _best_paths(checkpoint)
         )
-        self.manager.prune(earlier)  # an overwrite: one checkpoint with weights per path
+        self.manager.prune(earlier)  # an overwrite: one checkpoint with weights per path and run
 
     def load_checkpoint(
         self,
@@ -147,7 +155,9 @@ class CoralCheckpointIO(CheckpointIO):
         map_location: Any = None,
         weights_only: bool | None = None,
     ) -> dict[str, Any]:
-        """The checkpoint dict saved at ``path``, or held by ``coral://<ref>`` or a commit id.
+        """The checkpoint dict saved at ``path``, or held by a ``coral://`` URL
+        or a commit id, with the random generators put back as they were at
+        the save (unless ``restore_random_state`` is off).
 
         Tensors come back on the CPU (Lightning moves them to the model's
         device); nothing is unpickled, so ``weights_only`` changes nothing.
@@ -158,7 +168,10 @@ class CoralCheckpointIO(CheckpointIO):
         """
         self._open(create=False)  # every rank loads: none of them creates
         commit = self.resolve(path)
-        loaded = checkpoint_from_commit(self.repo, commit, self.restore_random_state)
+        loaded = checkpoint_from_commit(self.repo, commit)
+        if self.restore_random_state:
+            restore_random_state(loaded)
+        loaded.pop(RANDOM_STATE_KEY, None)  # restored here or not at all
         if self._manager is not None or self.repo.current_branch or self._branch:
             self.manager.resume_from(commit)  # a fit that goes on saves into that run
         return loaded
@@ -168,7 +181,7 @@ class CoralCheckpointIO(CheckpointIO):
         its commit stays in history."""
         if self._repo is None and not self._repo_path.exists():
             return
-        self.manager.prune(self._commits_at(_path_key(path)))
+        self.manager.prune(self._commits_at(_path_key(path), self.manager.run_id))
 
     def teardown(self) -> None:
         """The end of ``fit``: wait for the background pushes (``push_to``)."""
@@ -176,12 +189,24 @@ class CoralCheckpointIO(CheckpointIO):
             self._manager.finish()
 
     def resolve(self, path: str | os.PathLike[str]) -> str:
-        """The commit id a ``ckpt_path`` names: ``coral://<ref>``, a path saved
-        to, or a ref or commit id of the repository."""
+        """The commit id a ``ckpt_path`` names: a ``coral://`` URL of this
+        repository, a path saved to, or a ref or commit id of the repository.
+
+        Raises:
+            CoralError: for a URL of another repository.
+            RefNotFoundError: when it names no checkpoint here.
+        """
         text = os.fspath(path)
         if text.startswith(SCHEME):
-            return self.repo.resolve(text[len(SCHEME) :])
-        saved = self._commits_at(_path_key(text), pruned_too=True)
+            url = CoralURL.parse(text)
+            if url.folder is not None and url.folder.absolute() != self.repo.path:
+                raise CoralError(
+                    f"{text} is a checkpoint of {url.folder.absolute()}, but this "
+                    f"CoralCheckpointIO saves to {self.repo.path}: resume where the run saves, "
+                    "or give CoralCheckpointIO that repository"
+                )
+            return self.repo.resolve(url.ref)
+        saved = self._commits_at(_path_key(text))
         if saved:
             return saved[0]  # a pruned one raises PrunedCommitError when loaded
         try:
@@ -193,19 +218,36 @@ class CoralCheckpointIO(CheckpointIO):
                 "(a branch, tag or commit) or a path ModelCheckpoint saved"
             ) from None
 
-    def _commits_at(self, key: str, pruned_too: bool = False) -> list[str]:
-        """Commits saved at ``key`` on the branch whose weights are kept (or
-        all of them), newest first."""
+    def pointer_url(self, pointer: Literal["best", "last"]) -> str | None:
+        """The URL of the experiment's ``best`` or ``last`` checkpoint (over
+        its runs), or None before there is one: what ``ckpt_path="best"``
+        and ``"last"`` mean in a process that did not save them."""
+        if self._repo is None and not (self._repo_path / ".coral").is_dir():
+            return None
+        try:
+            commit = self._open(create=False).resolve(f"{self.experiment_name}/{pointer}")
+        except RefNotFoundError:
+            return None
+        return url_for(self.repo, commit)
+
+    def _commits_at(self, key: str, run: str | None = None) -> list[str]:
+        """Commits saved at ``key`` on the branch, newest first: all of them, or
+        those of ``run`` that hold weights."""
         found = []
         tip = self.repo.branch_tip(self.branch)
         while tip is not None:
             commit = self.repo.read_commit(tip)
             if commit.metadata.metadata.get(PATH_KEY) == key and (
-                pruned_too or self.repo.weights_status(tip) == "kept"
+                run is None or (_run_of(commit) == run and self.repo.weights_status(tip) == "kept")
             ):
                 found.append(tip)
             tip = commit.parent_hashes[0] if commit.parent_hashes else None
         return found
+
+
+def _run_of(commit: Commit) -> str | None:
+    record = CheckpointRecord.of(commit)
+    return record.run if record is not None else None
 
 
 def _path_key(path: str | os.PathLike[str]) -> str:

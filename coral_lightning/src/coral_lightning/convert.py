@@ -36,6 +36,9 @@ ENTRIES_KEY = "coral_lightning.checkpoint"
 #: Checkpoint entry naming the commit a loaded checkpoint came from (so the
 #: run that resumes knows it; it is never stored).
 COMMIT_KEY = "coral_commit"
+#: Checkpoint entry with the random generators' state at the save (Lightning's
+#: own checkpoints hold none); taken out when restored.
+RANDOM_STATE_KEY = "coral_random_state"
 #: Checkpoint entries that live elsewhere in the commit (or nowhere).
 _OWN_PLACES = (
     "state_dict",
@@ -44,6 +47,7 @@ _OWN_PLACES = (
     "epoch",
     "global_step",
     COMMIT_KEY,
+    RANDOM_STATE_KEY,
 )
 
 
@@ -115,23 +119,18 @@ def checkpoint_to_commit(
     return weights, state, metadata
 
 
-def checkpoint_from_commit(
-    repo: Repository, commit: str, restore_random_state: bool = True
-) -> dict[str, Any]:
+def checkpoint_from_commit(repo: Repository, commit: str) -> dict[str, Any]:
     """The Lightning checkpoint dict a commit holds.
 
     A commit without a training state (``coral_torch.save_model``, ``coral-ml
     commit``) gives a weights-only checkpoint, enough for ``validate``/``test``/
     ``predict`` or fine-tuning from it.
 
-    Args:
-        repo: the repository.
-        commit: the commit id.
-        restore_random_state: put the random generators back as they were when
-            the checkpoint was saved (for an exact resume).
-
     The dict also names the commit (:data:`COMMIT_KEY`), so a run that resumes
-    from it goes on with the run that made it.
+    from it goes on with the run that made it, and carries the random
+    generators' state at the save (:data:`RANDOM_STATE_KEY`; see
+    :func:`restore_random_state`). Every value is a tensor or a plain Python
+    value: ``torch.load(weights_only=True)`` takes the dict ``torch.save`` makes.
 
     Raises:
         PrunedCommitError: when retention pruned the commit's weights.
@@ -145,11 +144,22 @@ def checkpoint_from_commit(
             checkpoint["optimizer_states"] = to_torch_tree(state.optimizer_state)
         if state.scheduler_state is not None:
             checkpoint["lr_schedulers"] = to_torch_tree(state.scheduler_state)
-        if restore_random_state and state.random_state is not None:
-            restore_rng(state.random_state)
+        if state.random_state is not None:
+            checkpoint[RANDOM_STATE_KEY] = to_torch_tree(state.random_state)
     checkpoint["state_dict"] = load_state_dict(repo, commit)
     checkpoint[COMMIT_KEY] = commit
     return checkpoint
+
+
+def restore_random_state(checkpoint: dict[str, Any]) -> bool:
+    """Put the random generators back as they were when a Coral checkpoint was
+    saved, once: the state leaves the dict. False when it holds none (a
+    ``.ckpt`` file's, or one restored already)."""
+    state = checkpoint.pop(RANDOM_STATE_KEY, None)
+    if not isinstance(state, Mapping):
+        return False
+    restore_rng(to_numpy_tree(state))
+    return True
 
 
 def _learning_rate(optimizers: Any) -> float | None:
