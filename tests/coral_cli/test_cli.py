@@ -249,13 +249,18 @@ def test_real_process_exit_codes_and_no_framework_imports(tmp_path: Path) -> Non
     assert missing.returncode == 1
     assert missing.stderr.startswith("error: ")
     assert coral_ml("no-such-command", cwd=tmp_path).returncode == 2
+    write_safetensors(tmp_path / "m.safetensors", {"w": np.ones(4, np.float32)})
+    for step in (["add", "m.safetensors"], ["commit", "-m", "one"]):
+        assert coral_ml(*step, cwd=tmp_path).returncode == 0
+    # the commands people run all day import no framework (torch alone takes seconds)
     probe = (
-        "import sys; from coral_cli.main import cli; "
-        "sys.argv = ['coral-ml', 'log']; "
-        "import contextlib\n"
-        "with contextlib.suppress(SystemExit): cli()\n"
-        "print(sorted(m for m in ('torch', 'tensorflow', 'keras', 'transformers', 'mlflow') "
-        "if m in sys.modules))"
+        "import sys, contextlib; from coral_cli.main import cli\n"
+        "for argv in (['--help'], ['log'], ['status'], ['show', 'HEAD'],\n"
+        "             ['diff', 'HEAD', 'HEAD'], ['log', '--graph'], ['stats']):\n"
+        "    with contextlib.suppress(SystemExit): cli.main(argv, prog_name='coral-ml')\n"
+        "print(sorted(m for m in ('torch', 'tensorflow', 'keras', 'transformers', 'mlflow',\n"
+        "    'coral_torch', 'coral_tf', 'coral_hf', 'coral_lightning', 'matplotlib', 'h5py')\n"
+        "    if m in sys.modules))"
     )
     env = {**os.environ, "PYTHONWARNINGS": "error"}
     out = subprocess.run(

@@ -9,18 +9,7 @@ import click
 
 from coral_cli.main import Env, pass_env
 from coral_cli.output import user_errors
-from coral_core import ConfigError
-
-
-def hf_module() -> Any:
-    """coral_hf, or a clear error naming the package to install."""
-    try:
-        import coral_hf
-    except ImportError:
-        raise ConfigError(
-            "publishing to or importing from the Hub needs coral-hf: pip install coral-hf"
-        ) from None
-    return coral_hf
+from coral_cli.plugins import cli_plugin
 
 
 @click.command()
@@ -66,7 +55,7 @@ def publish(env: Env, /, ref: str, target: str, **options: Any) -> None:
             return
         if not options["repo_id"]:
             raise click.UsageError("--to hf needs --repo-id")
-        published = hf_module().publish_to_hub(
+        published = cli_plugin("hub").publish_to_hub(
             repo,
             ref,
             options["repo_id"],

@@ -9,10 +9,10 @@ from typing import Any
 import click
 import numpy as np
 
-from coral_cli.cmd_publish import hf_module
 from coral_cli.main import Env, pass_env
 from coral_cli.output import Output, human_bytes, table, user_errors
 from coral_cli.parsing import metric_pairs
+from coral_cli.plugins import cli_plugin
 from coral_cli.views import (
     commit_data,
     pointers_by_commit,
@@ -21,7 +21,8 @@ from coral_cli.views import (
     weights_marker,
     when,
 )
-from coral_core import TensorMismatchError, format_for
+from coral_core import Commit, Repository, TensorMismatchError, format_for
+from coral_core.exports import exporter_for, with_aliases
 from coral_core.files import confined_path
 from coral_core.formats import regular_file
 
@@ -195,39 +196,50 @@ def ls_tree(env: Env, ref: str) -> None:
 @click.argument("path", type=click.Path(path_type=Path))
 @pass_env
 def export(env: Env, ref: str, path: Path) -> None:
-    """Write a commit's tensors to a model file, or to a folder (one file per model).
+    """Write a commit as files its framework loads, or its tensors to a model file.
 
-    The file's suffix picks the format (.safetensors, .npz, .pt with coral-torch,
-    ...). A path without a suffix is a folder: one .safetensors file per model
-    name the tensors carry (model.safetensors when they carry none).
+    A commit a framework made goes out as that framework writes it: Keras'
+    to .weights.h5 / .keras (load_weights, load_model; with coral-tf), a
+    Hugging Face model's to a folder with its config and tokenizer files
+    (from_pretrained; with coral-hf). Otherwise the file's suffix picks the
+    format (.safetensors, .npz, .pt with coral-torch, ...), tied tensors under
+    each of their names; a path without a suffix is a folder with one
+    .safetensors file per model name the tensors carry (model.safetensors
+    when they carry none). A format that cannot hold the commit is an error.
 
     Example: coral-ml export v1.0 model.safetensors
     """
     with user_errors():
         repo = env.repo()
-        commit_id = repo.resolve(ref)
-        groups: dict[str, dict[str, np.ndarray]] = {}
-        for weight in repo.iter_weights(commit_id):
-            groups.setdefault(weight.metadata.model_name or "model", {})[weight.name] = weight.data
-        written = []
-        if path.suffix:
-            writer = format_for(path)
-            writer.write(path, {n: a for group in groups.values() for n, a in group.items()})
-            written.append(str(path))
+        commit = repo.show(ref)
+        exporter = exporter_for(commit, path)
+        if exporter is not None:
+            written = [str(file) for file in exporter.write(repo, commit, path)]
         else:
-            path.mkdir(parents=True, exist_ok=True)
-            writer = format_for("x.safetensors")
-            for model in groups:
-                confined_path(path, f"{model}.safetensors")  # names from the commit
-            for model, arrays in env.output.progress(list(groups.items()), "exporting"):
-                target = confined_path(path, f"{model}.safetensors")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                writer.write(target, arrays)
-                written.append(str(target))
+            written = [str(file) for file in write_tensors(repo, commit, path, env.output)]
     env.output.emit(
-        {"commit": commit_id, "files": written},
+        {"commit": commit.commit_hash, "files": written},
         lambda d: "\n".join(f"wrote {f}" for f in d["files"]),
     )
+
+
+def write_tensors(repo: Repository, commit: Commit, path: Path, output: Output) -> list[Path]:
+    """A commit's tensors (tied ones under each name) in the format ``path``'s
+    suffix names, or as one ``.safetensors`` file per model in folder ``path``."""
+    groups: dict[str, dict[str, np.ndarray]] = {}
+    for weight in repo.iter_weights(commit.commit_hash):
+        groups.setdefault(weight.metadata.model_name or "model", {})[weight.name] = weight.data
+    if path.suffix:
+        everything = {n: a for group in groups.values() for n, a in group.items()}
+        format_for(path).write(path, with_aliases(everything, commit))
+        return [path]
+    writer = format_for("x.safetensors")
+    targets = {model: confined_path(path, f"{model}.safetensors") for model in groups}
+    path.mkdir(parents=True, exist_ok=True)  # after every name from the commit was confined
+    for model, arrays in output.progress(list(groups.items()), "exporting"):
+        targets[model].parent.mkdir(parents=True, exist_ok=True)
+        writer.write(targets[model], with_aliases(arrays, commit))
+    return list(targets.values())
 
 
 @click.command("import")
@@ -253,7 +265,7 @@ def import_(
         for source in hub:
             repo_id, _, revision = source.removeprefix("hf://").partition("@")
             made.append(
-                hf_module().import_from_hub(
+                cli_plugin("hub").import_from_hub(
                     repo,
                     repo_id,
                     revision or "main",

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import torch
 
 from coral_core import Commit, CoralError, Repository
+from coral_core.exports import FOLDER, CommitExport
 from coral_core.files import confined_path
 from coral_core.formats import write_safetensors
 from coral_torch import save_model
@@ -155,6 +156,16 @@ def write_model_folder(repo: Repository, ref: str | None, folder: str | os.PathL
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     return commit
+
+
+def export_model_folder(repo: Repository, commit: Commit, folder: Path) -> list[Path]:
+    """``coral-ml export <commit> <folder>``: :func:`write_model_folder`; the files written."""
+    write_model_folder(repo, commit.commit_hash, folder)
+    return [folder / WEIGHTS_NAME, *(confined_path(folder, name) for name in files_of(commit))]
+
+
+#: The ``coral.exports`` entry point ``coral_hf.files``: a folder ``from_pretrained`` loads.
+HF_EXPORT = CommitExport("Hugging Face", (FOLDER,), export_model_folder)
 
 
 def from_pretrained(cls: Any, repo: Repository, ref: str | None = None, **kwargs: Any) -> Any:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,6 +37,8 @@ from coral_core.formats import replacing_file
 SUFFIXES = (".keras", ".h5", ".hdf5")
 #: The archive member of a ``.keras`` file that holds the weights.
 WEIGHTS_MEMBER = "model.weights.h5"
+#: Names in Keras' file layout: ``layers/dense/vars/0``, ``optimizer/vars/3``.
+FILE_LAYOUT = re.compile(r"(?:.+/)?vars/\d+")
 #: Dataset attribute naming a dtype HDF5 has no type for (as Keras marks bfloat16).
 _DTYPE_ATTR = "dtype"
 
@@ -122,25 +125,34 @@ def write_keras_file(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarr
 
     Raises:
         ModelFileError: for a plain ``.h5`` / ``.hdf5`` name (Keras would read
-            it as its legacy format), or names that collide (``a`` and ``a/b``).
+            it as its legacy format), names outside Keras' file layout (a
+            torch ``0.weight``: Keras would load nothing from them), or names
+            that collide (``a`` and ``a/b``).
     """
     target = Path(path)
     lowered = target.name.lower()
-    if lowered.endswith(".keras"):
-        buffer = io.BytesIO()
-        _write_h5(buffer, arrays, target)
-        with replacing_file(target) as handle, zipfile.ZipFile(handle, "w") as archive:
-            archive.writestr(WEIGHTS_MEMBER, buffer.getvalue())
-    elif lowered.endswith(".weights.h5"):
-        with replacing_file(target) as handle:
-            _write_h5(handle, arrays, target)
-    else:
+    if not lowered.endswith((".keras", ".weights.h5")):
         stem = target.name.rsplit(".", 1)[0]
         raise ModelFileError(
             f"{target}: Keras reads a plain {target.suffix} file as its legacy whole-model "
             "format, which needs the layer order Coral does not keep; export to "
             f"{stem}.weights.h5 or {stem}.keras instead"
         )
+    foreign = sorted(name for name in arrays if not FILE_LAYOUT.fullmatch(name))
+    if foreign:
+        raise ModelFileError(
+            f"{target}: {len(foreign)} tensor name(s) like {foreign[0]!r} are not Keras' "
+            "file layout (layers/<layer>/vars/<i>), so Keras' load_weights could not read "
+            "them; export a commit that Keras made, or to .safetensors"
+        )
+    if lowered.endswith(".keras"):
+        buffer = io.BytesIO()
+        _write_h5(buffer, arrays, target)
+        with replacing_file(target) as handle, zipfile.ZipFile(handle, "w") as archive:
+            archive.writestr(WEIGHTS_MEMBER, buffer.getvalue())
+    else:
+        with replacing_file(target) as handle:
+            _write_h5(handle, arrays, target)
 
 
 def _write_h5(handle: IO[bytes], arrays: Mapping[str, np.ndarray], target: Path) -> None:

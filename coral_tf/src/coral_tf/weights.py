@@ -13,7 +13,7 @@ Keras creates them, as Keras' own files keep them.
 
 from __future__ import annotations
 
-import re
+import json
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,12 +31,13 @@ from coral_core import (
     WeightTensor,
 )
 from coral_core.dtypes import dtype_name
-from coral_tf.formats import write_keras_file
+from coral_tf.formats import FILE_LAYOUT, write_keras_file
 
-#: Commit metadata key: ``{"name": model.name, "class": ...}`` of the model committed.
+#: Commit metadata key: ``{"name": model.name, "class": ..., "config": ...}`` of the
+#: model committed (``config``: Keras' serialization of a built-in model's
+#: architecture, absent for subclassed models), so ``coral-ml export`` can
+#: rebuild it and have Keras write its own files.
 MODEL_KEY = "coral_tf.model"
-#: Tensor names of a commit made from a Keras file: ``layers/dense/vars/0``.
-_FILE_LAYOUT = re.compile(r"(?:.+/)?vars/\d+")
 _NO_OPTIMIZER = "model {!r} has no optimizer to restore; compile it first"
 
 
@@ -88,8 +89,33 @@ def model_weights(model: keras.Model) -> dict[str, WeightTensor]:
 
 
 def model_details(model: keras.Model) -> dict[str, Any]:
-    """Commit metadata naming the model, so :func:`load_weights` can match paths without it."""
-    return {MODEL_KEY: {"name": model.name, "class": type(model).__name__}}
+    """Commit metadata naming the model, so :func:`load_weights` can match paths
+    without it, with its architecture when Keras can rebuild it without user code."""
+    details: dict[str, Any] = {"name": model.name, "class": type(model).__name__}
+    config = architecture(model)
+    if config is not None:
+        details["config"] = config
+    return {MODEL_KEY: details}
+
+
+def architecture(model: keras.Model) -> dict[str, Any] | None:
+    """Keras' serialization of a Sequential or functional model (what a
+    ``.keras`` file's ``config.json`` holds), or None for a subclassed model,
+    whose class only the user's code has."""
+    if not _built_in(model):
+        return None
+    try:
+        config = keras.saving.serialize_keras_object(model)
+        json.dumps(config, allow_nan=False)
+    except (NotImplementedError, TypeError, ValueError):  # a layer without get_config
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def _built_in(model: keras.Model) -> bool:
+    """A Sequential or a functional model (``keras.Model(inputs, outputs)``)."""
+    kind = type(model)
+    return kind.__module__.startswith("keras.") and kind.__name__ in ("Sequential", "Functional")
 
 
 def optimizer_state(model: keras.Model) -> dict[str, Any] | None:
@@ -186,7 +212,7 @@ def load_weights(
     stored = commit.metadata.metadata.get(MODEL_KEY)
     stored_model = stored.get("name") if isinstance(stored, dict) else None
     tree = repo.ls_tree(commit.commit_hash)
-    if stored is None and tree and all(_FILE_LAYOUT.fullmatch(name) for name in tree):
+    if stored is None and tree and all(FILE_LAYOUT.fullmatch(name) for name in tree):
         _load_file_layout(model, repo, commit, strict, include_optimizer)
         return commit
     targets = {_relative(v.path, model.name): v for v in model.weights}

@@ -4,9 +4,9 @@ __version__ = "0.1.0"
 
 from typing import Any
 
+from coral_core.exports import TIES_KEY
 from coral_torch.formats import load_torch_file, save_torch_file
 from coral_torch.state_dict import (
-    TIES_KEY,
     StateDictMismatchError,
     find_ties,
     load_model,

@@ -22,10 +22,8 @@ from coral_core import (
     WeightsMismatchError,
     WeightTensor,
 )
+from coral_core.exports import TIES_KEY, tensor_aliases
 from coral_torch.tensors import TORCH_DTYPES, to_array, to_tensor
-
-#: Commit metadata key: ``{alias: name stored}`` for tensors sharing memory.
-TIES_KEY = "coral_torch.ties"
 
 
 class StateDictMismatchError(WeightsMismatchError):
@@ -129,17 +127,12 @@ def save_model(
     )
 
 
-def _ties_of(commit: Commit) -> dict[str, str]:
-    ties = commit.metadata.metadata.get(TIES_KEY, {})
-    return {str(k): str(v) for k, v in ties.items()} if isinstance(ties, dict) else {}
-
-
 def load_state_dict(repo: Repository, ref: str | None = None) -> dict[str, torch.Tensor]:
     """A commit's tensors as CPU torch tensors by name (tied names share one tensor)."""
     commit = repo.show(ref)
     weights = repo.get_all_weights(commit.commit_hash)
     state = {name: to_tensor(w.data) for name, w in weights.items()}
-    for alias, name in _ties_of(commit).items():
+    for alias, name in tensor_aliases(commit).items():
         if name in state:
             state[alias] = state[name]
     return state
@@ -160,7 +153,7 @@ def load_model(
     """
     commit = repo.show(ref)
     tree = repo.ls_tree(commit.commit_hash)
-    ties = _ties_of(commit)
+    ties = tensor_aliases(commit)
     targets = model.state_dict()
     stored = set(tree) | {alias for alias, name in ties.items() if name in tree}
     missing = [name for name in targets if name not in stored]

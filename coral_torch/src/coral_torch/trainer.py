@@ -34,7 +34,8 @@ from coral_core import (
     TrainingState,
     WeightTensor,
 )
-from coral_torch.state_dict import TIES_KEY, load_model, state_dict_to_weights
+from coral_core.exports import TIES_KEY
+from coral_torch.state_dict import load_model, state_dict_to_weights
 from coral_torch.training_state import capture_rng, restore_rng, to_numpy_tree, to_torch_tree
 
 
