@@ -4,6 +4,7 @@ the errors a user meets on the way."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -181,3 +182,29 @@ def test_enable_checkpointing_false_with_a_coral_callback_names_the_fix(tmp_path
     with pytest.raises(MisconfigurationException, match="Drop enable_checkpointing=False"):
         pl.Trainer(callbacks=[CoralCallback(tmp_path / "runs")], enable_checkpointing=False)
     pl.Trainer(enable_checkpointing=False, **QUIET)  # without Coral: Lightning's as ever
+
+
+def test_a_path_coral_saved_without_coral_checkpoint_io_names_the_fix(tmp_path: Path) -> None:
+    repo_path, dirpath = tmp_path / "repo", tmp_path / "ckpt"
+    trained = fit_with_model_checkpoint(repo_path, dirpath, epochs=1)
+    saved = trained.checkpoint_callback.best_model_path  # type: ignore[union-attr]
+    trainer = pl.Trainer(max_epochs=2, **QUIET)  # the plugin forgotten
+    with pytest.raises(FileNotFoundError, match=r"plugins=\[CoralCheckpointIO\(") as error:
+        trainer.fit(TinyClassifier(), *loaders(), ckpt_path=saved)
+    commit = Repository(repo_path).resolve("tiny/best")
+    assert f"ckpt_path='coral://{repo_path}:{commit}'" in str(error.value)
+    with pytest.raises(FileNotFoundError, match="not found"):  # not Coral's: Lightning's own
+        trainer.fit(TinyClassifier(), *loaders(), ckpt_path=tmp_path / "never.ckpt")
+    # a new process started beside the repository, that never imports coral_lightning
+    script = (
+        "import pytorch_lightning as pl\n"
+        "from tests.coral_lightning.tiny import QUIET, TinyClassifier, loaders\n"
+        "trainer = pl.Trainer(max_epochs=2, **QUIET)\n"
+        f"trainer.fit(TinyClassifier(), *loaders(), ckpt_path={saved!r})\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 1
+    assert f"ckpt_path='coral://{repo_path}:{commit}'" in done.stderr

@@ -31,6 +31,7 @@ from coral_core import (
     RefNotFoundError,
     Repository,
 )
+from coral_core.repository import CORAL_DIR
 from coral_core.runs import CheckpointRecord
 from coral_lightning.convert import (
     RANDOM_STATE_KEY,
@@ -38,7 +39,7 @@ from coral_lightning.convert import (
     checkpoint_to_commit,
     restore_random_state,
 )
-from coral_lightning.filesystem import SCHEME, CoralURL, remember, url_for
+from coral_lightning.filesystem import SCHEME, CoralURL, known_repositories, remember, url_for
 
 #: Commit metadata key: the checkpoint path Lightning saved to.
 PATH_KEY = "coral_lightning.path"
@@ -243,6 +244,21 @@ class CoralCheckpointIO(CheckpointIO):
                 found.append(tip)
             tip = commit.parent_hashes[0] if commit.parent_hashes else None
         return found
+
+
+def find_saved(path: str | os.PathLike[str]) -> tuple[Repository, str] | None:
+    """The repository and newest commit CoralCheckpointIO saved at ``path`` to,
+    among the repositories this process knows (see
+    :func:`~coral_lightning.filesystem.known_repositories`) and those in the
+    current folder's subfolders, or None."""
+    key = _path_key(path)
+    beside = [found.parent for found in sorted(Path.cwd().glob(f"*/{CORAL_DIR}"))]
+    for folder in dict.fromkeys([*known_repositories(), *beside]):
+        repo = Repository(folder)
+        for commit in repo.log(all_refs=True):
+            if commit.metadata.metadata.get(PATH_KEY) == key:
+                return repo, commit.commit_hash
+    return None
 
 
 def _run_of(commit: Commit) -> str | None:

@@ -8,12 +8,14 @@ CoralCheckpointIO, there is none). Without help a new process's
 ``fit(ckpt_path="last")`` starts a fresh run at epoch 0 with a warning.
 And ``Trainer(enable_checkpointing=False)`` beside a CoralCallback raises
 "found ``ModelCheckpoint`` in callbacks list", naming a callback the user
-never gave.
+never gave. A Trainer without CoralCheckpointIO given the path a
+ModelCheckpoint saved into Coral says only "Checkpoint file not found".
 
-:func:`install` (run when ``coral_lightning`` is imported) wraps the two
+:func:`install` (run when ``coral_lightning`` is imported, or a ``Trainer``
+is made: see :func:`installed_callbacks`) wraps the two
 private methods of Lightning's connectors that do this, so that "best" and
 "last" name the Coral experiment's checkpoints when Lightning's own
-bookkeeping has none, and the error names the Coral fix. Everything else
+bookkeeping has none, and the errors name the Coral fix. Everything else
 goes to Lightning unchanged; a Lightning without those methods is left as
 it is (``tests/coral_lightning`` checks the installed one has them).
 """
@@ -21,6 +23,7 @@ it is (``tests/coral_lightning`` checks the installed one has them).
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 import pytorch_lightning as pl
@@ -30,8 +33,8 @@ from pytorch_lightning.trainer.connectors.callback_connector import _CallbackCon
 from pytorch_lightning.trainer.connectors.checkpoint_connector import _CheckpointConnector
 
 from coral_lightning.callback import CoralCallback
-from coral_lightning.checkpoint_io import CoralCheckpointIO
-from coral_lightning.filesystem import locate
+from coral_lightning.checkpoint_io import CoralCheckpointIO, find_saved
+from coral_lightning.filesystem import SCHEME, locate, url_for
 
 _WRAPPED = "_coral_wrapped"
 
@@ -65,6 +68,30 @@ def coral_ckpt_path(trainer: pl.Trainer, name: str) -> str | None:
     return max(found, key=_commit_time) if found else None
 
 
+def refuse_a_path_only_coral_has(trainer: pl.Trainer, ckpt_path: Any) -> None:
+    """Say how to load a ``ckpt_path`` that has no file because CoralCheckpointIO
+    saved it into a repository, when the Trainer reads files.
+
+    Raises:
+        FileNotFoundError: naming the repository, the commit and the two fixes.
+    """
+    if not isinstance(ckpt_path, (str, os.PathLike)) or isinstance(
+        trainer.strategy.checkpoint_io, CoralCheckpointIO
+    ):
+        return
+    text = os.fspath(ckpt_path)
+    if text.startswith(SCHEME) or "://" in text or os.path.exists(text):
+        return
+    found = find_saved(text)
+    if found is not None:
+        repo, commit = found
+        raise FileNotFoundError(
+            f"{text} has no file: CoralCheckpointIO saved that checkpoint into {repo.path} "
+            f"(commit {commit[:12]}). Give the Trainer plugins=[CoralCheckpointIO("
+            f"{str(repo.path)!r})], or ckpt_path={url_for(repo, commit)!r}"
+        )
+
+
 def callbacks_of(trainer: pl.Trainer) -> list[pl.Callback]:
     """The trainer's callbacks (an attribute Lightning's connector sets)."""
     callbacks: list[pl.Callback] = getattr(trainer, "callbacks", [])
@@ -74,6 +101,15 @@ def callbacks_of(trainer: pl.Trainer) -> list[pl.Callback]:
 def _commit_time(url: str) -> float:
     repo, commit = locate(url)
     return repo.read_commit(commit).timestamp
+
+
+def installed_callbacks() -> list[pl.Callback]:
+    """Lightning's ``pytorch_lightning.callbacks_factory`` entry point, which
+    every ``Trainer`` calls: it installs these conventions in scripts that never
+    import coral_lightning (an evaluation script given a path Coral saved), and
+    adds no callback."""
+    install()
+    return []
 
 
 def install() -> None:
@@ -90,7 +126,9 @@ def install() -> None:
                 found = coral_ckpt_path(self.trainer, ckpt_path)
                 if found:
                     return found
-            return parse(self, state_fn, ckpt_path, *args, **kwargs)
+            parsed = parse(self, state_fn, ckpt_path, *args, **kwargs)
+            refuse_a_path_only_coral_has(self.trainer, parsed)
+            return parsed
 
         setattr(parse_ckpt_path, _WRAPPED, True)
         _CheckpointConnector._parse_ckpt_path = parse_ckpt_path  # type: ignore[method-assign]

@@ -84,6 +84,15 @@ def remember(repo: Repository) -> None:
     _SAVED_TO.append(repo.path)
 
 
+def known_repositories() -> list[Path]:
+    """The repositories this process saved checkpoints to (newest first), then
+    the one the current folder is in, if any."""
+    candidates = [*reversed(_SAVED_TO)]
+    with contextlib.suppress(RepositoryNotFoundError):
+        candidates.append(find_repository(Path.cwd()))
+    return list(dict.fromkeys(candidates))
+
+
 def locate(url: str | os.PathLike[str] | CoralURL) -> tuple[Repository, str]:
     """The repository a URL names and the commit id of its ref.
 
@@ -96,16 +105,14 @@ def locate(url: str | os.PathLike[str] | CoralURL) -> tuple[Repository, str]:
     if parsed.folder is not None:
         repo = Repository(parsed.folder)
         return repo, repo.resolve(parsed.ref)
-    candidates = [*reversed(_SAVED_TO)]
-    with contextlib.suppress(RepositoryNotFoundError):
-        candidates.append(find_repository(Path.cwd()))
-    for folder in dict.fromkeys(candidates):
+    candidates = known_repositories()
+    for folder in candidates:
         try:
             repo = Repository(folder)
             return repo, repo.resolve(parsed.ref)
         except (RepositoryNotFoundError, RefNotFoundError):
             continue
-    looked = ", ".join(str(folder) for folder in dict.fromkeys(candidates)) or "none"
+    looked = ", ".join(str(folder) for folder in candidates) or "none"
     raise RefNotFoundError(
         f"{parsed} names no checkpoint of the repositories looked at ({looked}); name the "
         f"repository: coral://<repository folder>:{parsed.ref}"
