@@ -104,3 +104,35 @@ def test_duplicate_paths_are_refused() -> None:
     model = keras.Sequential([keras.Input((2,)), TwoOfAName(name="twice")], name="dup")
     with pytest.raises(TensorMismatchError, match="share the path 'dup/twice/w'"):
         model_weights(model)
+
+
+def test_layers_keras_named_itself_match_in_order_across_a_sweep(repo: Repository) -> None:
+    def unnamed() -> keras.Model:  # names left to Keras: dense, dense_1, ... per process
+        return keras.Sequential(
+            [
+                keras.Input((6,)),
+                keras.layers.Dense(8),
+                keras.layers.BatchNormalization(),
+                keras.layers.Dense(12),
+                keras.layers.Dense(2),
+            ]
+        )
+
+    sweep = [unnamed() for _ in range(11)]  # dense_30.. in the eleventh
+    best = sweep[10]
+    save_weights(repo, best, "the sweep's best")
+    fresh = unnamed()  # dense_33, dense_34, dense_35: other numbers, same order
+    assert {v.path.split("/")[1] for v in fresh.weights} != {
+        v.path.split("/")[1] for v in best.weights
+    }
+    load_weights(fresh, repo)
+    assert same_bits(
+        dict(enumerate(to_array(v) for v in fresh.weights)),
+        dict(enumerate(to_array(v) for v in best.weights)),
+    )
+    two_layers = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8), keras.layers.Dense(3)])
+    with pytest.raises(WeightsMismatchError):  # not the same layers: no match by order
+        load_weights(two_layers, repo)
+    unrelated = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, name="other")])
+    with pytest.raises(WeightsMismatchError, match="missing from the commit"):
+        load_weights(unrelated, repo, strict=False)  # nothing at all fits: not a silent no-op

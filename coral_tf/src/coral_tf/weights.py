@@ -14,6 +14,7 @@ Keras creates them, as Keras' own files keep them.
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -182,9 +183,15 @@ def load_weights(
         repo: the repository.
         ref: the commit, branch or tag.
         strict: refuse a commit that lacks some of the model's variables or
-            holds others; False assigns those that match by name.
+            holds others; False assigns those that match by name (and
+            still refuses a commit none of whose names match).
         include_optimizer: restore the compiled optimizer's variables too
             (built first if needed) from the commit's training state.
+
+    Layer names Keras made up differ between models a process builds
+    (``dense`` in the first, ``dense_3`` in the next): names that differ only
+    in those numbers are matched in order, the n-th ``dense`` to the n-th, as
+    Keras' own files are.
 
     A commit of a Keras file's weights (``coral-ml add model.keras``: names
     like ``layers/dense/vars/0``) is loaded by Keras' own loader, which knows
@@ -217,6 +224,8 @@ def load_weights(
         return commit
     targets = {_relative(v.path, model.name): v for v in model.weights}
     names = {stored: _relative(stored, stored_model) for stored in tree}
+    if set(names.values()) != set(targets):  # numbered otherwise: dense_3 then, dense_7 now
+        names = _matched_by_numbering(names, targets) or names
     known = set(names.values())
     missing = [v.path for key, v in targets.items() if key not in known]
     unexpected = [stored for stored, key in names.items() if key not in targets]
@@ -225,7 +234,8 @@ def load_weights(
         for stored, key in names.items()
         if key in targets and not _fits(targets[key], tree[stored].shape, tree[stored].dtype)
     ]
-    if misshapen or (strict and (missing or unexpected)):
+    nothing_fits = bool(targets) and not known & targets.keys()
+    if misshapen or nothing_fits or (strict and (missing or unexpected)):
         raise WeightsMismatchError(missing, unexpected, misshapen)
     optimizer = _optimizer_values(model, repo, commit) if include_optimizer else None
     rng = _model_state_values(model, repo, commit) if include_optimizer else []
@@ -236,6 +246,49 @@ def load_weights(
     for variable, value in [*(optimizer or []), *rng]:
         variable.assign(value)
     return commit
+
+
+_NUMBER = re.compile(r"_(\d+)$")
+
+
+def _numbering(path: str) -> tuple[str, tuple[int, ...]]:
+    """A path without the numbers Keras appends to names (``dense_3/kernel`` ->
+    ``dense/kernel``) and those numbers (``(3,)``; -1 for a name without one)."""
+    stems, numbers = [], []
+    for segment in path.split("/"):
+        found = _NUMBER.search(segment)
+        stems.append(segment[: found.start()] if found else segment)
+        numbers.append(int(found.group(1)) if found else -1)
+    return "/".join(stems), tuple(numbers)
+
+
+def _ranked(paths: Sequence[str]) -> dict[tuple[str, int], str]:
+    """Each path by (its path without numbers, its rank among the paths that share it)."""
+    groups: dict[str, list[tuple[tuple[int, ...], str]]] = {}
+    for path in paths:
+        stem, numbers = _numbering(path)
+        groups.setdefault(stem, []).append((numbers, path))
+    return {
+        (stem, rank): path
+        for stem, members in groups.items()
+        for rank, (_, path) in enumerate(sorted(members))
+    }
+
+
+def _matched_by_numbering(
+    names: dict[str, str], targets: Mapping[str, Any]
+) -> dict[str, str] | None:
+    """Stored names mapped to the model's, when the two differ only in the
+    numbers Keras gave layers it named itself (it counts every layer a process
+    makes: a sweep's second model has ``dense_3`` where the first had
+    ``dense``), matching the n-th ``dense`` of one to the n-th of the other as
+    Keras' own files do; None when that is no one-to-one match."""
+    stored = _ranked(list(names.values()))
+    wanted = _ranked(list(targets))
+    if stored.keys() != wanted.keys():
+        return None
+    renamed = {path: wanted[key] for key, path in stored.items()}
+    return {name: renamed[relative] for name, relative in names.items()}
 
 
 def _model_state_values(
