@@ -253,20 +253,33 @@ def test_real_process_exit_codes_and_no_framework_imports(tmp_path: Path) -> Non
     for step in (["add", "m.safetensors"], ["commit", "-m", "one"]):
         assert coral_ml(*step, cwd=tmp_path).returncode == 0
     # the commands people run all day import no framework (torch alone takes seconds)
+    daily = [["--help"], ["log"], ["status"], ["show", "HEAD"], ["diff", "HEAD", "HEAD"]]
+    assert imported_by([*daily, ["log", "--graph"], ["stats"]], tmp_path) == []
+
+
+#: Modules that take seconds to import, or belong to one framework.
+HEAVY = (
+    "torch", "tensorflow", "keras", "transformers", "mlflow", "matplotlib", "h5py",
+    "coral_torch", "coral_tf", "coral_hf", "coral_lightning",
+)  # fmt: skip
+
+
+def imported_by(commands: list[list[str]], cwd: Path) -> list[str]:
+    """The :data:`HEAVY` modules a new process running ``commands`` imported
+    (warnings are errors there)."""
     probe = (
-        "import sys, contextlib; from coral_cli.main import cli\n"
-        "for argv in (['--help'], ['log'], ['status'], ['show', 'HEAD'],\n"
-        "             ['diff', 'HEAD', 'HEAD'], ['log', '--graph'], ['stats']):\n"
+        "import contextlib, json, sys; from coral_cli.main import cli\n"
+        f"for argv in {commands!r}:\n"
         "    with contextlib.suppress(SystemExit): cli.main(argv, prog_name='coral-ml')\n"
-        "print(sorted(m for m in ('torch', 'tensorflow', 'keras', 'transformers', 'mlflow',\n"
-        "    'coral_torch', 'coral_tf', 'coral_hf', 'coral_lightning', 'matplotlib', 'h5py')\n"
-        "    if m in sys.modules))"
+        f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
     )
     env = {**os.environ, "PYTHONWARNINGS": "error"}
     out = subprocess.run(
-        [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, env=env
+        [sys.executable, "-c", probe], cwd=cwd, capture_output=True, text=True, env=env
     )
-    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+    assert out.returncode == 0, out.stdout + out.stderr
+    imported: list[str] = json.loads(out.stdout.strip().splitlines()[-1])
+    return imported
 
 
 def test_merge_and_the_graph(workdir: Path) -> None:

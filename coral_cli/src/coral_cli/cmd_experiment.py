@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
 
 from coral_cli.main import Env, pass_env
 from coral_cli.output import table, user_errors
+from coral_cli.plots import plot_curves
 from coral_core import Commit, Repository
 from coral_core.errors import RefNotFoundError
 from coral_core.runs import CheckpointRecord, Run, find_run, list_runs
@@ -102,46 +104,56 @@ def list_experiments(env: Env) -> None:
 
 @experiment.command("show")
 @click.argument("run")
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Draw the metrics over steps to a PNG, kept, pruned and best marked.",
+)
 @pass_env
-def show_experiment(env: Env, run: str) -> None:
-    """One run's checkpoints (RUN: a run id, EXPERIMENT/RUN, or an experiment's
-    name for its newest run): kept or pruned, the best marked, with metrics.
+def show_experiment(env: Env, run: str, plot: Path | None) -> None:
+    """A run's checkpoints (RUN: a run id, EXPERIMENT/RUN, or an experiment's
+    name for all its runs): kept or pruned, each run's best marked, with
+    metrics; a run and a branch column where they differ.
 
-    Example: coral-ml experiment show resnet50_imagenet
+    Example: coral-ml experiment show resnet50_imagenet --plot curves.png
     """
     with user_errors():
         runs = _chosen(env.repo(), run)
-    chosen = runs[-1]
+    labels = short_run_ids([r.run_id for r in runs])
     items: list[dict[str, Any]] = [
         {
             "commit": c.commit.commit_hash,
+            "run": r.run_id,
+            "branch": c.record.branch,
             "epoch": c.record.epoch,
             "step": c.record.step,
             "weights": c.status,
-            "best": c.commit.commit_hash == chosen.best,
+            "best": c.commit.commit_hash == r.best,
             "metrics": c.commit.metrics,
         }
-        for c in chosen.checkpoints
+        for r in runs
+        for c in r.checkpoints
     ]
-    # a metric named like a column of its own (the Trainer logs "epoch") is that column
-    metrics = sorted({m for c in items for m in c["metrics"]} - {"epoch", "step", "weights"})
+    extra = [k for k in ("run", "branch") if len({c[k] for c in items}) > 1]
+    fixed = (*extra, "epoch", "step", "weights")
+    # a metric named like a column (the Trainer logs "epoch") is that column
+    metrics = sorted({m for c in items for m in c["metrics"]} - set(fixed))
+    newest = runs[-1]
     data: dict[str, Any] = {
-        **run_data(chosen),
+        **run_data(newest),
         "other_runs": [r.run_id for r in runs[:-1]],
+        "runs": [run_data(r) for r in runs],
         "items": items,
     }
+    with user_errors():
+        title = newest.experiment if len(runs) > 1 else f"{newest.experiment} run {newest.run_id}"
+        chart = plot_curves(items, metrics, labels, title, plot) if plot is not None else None
 
     def render(d: dict[str, Any]) -> str:
-        head = f"{d['experiment']} run {d['run']} on {d['branch'] or '-'}: "
-        head += f"{d['kept']} of {d['checkpoints']} checkpoints kept"
-        if d["other_runs"]:
-            head += f" (newest of {len(d['other_runs']) + 1} runs; others: "
-            head += ", ".join(d["other_runs"]) + ")"
-        if d["hyperparameters"]:
-            head += "\nhyperparameters: " + settings(d["hyperparameters"], 200)
         rows = [
             (
                 c["commit"][:12] + (" *" if c["best"] else ""),
+                *(labels[c["run"]] if k == "run" else c[k] or "-" for k in extra),
                 c["epoch"],
                 c["step"],
                 c["weights"],
@@ -149,10 +161,41 @@ def show_experiment(env: Env, run: str) -> None:
             )
             for c in d["items"]
         ]
-        columns = ("commit (* best)", "epoch", "step", "weights", *metrics)
-        return head + "\n" + table(columns, rows, right=(1, 2, *range(4, 4 + len(metrics))))
+        first = 1 + len(extra)  # epoch, step, weights, then the metrics
+        numbers = (first, first + 1, *range(first + 3, first + 3 + len(metrics)))
+        body = table(("commit (* best)", *fixed, *metrics), rows, right=numbers)
+        return _run_heading(d["runs"]) + "\n" + body
 
     env.output.emit(data, render)
+    if chart is not None:
+        env.output.note(f"wrote {plot}: {chart.summary()}")
+
+
+def _run_heading(runs: list[dict[str, Any]]) -> str:
+    """Which runs ``experiment show`` lists: the run, or the experiment and a line per run."""
+    kept = sum(r["kept"] for r in runs)
+    total = sum(r["checkpoints"] for r in runs)
+    if len(runs) == 1:
+        (r,) = runs
+        head = f"{r['experiment']} run {r['run']} on {r['branch'] or '-'}: "
+        head += f"{kept} of {total} checkpoints kept"
+        if r["hyperparameters"]:
+            head += "\nhyperparameters: " + settings(r["hyperparameters"], 200)
+        return head
+    lines = [f"{runs[0]['experiment']}: {len(runs)} runs, {kept} of {total} checkpoints kept"]
+    for r in runs:
+        line = f"  run {r['run']} on {r['branch'] or '-'}: {r['kept']} of {r['checkpoints']} kept"
+        lines.append(
+            line + (f"; {settings(r['hyperparameters'], 80)}" if r["hyperparameters"] else "")
+        )
+    return "\n".join(lines)
+
+
+def short_run_ids(run_ids: list[str]) -> dict[str, str]:
+    """Run id -> its last 6 characters (the random part), or the whole id where
+    those are not unique."""
+    short = {run: run[-6:] for run in run_ids}
+    return short if len(set(short.values())) == len(short) else {run: run for run in run_ids}
 
 
 @experiment.command("compare")
@@ -207,10 +250,11 @@ def _columns(repo: Repository, name: str) -> list[tuple[str, Commit, dict[str, A
         record = CheckpointRecord.of(commit)
         return [(name, commit, record.hyperparameters if record else {})]
     columns = []
+    labels = short_run_ids([run.run_id for run in runs])
     for run in runs:
         chosen = run.best or run.last or run.checkpoints[-1].commit.commit_hash
         commit = next(c.commit for c in run.checkpoints if c.commit.commit_hash == chosen)
-        label = f"{run.experiment}/{run.run_id[-6:]}" if len(runs) > 1 else name
+        label = f"{run.experiment}/{labels[run.run_id]}" if len(runs) > 1 else name
         columns.append((label, commit, run.hyperparameters))
     return columns
 

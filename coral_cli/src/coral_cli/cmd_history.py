@@ -7,9 +7,11 @@ from typing import Any
 
 import click
 
+from coral_cli.graph import draw, shown_parents, topo_order
 from coral_cli.main import Env, pass_env
 from coral_cli.output import table, user_errors
 from coral_cli.parsing import metric_filters
+from coral_cli.plots import plot_changes
 from coral_cli.views import (
     branches_by_commit,
     commit_data,
@@ -25,7 +27,9 @@ from coral_core import CommitDiff
 @click.argument("ref", required=False)
 @click.option("-n", "--max-count", type=click.IntRange(min=1), help="Show at most N commits.")
 @click.option("--oneline", is_flag=True, help="One line per commit.")
-@click.option("--graph", is_flag=True, help="Draw parents as a text graph.")
+@click.option(
+    "--graph", is_flag=True, help="Draw branches and merges in lanes, as git log --graph."
+)
 @click.option("--all", "all_refs", is_flag=True, help="Every branch and tag, not just REF.")
 @click.option(
     "--filter", "filters", multiple=True, metavar="EXPR", help='A metric test: "val_accuracy>0.9".'
@@ -48,9 +52,15 @@ def log(
     with user_errors():
         repo = env.repo()
         commits = repo.log(ref, all_refs=all_refs)
+        parents = {c.commit_hash: c.parent_hashes for c in commits}
         if tests:
             passing = {c.commit_hash for c in repo.find_commits(metric_filter=tests, ref=ref)}
             commits = [c for c in commits if c.commit_hash in passing]
+        links: dict[str, list[str]] = {}
+        if graph:  # as git's --graph: topological order, lines joined across what is hidden
+            links = shown_parents(parents, [c.commit_hash for c in commits])
+            by_id = {c.commit_hash: c for c in commits}
+            commits = [by_id[c] for c in topo_order({c: links[c] for c in by_id})]
         commits = commits[:max_count] if max_count else commits
         tags, pointers = tags_by_commit(repo), pointers_by_commit(repo)
         branches = branches_by_commit(repo)
@@ -63,48 +73,37 @@ def log(
     def render(rows: list[dict[str, Any]]) -> str:
         if not rows:
             return "no commits"
-        lines = []
-        for row, marker in zip(rows, _graph(rows) if graph else [""] * len(rows), strict=True):
-            decorated = decoration(row)
-            metrics = " ".join(f"{k}={_short(v)}" for k, v in row["metrics"].items())
-            if oneline:
-                lines.append(f"{marker}{row['commit'][:12]}{decorated} {row['message']}")
-                continue
-            lines += [
-                f"{marker}commit {row['commit']}{decorated}",
-                f"Author: {row['author']}",
-                f"Date:   {when(row['timestamp'])}",
-                f"\n    {row['message']}",
+        texts = [_commit_text(row, oneline) for row in rows]
+        if graph:
+            drawn = [
+                (r["commit"], links[r["commit"]], text) for r, text in zip(rows, texts, strict=True)
             ]
-            if metrics:
-                lines.append(f"    metrics: {metrics}")
-            lines.append("")
-        return "\n".join(lines).rstrip()
+            return "\n".join(draw(drawn, separated=not oneline))
+        return ("\n" if oneline else "\n\n").join("\n".join(text) for text in texts)
 
     env.output.emit(data, render)
 
 
+def _commit_text(row: dict[str, Any], oneline: bool) -> list[str]:
+    """A commit's lines in ``log``: one with ``--oneline`` (the message's first
+    line), else git's medium format with each line of the message indented."""
+    decorated = decoration(row)
+    message = row["message"].splitlines() or [""]
+    if oneline:
+        return [f"{row['commit'][:12]}{decorated} {message[0]}"]
+    lines = [f"commit {row['commit']}{decorated}"]
+    if len(row["parents"]) > 1:
+        lines.append("Merge: " + " ".join(p[:12] for p in row["parents"]))
+    lines += [f"Author: {row['author']}", f"Date:   {when(row['timestamp'])}", ""]
+    lines += [f"    {line}" for line in message]
+    if row["metrics"]:
+        shown = " ".join(f"{k}={_short(v)}" for k, v in row["metrics"].items())
+        lines.append(f"    metrics: {shown}")
+    return lines
+
+
 def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _graph(rows: list[dict[str, Any]]) -> list[str]:
-    """A column per line of descent: ``* `` on the commit's column, ``| `` on the others."""
-    columns: list[str | None] = []
-    markers = []
-    for row in rows:
-        if row["commit"] not in columns:
-            columns.append(row["commit"])
-        at = columns.index(row["commit"])
-        markers.append("".join("* " if i == at else "| " for i in range(len(columns))))
-        parents = row["parents"]
-        columns[at] = parents[0] if parents else None
-        for parent in parents[1:]:
-            if parent not in columns:
-                columns.append(parent)
-        while columns and columns[-1] is None:
-            columns.pop()
-    return markers
 
 
 def _diff_data(diff: CommitDiff) -> dict[str, Any]:
@@ -142,7 +141,11 @@ def _gone(d: dict[str, Any]) -> str:
 @click.argument("ref_a")
 @click.argument("ref_b", required=False)
 @click.option("--all", "show_all", is_flag=True, help="List unchanged tensors too.")
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Draw a chart.")
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Draw each tensor's relative change (log scale) to a PNG.",
+)
 @pass_env
 def diff(env: Env, ref_a: str, ref_b: str | None, show_all: bool, plot: Path | None) -> None:
     """Per-tensor change from REF_A to REF_B (HEAD by default).
@@ -151,8 +154,8 @@ def diff(env: Env, ref_a: str, ref_b: str | None, show_all: bool, plot: Path | N
     """
     with user_errors():
         data = _diff_data(env.repo().diff(ref_a, ref_b))
-    if plot is not None:
-        _plot_changes(data, plot)
+        title = f"{data['from'][:12]} -> {data['to'][:12]}"
+        chart = plot_changes(data["tensors"], title, plot) if plot is not None else None
 
     def render(d: dict[str, Any]) -> str:
         rows = [
@@ -182,26 +185,8 @@ def diff(env: Env, ref_a: str, ref_b: str | None, show_all: bool, plot: Path | N
         return head + "\n" + table(columns, rows, right=(3, 4, 5))
 
     env.output.emit(data, render)
-
-
-def _plot_changes(data: dict[str, Any], path: Path) -> None:
-    """A bar chart of each modified tensor's relative L2 change (needs matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        from matplotlib import pyplot
-    except ImportError:
-        raise click.ClickException("--plot needs matplotlib: pip install matplotlib") from None
-    changed = [t for t in data["tensors"] if t["relative_l2"] is not None]
-    figure, axes = pyplot.subplots(figsize=(8, max(2.0, 0.25 * len(changed) + 1)))
-    axes.barh([t["name"] for t in changed], [t["relative_l2"] for t in changed])
-    axes.set_xlabel("relative L2 change")
-    axes.set_title(f"{data['from'][:12]} -> {data['to'][:12]}")
-    axes.invert_yaxis()
-    figure.tight_layout()
-    figure.savefig(path)
-    pyplot.close(figure)
+    if chart is not None:
+        env.output.note(f"wrote {plot}: {chart.summary()}")
 
 
 @click.command()
