@@ -15,7 +15,7 @@ from coral_core.formats import read_safetensors
 from coral_hf import FILES_KEY, CoralTrainerCallback, checkout_checkpoint, save_pretrained
 from coral_hf.callback import TRAINER_STATE_KEY, policy_for
 
-from .tiny import Pairs, accuracy, arguments, classifier
+from .tiny import Pairs, accuracy, arguments, classifier, train
 
 
 def same_tree(a: Any, b: Any) -> bool:
@@ -33,22 +33,6 @@ def same_tree(a: Any, b: Any) -> bool:
             and all(same_tree(x, y) for x, y in zip(a, b, strict=True))
         )
     return type(a) is type(b) and a == b
-
-
-def train(
-    repo: Repository, output_dir: Path, resume: Path | None = None, **changes: object
-) -> tuple[Trainer, CoralTrainerCallback]:
-    callback = CoralTrainerCallback(repo, "bert")
-    trainer = Trainer(
-        model=classifier(seed=1 if resume else 0),  # a resumed run must not need the same init
-        args=arguments(output_dir, **changes),
-        train_dataset=Pairs(),
-        eval_dataset=Pairs(16, seed=1),
-        compute_metrics=accuracy,
-        callbacks=[callback],
-    )
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    return trainer, callback
 
 
 def test_each_trainer_save_is_a_commit_with_metrics_state_and_best_tag(tmp_path: Path) -> None:

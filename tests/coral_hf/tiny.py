@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,13 @@ from transformers import (
     BertForSequenceClassification,
     BertTokenizer,
     EvalPrediction,
+    Trainer,
+    TrainerCallback,
     TrainingArguments,
 )
+
+from coral_core import Repository
+from coral_hf import CoralTrainerCallback
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(45))]
 
@@ -86,3 +92,42 @@ def arguments(output_dir: Path, **changes: Any) -> TrainingArguments:
         "seed": 0,
     }
     return TrainingArguments(output_dir=str(output_dir), **{**values, **changes})
+
+
+def train(
+    repo: Repository,
+    output_dir: Path,
+    resume: Path | None = None,
+    *,
+    keep_trainer_checkpoints: bool = True,
+    callbacks: Sequence[TrainerCallback] = (),
+    **changes: object,
+) -> tuple[Trainer, CoralTrainerCallback]:
+    """A tiny classifier trained with the Coral callback (``arguments`` with
+    ``changes``); ``resume``: a folder to resume from. Returns the Trainer and callback."""
+    callback = CoralTrainerCallback(repo, "bert", keep_trainer_checkpoints=keep_trainer_checkpoints)
+    trainer = Trainer(
+        model=classifier(seed=1 if resume else 0),  # a resumed run must not need the same init
+        args=arguments(output_dir, **changes),
+        train_dataset=Pairs(),
+        eval_dataset=Pairs(16, seed=1),
+        compute_metrics=accuracy,
+        callbacks=[callback, *callbacks],
+    )
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    return trainer, callback
+
+
+#: Six epochs of four steps with load_best_model_at_end: the best (accuracy) is step 12.
+BEST_RUN: dict[str, Any] = {"num_train_epochs": 6, "load_best_model_at_end": True}
+
+
+def disk_usage(folder: Path) -> tuple[int, int]:
+    """(bytes in the files, bytes the file system allocated for them) under ``folder``."""
+    size = allocated = 0
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            info = path.stat()
+            size += info.st_size
+            allocated += info.st_blocks * 512
+    return size, allocated

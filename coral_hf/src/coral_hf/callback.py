@@ -14,14 +14,24 @@ To resume, :func:`checkout_checkpoint` writes a commit out as the folder the
 Trainer reads (``trainer.train(resume_from_checkpoint=folder)``): the weights
 bit for bit as ``model.safetensors``, and ``optimizer.pt``, ``scheduler.pt``,
 ``rng_state.pth`` and ``trainer_state.json`` made from the stored state.
+
+``load_best_model_at_end`` reads the best checkpoint's folder
+(``TrainerState.best_model_checkpoint``) when training ends. A run resumed
+where that folder is gone (a new machine) gets it back from the commit at the
+Trainer's ``best_global_step``; with ``keep_trainer_checkpoints=False`` Coral
+holds every checkpoint, the Trainer's ``checkpoint-N`` folders are deleted once
+committed, ``save_total_limit`` becomes Coral's retention, and the best folder
+is written for the Trainer to load only when training ends.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +39,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from coral_core import (
     CheckpointConfig,
@@ -38,6 +49,9 @@ from coral_core import (
     Repository,
     TrainingState,
 )
+from coral_core.availability import KEPT
+from coral_core.files import confined_path
+from coral_core.runs import CheckpointRecord
 from coral_hf.pretrained import FILES_KEY, config_files, write_model_folder
 from coral_torch import (
     TIES_KEY,
@@ -50,6 +64,8 @@ from coral_torch import (
 
 #: ``TrainingState.extra`` key of the Trainer's ``TrainerState`` (its ``trainer_state.json``).
 TRAINER_STATE_KEY = "coral_hf.trainer_state"
+
+_log = logging.getLogger("coral.hf")
 
 
 class CoralTrainerCallback(TrainerCallback):
@@ -70,9 +86,24 @@ class CoralTrainerCallback(TrainerCallback):
             ``hub_strategy`` for a Coral remote); the end of ``train`` waits.
         hyperparameters: recorded with each checkpoint (default: the
             ``TrainingArguments`` a sweep varies, and the model's type).
+        keep_trainer_checkpoints: keep the Trainer's ``checkpoint-N`` folders
+            beside the commits (default). False: Coral holds the checkpoints;
+            each folder is deleted once committed, ``save_total_limit`` (when
+            ``config`` sets no retention of its own) prunes the commits as the
+            Trainer rotates its folders, and for ``load_best_model_at_end`` the
+            best checkpoint's weights are written where the Trainer reads them
+            just before it does, and deleted after. Resume with
+            :func:`checkout_checkpoint`.
 
     Only the main process (``state.is_world_process_zero``) commits. The
     manager exists from ``on_train_begin`` on (``callback.manager``).
+
+    Raises:
+        ConfigError: for a ``keep_trainer_checkpoints`` that is not a bool; at
+            ``on_train_begin``, for ``keep_trainer_checkpoints=False`` with
+            ``push_to_hub`` (the Trainer uploads the folders in the background),
+            a hyperparameter search, or ``load_best_model_at_end`` in several
+            processes.
     """
 
     def __init__(
@@ -84,7 +115,11 @@ class CoralTrainerCallback(TrainerCallback):
         push_to: str | None = None,
         push_strategy: Literal["every_save", "end"] = "every_save",
         hyperparameters: Mapping[str, Any] | None = None,
+        keep_trainer_checkpoints: bool = True,
     ) -> None:
+        if not isinstance(keep_trainer_checkpoints, bool):
+            raise ConfigError("keep_trainer_checkpoints must be True or False")
+        self.keep_trainer_checkpoints = keep_trainer_checkpoints
         self.repo = repo if isinstance(repo, Repository) else Repository(repo, init=True)
         self.experiment_name = experiment_name or "training"
         config = config or CheckpointConfig()
@@ -95,14 +130,21 @@ class CoralTrainerCallback(TrainerCallback):
         self.config = self._requested
         self.manager: CheckpointManager | None = None
         self._metrics: dict[str, Any] = {}
+        self._save_total_limit: int | None = None  # the Trainer's, when Coral rotates for it
+        self._written_best: Path | None = None  # the best folder written for the Trainer to load
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         """Set up the checkpoint manager with the Trainer's notion of best; a
         resumed run (``resume_from_checkpoint``) goes on with the run of the
-        checkpoint at its step."""
+        checkpoint at its step, and gets its best checkpoint's folder back
+        when the Trainer found it gone."""
         self.config = policy_for(args, self._requested)
+        self._save_total_limit = None
+        self._written_best = None
+        if not self.keep_trainer_checkpoints:
+            self._save_total_limit = self._hold_checkpoints(args, state)
         values = self.hyperparameters
         if values is None:
             values = trainer_hyperparameters(args, kwargs.get("model"))
@@ -111,11 +153,105 @@ class CoralTrainerCallback(TrainerCallback):
         )
         self.manager.resume_at_step(state.global_step)
         self._metrics = {}
+        self._restore_best(args, state)
+
+    def _hold_checkpoints(self, args: TrainingArguments, state: TrainerState) -> int | None:
+        """Check that Coral can hold the checkpoints for this run; the
+        ``save_total_limit`` Coral's retention follows (None: its own)."""
+        problem = None
+        if args.push_to_hub:
+            problem = "push_to_hub uploads the Trainer's checkpoint folders in the background"
+        elif state.is_hyper_param_search:
+            problem = "a hyperparameter search keeps its checkpoints in run-* folders"
+        elif args.load_best_model_at_end and args.world_size > 1:
+            problem = (
+                f"load_best_model_at_end in {args.world_size} processes would read the best "
+                "folder while the main process writes it"
+            )
+        if problem is not None:
+            raise ConfigError(
+                f"keep_trainer_checkpoints=False: {problem}; keep the Trainer's folders "
+                "(keep_trainer_checkpoints=True)"
+            )
+        limit = args.save_total_limit
+        own = self.config.max_checkpoints, self.config.keep_best_n_checkpoints
+        return limit if limit is not None and limit > 0 and own == (None, None) else None
+
+    def _folder(self, args: TrainingArguments, step: int) -> Path:
+        """The Trainer's folder of the checkpoint at ``step``, ``<output_dir>/checkpoint-N``."""
+        return confined_path(
+            Path(args.output_dir or "trainer_output"), f"{PREFIX_CHECKPOINT_DIR}-{step}"
+        )
+
+    def _checkpoint_at(self, step: int) -> str | None:
+        """The commit of this experiment's checkpoint at optimizer step ``step``
+        on the first-parent line of the run's newest checkpoint (where a resumed
+        run's earlier checkpoints are), if its weights are here."""
+        latest = self.manager.latest if self.manager is not None else None
+        tip = latest.commit_hash if latest is not None else None
+        while tip is not None:
+            commit = self.repo.read_commit(tip)
+            record = CheckpointRecord.of(commit)
+            if record is not None and record.experiment == self.experiment_name:
+                if record.step == step:
+                    return tip if self.repo.weights_status(tip) == KEPT else None
+                if record.step < step:
+                    return None
+            tip = commit.parent_hashes[0] if commit.parent_hashes else None
+        return None
+
+    def _restore_best(self, args: TrainingArguments, state: TrainerState) -> None:
+        """Point ``best_model_checkpoint`` at the Trainer's folder of its best
+        step again when a resume dropped it (the folder the resumed state named
+        is gone), writing that folder from the commit at that step; with
+        ``keep_trainer_checkpoints=False`` the folder is written at the end."""
+        step = _step(state.best_global_step)
+        if not args.load_best_model_at_end or state.best_model_checkpoint is not None or not step:
+            return
+        folder = self._folder(args, step)
+        if not folder.is_dir():
+            commit = self._checkpoint_at(step)
+            if commit is None:
+                _log.warning(
+                    "%s: the best checkpoint (step %d) is neither in %s nor in %s with its "
+                    "weights; load_best_model_at_end will end on the last weights",
+                    self.experiment_name,
+                    step,
+                    args.output_dir,
+                    self.repo.path,
+                )
+                return
+            if self.keep_trainer_checkpoints and state.is_world_process_zero:
+                checkout_checkpoint(self.repo, commit, folder)
+        state.best_model_checkpoint = str(folder)
+
+    def _write_best(self, args: TrainingArguments, state: TrainerState) -> None:
+        """With ``keep_trainer_checkpoints=False``: write the best checkpoint's
+        weights where ``best_model_checkpoint`` says, for ``load_best_model_at_end``."""
+        step = _step(state.best_global_step)
+        named = state.best_model_checkpoint
+        if not args.load_best_model_at_end or not step or named is None or os.path.isdir(named):
+            return
+        folder = self._folder(args, step)
+        if os.path.normpath(named) != os.path.normpath(folder):
+            return  # not a folder of this run's: the Trainer says it is missing
+        commit = self._checkpoint_at(step)
+        if commit is None:
+            raise CoralError(
+                f"{self.experiment_name}: the Trainer's best checkpoint (step {step}) has no "
+                f"commit with weights in {self.repo.path}, so load_best_model_at_end cannot load it"
+            )
+        write_model_folder(self.repo, commit, folder)
+        self._written_best = folder
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        """Wait for the background pushes of ``push_to``."""
+        """Wait for the background pushes of ``push_to``; delete the best folder
+        written for ``load_best_model_at_end`` (``keep_trainer_checkpoints=False``)."""
+        if self._written_best is not None:
+            shutil.rmtree(self._written_best, ignore_errors=True)
+            self._written_best = None
         if self.manager is not None and state.is_world_process_zero:
             self.manager.finish()
 
@@ -127,8 +263,15 @@ class CoralTrainerCallback(TrainerCallback):
         logs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        """Keep the logged values (loss, learning rate, ...) for the next checkpoint."""
+        """Keep the logged values (loss, learning rate, ...) for the next checkpoint.
+
+        The Trainer's last log (``train_loss``, ``total_flos``) comes just before it
+        loads the best model: with ``keep_trainer_checkpoints=False`` the best
+        folder is written then."""
         self._record(logs)
+        last = logs is not None and "train_loss" in logs and "total_flos" in logs
+        if last and not self.keep_trainer_checkpoints and state.is_world_process_zero:
+            self._write_best(args, state)
 
     def on_evaluate(
         self,
@@ -167,6 +310,28 @@ class CoralTrainerCallback(TrainerCallback):
             metadata[TIES_KEY] = ties
         self.manager.save(weights, self._state(state, optimizer, lr_scheduler), metadata=metadata)
         self._metrics = {}
+        if not self.keep_trainer_checkpoints:
+            self._rotate(state)
+            folder = self._folder(args, state.global_step)
+            if folder.is_dir():
+                shutil.rmtree(folder)
+
+    def _rotate(self, state: TrainerState) -> None:
+        """Prune the run's checkpoints as the Trainer rotates its folders for
+        ``save_total_limit``: keep that many, the newest and the best always."""
+        limit = self._save_total_limit
+        if limit is None or self.manager is None:
+            return
+        kept = self.manager.checkpoints
+        best = self.manager.best
+        step = _step(state.best_global_step)
+        protected = {kept[-1].commit_hash, *(c.commit_hash for c in kept if c.step == step)}
+        if best is not None:
+            protected.add(best.commit_hash)
+        excess = len(kept) - max(limit, len(protected))
+        older = [c.commit_hash for c in kept if c.commit_hash not in protected]
+        if excess > 0:
+            self.manager.prune(older[:excess])
 
     def _state(self, state: TrainerState, optimizer: Any, scheduler: Any) -> TrainingState:
         include = self.config.include_optimizer
@@ -293,6 +458,11 @@ def checkout_checkpoint(repo: Repository, ref: str | None, folder: str | os.Path
     if state.random_state is not None:
         torch.save(_trainer_rng(state.random_state), target / "rng_state.pth")
     return target
+
+
+def _step(value: Any) -> int | None:
+    """A step from a ``TrainerState`` (data a checkpoint carried): a positive int, else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _trainer_rng(stored: dict[str, Any]) -> dict[str, Any]:
