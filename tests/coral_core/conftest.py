@@ -9,6 +9,7 @@ import pytest
 
 from coral_core import Repository, WeightTensor
 from coral_core.objects import object_key
+from coral_core.store.packs import PackedStore
 from coral_core.testing.s3_server import ACCESS_KEY, REGION, SECRET_KEY, s3_server  # noqa: F401
 
 
@@ -29,12 +30,22 @@ def make_weights(seed: int = 0, scale: float = 1.0) -> dict[str, WeightTensor]:
     return {name: WeightTensor(array, name=name) for name, array in arrays.items()}
 
 
-def flip_last_bit(repo: Repository, object_id: str) -> None:
-    """Damage a stored object in place, as a bad disk would."""
-    path = repo.coral_dir / "objects" / object_key(object_id)
+def flip_bit(repo: Repository, object_id: str, at: int = -1, bit: int = 0x01) -> None:
+    """Damage a stored object in place, as a bad disk would: flip ``bit`` of
+    its byte ``at`` (the last by default), in its pack or its file."""
+    store = repo.objects.store
+    key = object_key(object_id)
+    found = store.locate(key) if isinstance(store, PackedStore) else None
+    path = found.pack if found is not None else repo.coral_dir / "objects" / key
+    start, size = (found.offset, found.size) if found is not None else (0, path.stat().st_size)
     data = bytearray(path.read_bytes())
-    data[-1] ^= 0x01
+    data[start + (at % size)] ^= bit
     path.write_bytes(bytes(data))
+
+
+def flip_last_bit(repo: Repository, object_id: str) -> None:
+    """Damage a stored object's last byte in place, as a bad disk would."""
+    flip_bit(repo, object_id)
 
 
 @pytest.fixture(params=["folder", "s3"])

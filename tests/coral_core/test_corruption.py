@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from coral_core import (
     CorruptObjectError,
+    LocalStore,
     MissingObjectError,
     RefNotFoundError,
     Repository,
@@ -88,7 +89,10 @@ def evolve(step: int) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def history(tmp_path_factory: pytest.TempPathFactory) -> History:
-    repo = Repository(tmp_path_factory.mktemp("corruption") / "repo", init=True, chunk_size=4096)
+    folder = tmp_path_factory.mktemp("corruption") / "repo"
+    # loose objects, one file each, so a damage is one file's (test_packs damages packs)
+    loose = LocalStore(folder / ".coral" / "objects")
+    repo = Repository(folder, init=True, chunk_size=4096, store=loose)
     commits = [repo.commit(f"step {step}", weights=evolve(step)).commit_hash for step in range(4)]
     repo.create_branch("side", start=commits[1])
     side = repo.commit("side step", weights=evolve(10), branch="side").commit_hash

@@ -296,8 +296,13 @@ def test_leftover_temp_file_does_not_block_writing_that_object(tmp_path: Path) -
     for object_id in list(repo.objects.iter_ids()):
         if repo.objects.kind_of(object_id) in (ObjectKind.CHUNK, ObjectKind.TENSOR):
             folder = repo.coral_dir / "objects" / object_id[:2]
+            folder.mkdir(exist_ok=True)
             (folder / f".tmp-1-{object_id[2:10]}").write_bytes(b"partial")
             repo.objects.delete(object_id)  # as if the crash came before the rename
+    repo.objects.store.reclaim()  # what gc does after deleting: the packs lose them too
+    packs = repo.coral_dir / "objects" / "packs"
+    (packs / ".tmp-1-pack-0.pack").write_bytes(b"CRLP half a pack")  # killed while writing
+    (packs / "pack-1.pack").write_bytes(b"CRLP")  # killed between the pack and its index
     (repo.coral_dir / ".tmp-1-index").write_text("{half an index")
     assert not repo.verify().ok  # the objects really are gone
     again = Repository(tmp_path)
@@ -305,6 +310,7 @@ def test_leftover_temp_file_does_not_block_writing_that_object(tmp_path: Path) -
     assert again.commit("one").tree_hash == commit.tree_hash  # rewritten from scratch
     assert again.verify().ok
     assert again.gc().temp_files_removed > 0
+    assert not (packs / "pack-1.pack").exists()
     assert_restores(again, "HEAD", weights_for(3))
 
 

@@ -21,9 +21,11 @@ from coral_core import (
     bit_view,
 )
 from coral_core.delta import encode_arrays
-from coral_core.objects import Codec, ObjectDatabase, object_key
+from coral_core.objects import Codec, ObjectDatabase
 from coral_core.planes import encode_planes
 from coral_core.testing.strategies import arrays
+
+from .conftest import flip_bit
 
 LOSSLESS = [t for t in DeltaType if t.is_lossless]
 
@@ -120,10 +122,7 @@ def test_a_damaged_keyframe_is_reported_through_its_deltas(tmp_path: Path) -> No
     repo.commit("keyframe", weights={"w": first})
     later = repo.commit("delta", weights={"w": second})
     keyframe = repo.objects.tensor_descriptor(repo.ls_tree("HEAD~1")["w"].tensor).chunks[0]
-    path = repo.coral_dir / "objects" / object_key(keyframe)
-    blob = bytearray(path.read_bytes())
-    blob[-5] ^= 0x10
-    path.write_bytes(bytes(blob))
+    flip_bit(repo, keyframe, at=-5, bit=0x10)
     with pytest.raises(CorruptObjectError):
         repo.get_weight("w")
     report = repo.verify()

@@ -185,7 +185,7 @@ def test_a_format_1_repository_opens_migrates_and_keeps_every_commit(tmp_path: P
     root = tmp_path / "repo"
     expected = json.loads((root / "expected.json").read_text())
     repo = Repository(root)
-    assert repo.config.get("core.format_version") == FORMAT_VERSION == 2
+    assert repo.config.get("core.format_version") == FORMAT_VERSION == 3
     assert [c.message for c in repo.log()] == expected["log"]
     for commit in repo.log(all_refs=True):
         step = {"base model": 100, "feature work": 200}.get(commit.message)
@@ -201,7 +201,7 @@ def test_a_format_1_repository_opens_migrates_and_keeps_every_commit(tmp_path: P
     assert best.metadata.metadata["coral.checkpoint"]["step"] == expected["best_step"]
     assert repo.resolve("exp/last") == repo.resolve("main")
     assert repo.verify().ok
-    assert Repository(root).config.get("core.format_version") == 2  # once is enough
+    assert Repository(root).config.get("core.format_version") == FORMAT_VERSION  # once is enough
 
     config = CheckpointConfig(save_on_best_metric="loss", max_checkpoints=2)
     manager = CheckpointManager(repo, config, "exp")  # the legacy run goes on where it was

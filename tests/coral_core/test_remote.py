@@ -18,7 +18,6 @@ import pytest
 from coral_core import (
     CoralError,
     CorruptObjectError,
-    LocalStore,
     MemoryStore,
     PushRejectedError,
     RefNotFoundError,
@@ -28,6 +27,7 @@ from coral_core import (
 )
 from coral_core.objects import ObjectDatabase, ObjectKind, object_key
 from coral_core.remote import copy_objects
+from coral_core.store.packs import PackedStore
 
 from .conftest import flip_last_bit
 
@@ -288,7 +288,7 @@ def test_a_server_stopped_mid_push_then_back_takes_the_push_again(
     assert copy.verify().ok
 
 
-class CountingStore(LocalStore):
+class CountingStore(PackedStore):
     """A folder store that counts its reads, as a remote would bill requests."""
 
     def __init__(self, root: Path) -> None:

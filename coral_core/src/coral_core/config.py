@@ -16,7 +16,7 @@ from coral_core.objects import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
 #: The on-disk format this Coral writes; it reads this and every older one
 #: (migrating them on open, see :mod:`coral_core.migrations`). 2: append-only
 #: history (prune marks, pins, run pointers, shallow commits).
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "core": {

@@ -15,6 +15,7 @@ from coral_core.locks import fair_lock
 from coral_core.objects import ObjectDatabase, ObjectKind, object_key
 from coral_core.refs import HEADS, PINS, REMOTES, RUNS, TAGS
 from coral_core.store.local import GC_LOCK, LocalStore
+from coral_core.store.packs import PackedStore
 
 if TYPE_CHECKING:
     from coral_core.model import TreeEntry
@@ -167,6 +168,8 @@ def delete_objects(
 def maintenance_lock(repo: Repository) -> Iterator[None]:
     """Exclusive: no writer is between storing objects and naming them in a ref."""
     with fair_lock(repo.coral_dir / GC_LOCK), repo.refs.lock():
+        if isinstance(repo.objects.store, PackedStore):
+            repo.objects.store.refresh()
         yield
 
 
@@ -376,6 +379,9 @@ def repack(repo: Repository, progress: Progress | None = None) -> RepackResult:
                         )
                     _repack_tensor(repo, entry.tensor, parent_tree.get(name), done, totals)
         repo.fingerprints.rewrite(list(fingerprints.values()))
+        if isinstance(objects.store, PackedStore):  # loose objects (and rewritten ones) into packs
+            objects.store.pack_loose()
+            objects.store.reclaim()
     return RepackResult(
         totals.rewritten, totals.before, totals.after, objects.delta_config.max_chain_length
     )

@@ -8,6 +8,10 @@ each experiment's moving best tag becomes that run's best pointer, and its
 newest checkpoint the run's last. A repository that cannot be written (a
 read-only mount) opens as it is: every read works, and it migrates the next
 time it is opened where it can be written.
+
+Format 3 (packs): a write batch's objects rest in ``objects/packs/`` (see
+:mod:`coral_core.store.packs`), which an older Coral cannot read. Going from 2
+to 3 converts nothing: loose objects stay readable, and ``repack`` packs them.
 """
 
 from __future__ import annotations

@@ -58,6 +58,7 @@ from coral_core.remote_locks import LEASE_SECONDS, gc_lock, push_lock
 from coral_core.runs import split_pointer
 from coral_core.store.base import WeightStore
 from coral_core.store.local import LocalStore
+from coral_core.store.packs import PackedStore
 from coral_core.store.prefix import PrefixStore
 
 if TYPE_CHECKING:
@@ -105,6 +106,10 @@ class TransferResult:
         self.commits += other.commits
 
 
+#: The key prefix of a remote's objects (its refs are beside them).
+OBJECTS = "objects/"
+
+
 def open_store(url: str, base: Path | None = None) -> WeightStore:
     """The store a remote URL names: ``s3://bucket/prefix`` (endpoint from
     ``CORAL_S3_ENDPOINT_URL`` or ``AWS_ENDPOINT_URL``), ``file://path`` or a
@@ -126,7 +131,7 @@ def open_store(url: str, base: Path | None = None) -> WeightStore:
         folder = base / folder
     if (folder / ".coral" / "config").is_file():
         folder = folder / ".coral"
-    return LocalStore(folder)
+    return PackedStore(folder, area=OBJECTS)  # a repository's packs are in objects/packs
 
 
 class RemoteRefs:
@@ -134,7 +139,7 @@ class RemoteRefs:
 
     def __init__(self, store: WeightStore) -> None:
         self.store = store
-        self.objects = ObjectDatabase(PrefixStore(store, "objects"))
+        self.objects = ObjectDatabase(PrefixStore(store, OBJECTS))
         #: A repository's own refs when the remote is its folder (someone's live
         #: repository): ref updates take its lock and write its reflog.
         self.live: RefDatabase | None = None

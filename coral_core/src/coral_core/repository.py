@@ -106,7 +106,8 @@ from coral_core.remote import collect_remote_garbage, unpin_on_remote
 from coral_core.runs import POINTERS, experiment_pointer, nearest_kept
 from coral_core.similarity import Deduplicator
 from coral_core.store.base import WeightStore
-from coral_core.store.local import GC_LOCK, LocalStore
+from coral_core.store.local import GC_LOCK
+from coral_core.store.packs import PackedStore
 from coral_core.tensor import WeightMetadata, WeightTensor
 from coral_core.training_state import TrainingState
 
@@ -188,7 +189,7 @@ class Repository:
             raise ConfigError(f"{config_path} cannot be used: " + "; ".join(problems))
         fsync = bool(self.config.get("core.fsync"))
         self.objects = ObjectDatabase(
-            store or LocalStore(self.coral_dir / "objects", fsync=fsync),
+            store or PackedStore(self.coral_dir / "objects", fsync=fsync),
             chunk_size=self.config.get("core.chunk_size"),
             compression_level=self.config.get("core.compression_level"),
             delta_config=delta_config or self.config.delta_config(),
@@ -219,6 +220,8 @@ class Repository:
     def writing_objects(self) -> Iterator[None]:
         """Hold off ``gc`` while new objects are not yet referenced by a ref or the index."""
         with fair_lock(self.coral_dir / GC_LOCK, shared=True):
+            if isinstance(self.objects.store, PackedStore):
+                self.objects.store.refresh()  # what a gc rewrote meanwhile: seen now
             yield
 
     def _author(self, author: str | None) -> str:

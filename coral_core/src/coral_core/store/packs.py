@@ -1,0 +1,523 @@
+"""Pack files: the objects of one commit in a few files, found through an index.
+
+A commit writes one object per chunk, one per tensor descriptor, a tree and
+a commit: for a model of many small tensors, hundreds of files, each costing
+an open, a block of disk and (on a remote) a request. As git, restic and
+kopia do, :class:`PackedStore` writes the objects of one write batch into
+*packs*: ``packs/pack-<id>.pack`` holds the objects one after the other
+(up to :data:`PACK_SIZE` each; a bigger batch makes several), and
+``packs/pack-<id>.idx`` says where each is. Objects written outside a batch,
+and every object of a repository made before packs, stay loose files and are
+read as before; ``repack`` packs them.
+
+A pack is immutable and describes itself: each record is the key, the size
+and the object (which keeps its own header and checksum), so a damaged
+index is rebuilt from its pack, and the index carries a checksum of its own.
+A pack becomes visible when its index is renamed into place, after both are
+durable; a crash leaves the whole pack or nothing that counts (a pack
+without an index is a leftover, which ``gc`` removes). Deleting a packed
+object (``gc``) hides it at once in this process; :meth:`PackedStore.reclaim`,
+which ``gc`` calls when it is done, writes the packs that lost objects again
+without them. A crash before that leaves only garbage the next ``gc`` finds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import xxhash
+
+from coral_core.errors import CorruptObjectError, MissingObjectError
+from coral_core.files import TEMP_PREFIX, disk_errors, flush_paths
+from coral_core.store.base import WriteBatch
+from coral_core.store.local import LocalStore
+
+#: The folder of the packs, inside the store's root.
+PACKS = "packs"
+#: A pack is closed and another begun once it holds this many bytes.
+PACK_SIZE = 64 * 1024 * 1024
+_PACK_MAGIC = b"CRLP\x01\x00\x00\x00"
+_INDEX_MAGIC = b"CRLI\x01\x00\x00\x00"
+_RECORD = struct.Struct("<HQ")  # key length, object size (the key and object follow)
+_ENTRY = struct.Struct("<HQQ")  # key length, offset, size (the key follows)
+_COUNT = struct.Struct("<Q")
+#: Nanoseconds a folder's time may lag behind its last change (file times tick coarsely).
+_COARSE_CLOCK = 2_000_000_000
+_CHECKSUM = struct.Struct("<Q")
+
+
+@dataclass(frozen=True)
+class PackedObject:
+    """Where an object lies: its pack file, the offset of its bytes, their count."""
+
+    pack: Path
+    offset: int
+    size: int
+
+
+def encode_index(entries: dict[str, tuple[int, int]]) -> bytes:
+    """An index: ``{key: (offset, size)}`` of a pack, with a checksum at the end."""
+    parts = [_INDEX_MAGIC, _COUNT.pack(len(entries))]
+    for key, (offset, size) in sorted(entries.items()):
+        name = key.encode()
+        parts += [_ENTRY.pack(len(name), offset, size), name]
+    body = b"".join(parts)
+    return body + _CHECKSUM.pack(xxhash.xxh3_64_intdigest(body))
+
+
+def decode_index(data: bytes, where: Path) -> dict[str, tuple[int, int]]:
+    """Inverse of :func:`encode_index`.
+
+    Raises:
+        CorruptObjectError: when the index is damaged.
+    """
+    body, trailer = data[: -_CHECKSUM.size], data[-_CHECKSUM.size :]
+    if (
+        len(data) < len(_INDEX_MAGIC) + _COUNT.size + _CHECKSUM.size
+        or not body.startswith(_INDEX_MAGIC)
+        or _CHECKSUM.unpack(trailer)[0] != xxhash.xxh3_64_intdigest(body)
+    ):
+        raise CorruptObjectError(f"pack index {where} is damaged")
+    (count,) = _COUNT.unpack_from(body, len(_INDEX_MAGIC))
+    entries: dict[str, tuple[int, int]] = {}
+    at = len(_INDEX_MAGIC) + _COUNT.size
+    try:
+        for _ in range(count):
+            length, offset, size = _ENTRY.unpack_from(body, at)
+            at += _ENTRY.size
+            entries[body[at : at + length].decode()] = (offset, size)
+            at += length
+    except (struct.error, UnicodeDecodeError):
+        raise CorruptObjectError(f"pack index {where} is damaged") from None
+    return entries
+
+
+def scan_pack(handle: BinaryIO, where: Path) -> dict[str, tuple[int, int]]:
+    """The index of a pack, read from its records (to rebuild a damaged index).
+
+    Raises:
+        CorruptObjectError: when the pack is not one, or its records run past its end.
+    """
+    handle.seek(0, os.SEEK_END)
+    end = handle.tell()
+    handle.seek(0)
+    if handle.read(len(_PACK_MAGIC)) != _PACK_MAGIC:
+        raise CorruptObjectError(f"{where} is not a pack")
+    entries: dict[str, tuple[int, int]] = {}
+    at = len(_PACK_MAGIC)
+    while at < end:
+        head = handle.read(_RECORD.size)
+        if len(head) < _RECORD.size:
+            raise CorruptObjectError(f"pack {where} is truncated at byte {at}")
+        length, size = _RECORD.unpack(head)
+        key = handle.read(length).decode(errors="replace")
+        at += _RECORD.size + length
+        if at + size > end:
+            raise CorruptObjectError(f"pack {where} is truncated at byte {at}")
+        entries[key] = (at, size)
+        at += size
+        handle.seek(at)
+    return entries
+
+
+class _PackWriter:
+    """One pack being written: a hidden temporary file, records appended."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.name = f"pack-{uuid.uuid4().hex}"
+        self.tmp = folder / f"{TEMP_PREFIX}{os.getpid()}-{self.name}.pack"
+        self.tmp_index = folder / f"{TEMP_PREFIX}{os.getpid()}-{self.name}.idx"
+        self.handle = open(self.tmp, "xb")  # noqa: SIM115 (closed in close())
+        self.handle.write(_PACK_MAGIC)
+        self.size = len(_PACK_MAGIC)
+        self.entries: dict[str, tuple[int, int]] = {}
+
+    def append(self, key: str, data: bytes | memoryview) -> None:
+        name = key.encode()
+        self.handle.write(_RECORD.pack(len(name), len(data)))
+        self.handle.write(name)
+        offset = self.size + _RECORD.size + len(name)
+        self.handle.write(data)
+        self.entries[key] = (offset, len(data))
+        self.size = offset + len(data)
+
+    def close(self) -> None:
+        """Finish the pack file and write its index beside it (neither visible yet)."""
+        self.handle.close()
+        with open(self.tmp_index, "xb") as index:
+            index.write(encode_index(self.entries))
+
+    def publish(self, folder: Path) -> Path:
+        """Rename the pack, then its index, into place; returns the index."""
+        os.replace(self.tmp, folder / f"{self.name}.pack")
+        index = folder / f"{self.name}.idx"
+        os.replace(self.tmp_index, index)
+        return index
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self.handle.close()
+        for path in (self.tmp, self.tmp_index):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+class PackWriteBatch(WriteBatch):
+    """A write batch whose objects go into packs; visible at :meth:`finish`,
+    all at once, after one flush."""
+
+    store: PackedStore
+
+    def __init__(self, store: PackedStore) -> None:
+        super().__init__(store)
+        self._lock = threading.Lock()
+        self._packs: list[_PackWriter] = []
+        self._claimed: set[str] = set()
+
+    def put_if_absent(self, key: str, data: bytes | memoryview) -> bool:
+        self.store._check_writable(key)
+        self.store._confined(key)
+        if self.store.packed_name(key) is None:  # a ref beside the objects: a file
+            return self.store.put_if_absent(key, data)
+        return not self.store.has(key) and self.append(key, data)
+
+    def barrier(self) -> None:
+        """Nothing to do: a pack's objects become visible together, chunks
+        with the descriptors naming them."""
+
+    def append(self, key: str, data: bytes | memoryview) -> bool:
+        """Put ``key`` (one the store packs) into the batch's pack, even if
+        stored elsewhere (a pack being written again); False when the batch
+        has it already."""
+        name = self.store.packed_name(key)
+        assert name is not None, key
+        with self._lock:
+            if name in self._claimed:
+                return False
+            self._claimed.add(name)
+            with disk_errors(f"write a pack in {self.store.packs}"):
+                if not self._packs or self._packs[-1].size >= PACK_SIZE:
+                    self._packs.append(_PackWriter(self.store.packs))
+                self._packs[-1].append(name, data)
+        return True
+
+    def finish(self) -> None:
+        try:
+            if self._packs:
+                with disk_errors(f"write a pack in {self.store.packs}"):
+                    for pack in self._packs:
+                        pack.close()
+                    if self.store.fsync:
+                        flush_paths(self.store.root, (p.tmp for p in self._packs))
+                    indexes = [pack.publish(self.store.packs) for pack in self._packs]
+                    if self.store.fsync:
+                        flush_paths(self.store.root, iter([self.store.packs]))
+                self.store._loaded(indexes)
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        for pack in self._packs:
+            pack.discard()
+        self._packs.clear()
+        self._claimed.clear()
+
+
+class PackedStore(LocalStore):
+    """:class:`LocalStore` whose write batches go into packs (see the module).
+
+    Args:
+        root: the folder; created on first write.
+        read_only: refuse every write.
+        fsync: flush each pack and loose object to disk before it becomes visible.
+        area: the key prefix of the objects that may be packed (``""``: all, as
+            in ``.coral/objects``; ``"objects/"`` for a repository folder seen
+            as a remote, whose refs stay files). The packs are in
+            ``<root>/<area>packs``, and name objects relative to the area, so a
+            repository and its folder seen as a remote share them.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        read_only: bool = False,
+        fsync: bool = True,
+        area: str = "",
+    ) -> None:
+        super().__init__(root, read_only, fsync)
+        self.area = area
+        self.packs = self.root / area / PACKS
+        self._guard = threading.RLock()
+        self._indexes: dict[Path, dict[str, tuple[int, int]]] = {}  # index file -> entries
+        self._where: dict[str, Path] = {}  # key -> the index listing it
+        self._deleted: set[tuple[Path, str]] = set()  # (index, key) hidden until reclaim
+        self._stamp: int | None = None
+
+    # -- the indexes ------------------------------------------------------------------
+
+    def _refresh(self, force: bool = False) -> None:
+        """Read the indexes other processes added and forget those they removed.
+
+        Unless ``force``, a glance at the folder's time first: unchanged and
+        older than :data:`_COARSE_CLOCK` means nothing changed (file times
+        tick coarsely, so two changes close together can share one time).
+        """
+        try:
+            stamp: int | None = os.stat(self.packs).st_mtime_ns
+        except FileNotFoundError:
+            stamp = None
+        settled = stamp is None or time.time_ns() - stamp > _COARSE_CLOCK
+        with self._guard:
+            if stamp == self._stamp and settled and not force:
+                return
+            self._stamp = stamp
+            present = set(self.packs.glob("pack-*.idx")) if stamp is not None else set()
+            gone = set(self._indexes) - present
+            for index in gone:
+                del self._indexes[index]
+            self._read_indexes(present - set(self._indexes))
+            if gone:
+                self._where = {k: i for i, entries in self._indexes.items() for k in entries}
+                self._deleted = {(i, k) for i, k in self._deleted if i in self._indexes}
+
+    def refresh(self) -> None:
+        """Look at the packs again now. A writer calls this once it holds the
+        gc lock (shared): no ``gc`` can then delete or rewrite a pack, so what
+        it finds stored stays stored while it writes what names it."""
+        self._refresh(force=True)
+
+    def _loaded(self, indexes: Iterable[Path]) -> None:
+        """Take in the indexes this process just published."""
+        with self._guard:
+            self._read_indexes(indexes)
+
+    def _read_indexes(self, indexes: Iterable[Path]) -> None:
+        for index in indexes:
+            try:
+                entries = decode_index(index.read_bytes(), index)
+            except FileNotFoundError:
+                continue  # reclaimed meanwhile
+            except CorruptObjectError:
+                entries = self._rebuilt_index(index)
+            self._indexes[index] = entries
+            for key in entries:
+                self._where[key] = index
+
+    def _rebuilt_index(self, index: Path) -> dict[str, tuple[int, int]]:
+        """The entries of a damaged index, from its pack (none if that is damaged too)."""
+        try:
+            with open(index.with_suffix(".pack"), "rb") as handle:
+                return scan_pack(handle, index.with_suffix(".pack"))
+        except (OSError, CorruptObjectError):
+            return {}
+
+    def packed_name(self, key: str) -> str | None:
+        """The name a pack gives ``key`` (it without the area), or None for a
+        key that is never packed."""
+        if not key.startswith(self.area):
+            return None
+        name = key[len(self.area) :]
+        return None if name.startswith(f"{PACKS}/") else name
+
+    def locate(self, key: str, force: bool = False) -> PackedObject | None:
+        """Where a packed object lies (None: not packed, or deleted); with
+        ``force``, the folder is listed again before saying None."""
+        found = self._find(key)
+        if found is None:
+            self._refresh(force)
+            found = self._find(key)
+        return found
+
+    def _find(self, key: str) -> PackedObject | None:
+        name = self.packed_name(key)
+        with self._guard:
+            index = self._where.get(name) if name is not None else None
+            if index is None or (index, name) in self._deleted:
+                return None
+            offset, size = self._indexes[index][name]  # type: ignore[index]
+        return PackedObject(index.with_suffix(".pack"), offset, size)
+
+    def _read_packed(self, key: str, read: Callable[[PackedObject], memoryview]) -> memoryview:
+        """``read(where)`` of a packed object, looking again if its pack went
+        away meanwhile (another process's ``reclaim``).
+
+        Raises:
+            MissingObjectError: when the object is in no pack and no file.
+        """
+        for _ in range(2):
+            found = self.locate(key, force=True)
+            if found is None:
+                break
+            try:
+                return read(found)
+            except FileNotFoundError:
+                self._refresh(force=True)
+        raise MissingObjectError(f"object {key!r} is not in {self.root}")
+
+    # -- the store's surface --------------------------------------------------------------
+
+    def _new_batch(self) -> WriteBatch:
+        return PackWriteBatch(self)
+
+    def has(self, key: str) -> bool:
+        return self._find(key) is not None or super().has(key) or self.locate(key) is not None
+
+    def get(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
+        if self._find(key) is None:
+            with contextlib.suppress(MissingObjectError):
+                return super().get(key, byte_range)
+
+        def read(where: PackedObject) -> memoryview:
+            start, end = 0, where.size
+            if byte_range is not None:
+                if byte_range[0] < 0 or byte_range[1] < byte_range[0]:
+                    raise ValueError(f"invalid byte range {byte_range!r}")
+                start, end = min(byte_range[0], where.size), min(byte_range[1], where.size)
+            with disk_errors(f"read {where.pack}"), open(where.pack, "rb") as handle:
+                handle.seek(where.offset + start)
+                return memoryview(handle.read(end - start))
+
+        return bytes(self._read_packed(key, read))
+
+    def read_into(self, key: str, allocate: Callable[[int], np.ndarray]) -> memoryview:
+        if self._find(key) is None:
+            with contextlib.suppress(MissingObjectError):
+                return super().read_into(key, allocate)
+
+        def read(where: PackedObject) -> memoryview:
+            view = allocate(where.size).data.cast("B")[: where.size]
+            with disk_errors(f"read {where.pack}"):
+                fd = os.open(where.pack, os.O_RDONLY)
+            try:
+                done = 0
+                while done < where.size:
+                    count = os.preadv(fd, [view[done:]], where.offset + done)
+                    if count == 0:
+                        raise CorruptObjectError(f"pack {where.pack} is truncated")
+                    done += count
+            finally:
+                os.close(fd)
+            return view
+
+        return self._read_packed(key, read)
+
+    def put(self, key: str, data: bytes | memoryview) -> None:
+        """Store ``data`` as a loose file, hiding a packed copy (``repack``
+        writing an object in another form); :meth:`reclaim` drops that copy."""
+        super().put(key, data)
+        self.delete_packed(key)
+
+    def delete_packed(self, key: str) -> bool:
+        """Hide the packed copy of ``key`` until :meth:`reclaim`; False when none."""
+        name = self.packed_name(key)
+        with self._guard:
+            index = self._where.get(name) if name is not None else None
+            if index is None or name is None or (index, name) in self._deleted:
+                return False
+            self._deleted.add((index, name))
+        return True
+
+    def size(self, key: str) -> int:
+        found = self.locate(key)
+        if found is not None:
+            return found.size
+        try:
+            return super().size(key)
+        except MissingObjectError:
+            found = self.locate(key, force=True)  # packed a moment ago by another process
+            if found is None:
+                raise
+            return found.size
+
+    def delete(self, key: str) -> bool:
+        self._check_writable(key)
+        loose = super().delete(key)
+        return self.delete_packed(key) or loose
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        seen = set()
+        packs = f"{self.area}{PACKS}/"
+        for key in super().list(prefix):
+            if not key.startswith(packs):
+                seen.add(key)
+                yield key
+        self._refresh()
+        with self._guard:
+            packed = [n for n, i in self._where.items() if (i, n) not in self._deleted]
+        for name in packed:
+            key = self.area + name
+            if key.startswith(prefix) and key not in seen:
+                yield key
+
+    def temp_files(self) -> Iterator[Path]:
+        """Leftovers of interrupted writes: temporary files, and packs whose
+        index never made it into place."""
+        yield from super().temp_files()
+        if self.packs.is_dir():
+            for pack in self.packs.glob("pack-*.pack"):
+                if not pack.with_suffix(".idx").exists():
+                    yield pack
+
+    def reclaim(self) -> None:
+        """Write the packs that lost objects to :meth:`delete` again without them
+        (the old pack goes once the new one is in place)."""
+        if self.read_only:
+            return
+        with self._guard:
+            by_index: dict[Path, set[str]] = {}
+            for index, name in self._deleted:
+                by_index.setdefault(index, set()).add(name)
+        for index, gone in by_index.items():
+            self._rewrite(index, gone)
+
+    def _rewrite(self, index: Path, gone: set[str]) -> None:
+        with self._guard:
+            entries = self._indexes.get(index, {})
+        pack = index.with_suffix(".pack")
+        live = {name: at for name, at in entries.items() if name not in gone}
+        batch = PackWriteBatch(self)
+        with disk_errors(f"rewrite {pack}"):
+            if live:
+                with open(pack, "rb") as source:
+                    for name, (offset, size) in sorted(live.items(), key=lambda item: item[1]):
+                        source.seek(offset)
+                        batch.append(self.area + name, source.read(size))
+                batch.finish()
+            index.unlink(missing_ok=True)  # the old copies go: first from sight, then the bytes
+            pack.unlink(missing_ok=True)
+        with self._guard:
+            self._indexes.pop(index, None)
+            self._where = {k: i for i, found in self._indexes.items() for k in found}
+            self._deleted = {(i, k) for i, k in self._deleted if i != index}
+
+    def pack_loose(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Move every loose object into packs (a repository from before packs,
+        or objects written one by one); returns how many moved. The loose
+        files go once the packs holding them are in place."""
+        loose = [key for key in super().list(self.area) if self.packed_name(key) is not None]
+        batch = PackWriteBatch(self)
+        moved = []
+        for done, key in enumerate(loose, 1):
+            with contextlib.suppress(MissingObjectError):
+                batch.append(key, super().get(key))
+                moved.append(key)
+            if progress is not None:
+                progress(done, len(loose))
+        batch.finish()
+        for key in moved:
+            super().delete(key)
+        return len(moved)
+
+    def __repr__(self) -> str:
+        return f"PackedStore({str(self.root)!r})"

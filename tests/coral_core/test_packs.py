@@ -1,0 +1,164 @@
+"""Packs: a commit's objects in O(1) files, read back bit for bit, collected,
+damaged, left half-written by a crash, and loose repositories converted by repack."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from coral_core import CorruptObjectError, PackedStore, Repository, bit_view, clone
+from coral_core.objects import object_key
+from coral_core.remote import open_store
+from coral_core.store.packs import PACKS, decode_index, encode_index
+
+from .conftest import flip_bit
+
+DATA = Path(__file__).parent / "data"
+
+
+def files_under(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if p.is_file()}
+
+
+def many_tensors(seed: int, count: int = 200) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {f"layer{i}.bias": rng.standard_normal(64).astype(np.float32) for i in range(count)}
+
+
+def same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(bit_view(a[k]), bit_view(b[k])) for k in a)
+
+
+def test_a_commit_of_many_tensors_writes_a_few_files_and_reads_back(tmp_path: Path) -> None:
+    repo = Repository(tmp_path, init=True)
+    objects = repo.coral_dir / "objects"
+    before = files_under(objects)
+    first = many_tensors(0)
+    repo.commit("200 tensors", weights=first)
+    written = files_under(objects) - before
+    # a pack, its index, the tree and the commit (small documents written one by one)
+    assert len(written) <= 4, sorted(p.name for p in written)
+    assert len(list((objects / PACKS).glob("pack-*.idx"))) == 1
+    second = {k: v + np.float32(1e-3) for k, v in first.items()}
+    repo.commit("a fine-tune step", weights=second)
+    again = Repository(tmp_path)  # a new process's view: the indexes read from disk
+    assert same({k: w.data for k, w in again.get_all_weights("HEAD~1").items()}, first)
+    assert same({k: w.data for k, w in again.get_all_weights("HEAD").items()}, second)
+    assert again.verify().ok
+
+
+def test_gc_writes_a_pack_again_without_what_it_collected(tmp_path: Path) -> None:
+    repo = Repository(tmp_path, init=True)
+    repo.commit("keep", weights=many_tensors(0, 20))
+    repo.create_branch("scratch")
+    repo.commit("throwaway", weights=many_tensors(1, 20), branch="scratch")
+    repo.delete_branch("scratch")
+    packs = repo.coral_dir / "objects" / PACKS
+    size_before = sum(p.stat().st_size for p in packs.iterdir())
+    result = repo.gc()
+    assert result.removed_objects > 20
+    assert sum(p.stat().st_size for p in packs.iterdir()) < size_before - result.freed_bytes // 2
+    assert repo.gc().removed_objects == 0  # nothing came back from a pack
+    assert Repository(tmp_path).gc().removed_objects == 0  # nor for another process
+    assert same({k: w.data for k, w in repo.get_all_weights().items()}, many_tensors(0, 20))
+    assert repo.verify().ok
+
+
+def test_a_damaged_packed_object_is_found_and_a_damaged_index_is_rebuilt(tmp_path: Path) -> None:
+    repo = Repository(tmp_path, init=True)
+    repo.commit("one", weights=many_tensors(0, 5))
+    chunk = repo.objects.tensor_descriptor(repo.ls_tree()["layer3.bias"].tensor).chunks[0]
+    flip_bit(repo, chunk)
+    report = Repository(tmp_path).verify()
+    assert not report.ok
+    assert any(chunk in p.message for p in report.problems)
+    flip_bit(repo, chunk)  # as it was
+
+    (index,) = (repo.coral_dir / "objects" / PACKS).glob("pack-*.idx")
+    good = index.read_bytes()
+    index.write_bytes(good[:-3] + bytes([good[-3] ^ 0xFF]) + good[-2:])  # its checksum fails
+    with pytest.raises(CorruptObjectError, match="is damaged"):
+        decode_index(index.read_bytes(), index)
+    again = Repository(tmp_path)  # the entries come from scanning the pack instead
+    assert same({k: w.data for k, w in again.get_all_weights().items()}, many_tensors(0, 5))
+    assert decode_index(encode_index({"a/b": (8, 3)}), index) == {"a/b": (8, 3)}
+
+
+def test_a_pack_killed_before_its_index_is_not_seen_and_gc_removes_it(tmp_path: Path) -> None:
+    repo = Repository(tmp_path, init=True)
+    repo.commit("one", weights=many_tensors(0, 5))
+    script = (
+        "import os, sys\n"
+        "import numpy as np\n"
+        "from coral_core import Repository\n"
+        "from coral_core.store import packs\n"
+        "def killed(self, folder):\n"
+        "    os.replace(self.tmp, folder / f'{self.name}.pack')\n"
+        "    os._exit(9)  # between the pack and its index\n"
+        "packs._PackWriter.publish = killed\n"
+        "repo = Repository(sys.argv[1])\n"
+        "repo.commit('two', weights={'w': np.arange(1000.0)})\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True)
+    assert done.returncode == 9, done.stderr
+    again = Repository(tmp_path)
+    assert [c.message for c in again.log()] == ["one"]
+    assert again.verify().ok
+    orphans = [p for p in (again.coral_dir / "objects" / PACKS).glob("pack-*.pack")]
+    assert any(not p.with_suffix(".idx").exists() for p in orphans)
+    assert again.gc().temp_files_removed >= 1
+    assert all(p.with_suffix(".idx").exists() for p in again.coral_dir.rglob("pack-*.pack"))
+
+
+def test_a_repository_folder_seen_as_a_remote_reads_its_packs(tmp_path: Path) -> None:
+    owner = Repository(tmp_path / "owner", init=True)
+    weights = many_tensors(0, 10)
+    owner.commit("packed", weights=weights)
+    store = open_store(str(tmp_path / "owner"))
+    assert isinstance(store, PackedStore)
+    keys = set(store.list("objects/"))
+    assert {f"objects/{object_key(i)}" for i in owner.objects.iter_ids()} == keys
+    copy = clone(str(tmp_path / "owner"), tmp_path / "clone")
+    assert same({k: w.data for k, w in copy.get_all_weights().items()}, weights)
+
+
+def test_a_loose_repository_of_format_1_converts_with_repack(tmp_path: Path) -> None:
+    with tarfile.open(DATA / "format_v1.tar.gz") as archive:
+        archive.extractall(tmp_path, filter="data")
+    root = tmp_path / "repo"
+    repo = Repository(root)
+    objects = repo.coral_dir / "objects"
+    before = {c.commit_hash: repo.get_all_weights(c.commit_hash) for c in repo.log()}
+    loose = [p for p in files_under(objects) if PACKS not in p.parts]
+    assert len(loose) > 20  # one file per object, as that format stored them
+    repo.repack()
+    assert [p for p in files_under(objects) if PACKS not in p.parts] == []
+    again = Repository(root)
+    for commit, weights in before.items():
+        after = again.get_all_weights(commit)
+        assert same({k: w.data for k, w in after.items()}, {k: w.data for k, w in weights.items()})
+    assert again.verify().ok
+    assert json.loads((root / ".coral" / "config").read_text())["core"]["format_version"] == 3
+
+
+def test_repack_replaces_a_packed_object_in_another_form(tmp_path: Path) -> None:
+    repo = Repository(tmp_path, init=True)
+    base = many_tensors(0, 3)
+    for step in range(4):
+        repo.commit(f"step {step}", weights={k: v + np.float32(step) for k, v in base.items()})
+    expected = {c.commit_hash: repo.get_all_weights(c.commit_hash) for c in repo.log()}
+    repo.repack()
+    again = Repository(tmp_path)
+    for commit, weights in expected.items():
+        after = {k: w.data for k, w in again.get_all_weights(commit).items()}
+        assert same(after, {k: w.data for k, w in weights.items()})
+    assert again.verify().ok
+    assert again.gc().removed_objects == 0
+    objects = again.coral_dir / "objects"
+    assert [p for p in files_under(objects) if PACKS not in p.parts] == []  # all in packs
