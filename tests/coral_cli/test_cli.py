@@ -143,6 +143,11 @@ def test_export_import_rm_reset(workdir: Path) -> None:
     assert (workdir / "folder" / "model.safetensors").is_file()
     run("export", second, "out.npz")
     assert set(np.load(workdir / "out.npz").files) == set(exported)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    mode = 0o666 & ~umask  # what any new file gets
+    for written in ("out.safetensors", "out.npz", "folder/model.safetensors"):
+        assert (workdir / written).stat().st_mode & 0o777 == mode, written  # not 0600
     (workdir / "ckpts").mkdir()
     for i in range(3):
         write_safetensors(
@@ -301,6 +306,26 @@ def test_merge_and_the_graph(workdir: Path) -> None:
     assert any(line.startswith("| * ") for line in graph)  # the side branch beside main
     assert run("merge", "side").stdout.strip() == "already up to date"
     assert run("merge", "side", "--weights", "a,b", ok=False).exit_code == 2
+    run("checkout", "-b", "apart")  # at HEAD, as git
+    assert as_json("status")["branch"] == "apart"
+    write_safetensors(workdir / "new.safetensors", {"new.weight": np.ones(3, np.float32)})
+    run("add", "new.safetensors")
+    run("commit", "-m", "apart only")
+    run("checkout", "main")
+    write_safetensors(workdir / "main.safetensors", {"main.weight": np.ones(2, np.float32)})
+    run("add", "main.safetensors")
+    run("commit", "-m", "main only")
+    clean = run("merge", "apart").stdout.strip()  # the default strategy, fail, had nothing to do
+    assert clean.endswith("] merged: no tensor changed on both sides"), clean
+
+
+def test_dash_c_finds_the_repository_above_the_folder_as_git(workdir: Path) -> None:
+    two_commits()
+    deep = workdir / "sub" / "deeper"
+    deep.mkdir(parents=True)
+    assert [c["message"] for c in as_json("-C", str(deep), "log")] == ["second", "first"]
+    made = as_json("-C", str(workdir / "other"), "init")
+    assert made["path"] == str((workdir / "other").absolute())
 
 
 def test_remotes_push_clone_pull_sync(workdir: Path) -> None:

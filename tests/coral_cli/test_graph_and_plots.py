@@ -248,6 +248,18 @@ def test_diff_plot_has_a_log_scale_marks_inf_and_nan_and_warns_nothing(tmp_path:
     png_size(tmp_path / "direct.png")
 
 
+def test_diff_plot_with_nothing_changed_writes_no_chart(tmp_path: Path) -> None:
+    repo = Repository(tmp_path, init=True)
+    repo.commit("a", weights={"w": np.ones(4, np.float32)})
+    target = tmp_path / "same.png"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        done = run("-C", str(tmp_path), "diff", "HEAD", "HEAD", "--plot", str(target))
+    assert [str(w.message) for w in caught] == []
+    assert f"no chart written to {target}: no tensor changed" in done.stdout
+    assert not target.exists()
+
+
 def test_diff_plot_keeps_the_largest_changes_of_many(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -291,8 +303,10 @@ def test_experiment_show_has_run_and_branch_columns_and_plots_the_curves(tmp_pat
         (two, "main-from-step-20", 30, "pruned", False),
         (two, "main-from-step-20", 40, "kept", True),
     ]
+    best = Repository(tmp_path).resolve("exp/best")  # the best over the runs, not the newest's
+    assert (shown["best"], shown["best_value"]) == (best, 0.3)
     lines = run(*where, "experiment", "show", "exp").stdout.splitlines()
-    assert lines[0] == "exp: 2 runs, 3 of 6 checkpoints kept"
+    assert lines[0] == f"exp: 2 runs, 3 of 6 checkpoints kept; the experiment's best: {best[:12]}"
     assert lines[2] == f"  run {two} on main-from-step-20: 1 of 2 kept; lr=0.1"
     columns = ["commit", "(*", "best)", "run", "branch", "epoch", "step", "weights", "acc", "loss"]
     assert lines[3].split() == columns  # one epoch column, though "epoch" is a metric too
@@ -335,11 +349,15 @@ def test_plots_without_matplotlib_name_the_extra(
 ) -> None:
     repo = Repository(tmp_path, init=True)
     a = repo.commit("a", weights={"w": np.ones(4, np.float32)}).commit_hash
+    b = repo.commit("b", weights={"w": np.full(4, 2, np.float32)}).commit_hash
     experiment(repo)
     for name in [m for m in sys.modules if m.split(".")[0] == "matplotlib"] + ["matplotlib"]:
         monkeypatch.setitem(sys.modules, name, None)  # imports of it fail
     where = ["-C", str(tmp_path)]
-    for args in (["diff", a, "--plot", "d.png"], ["experiment", "show", "exp", "--plot", "c.png"]):
+    for args in (
+        ["diff", a, b, "--plot", "d.png"],
+        ["experiment", "show", "exp", "--plot", "c.png"],
+    ):
         refused = run(*where, *args, ok=False)
         assert refused.exit_code == 1
         assert refused.stderr == "error: --plot needs matplotlib: pip install 'coral-cli[plot]'\n"

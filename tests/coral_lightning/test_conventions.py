@@ -185,7 +185,8 @@ def test_enable_checkpointing_false_with_a_coral_callback_names_the_fix(tmp_path
 
 
 def test_a_path_coral_saved_without_coral_checkpoint_io_names_the_fix(tmp_path: Path) -> None:
-    repo_path, dirpath = tmp_path / "repo", tmp_path / "ckpt"
+    repo_path, dirpath = tmp_path / "runs" / "coral", tmp_path / "ckpt"
+    fit_with_model_checkpoint(tmp_path / "old", dirpath, epochs=1)  # the same paths, before
     trained = fit_with_model_checkpoint(repo_path, dirpath, epochs=1)
     saved = trained.checkpoint_callback.best_model_path  # type: ignore[union-attr]
     trainer = pl.Trainer(max_epochs=2, **QUIET)  # the plugin forgotten
@@ -195,7 +196,7 @@ def test_a_path_coral_saved_without_coral_checkpoint_io_names_the_fix(tmp_path: 
     assert f"ckpt_path='coral://{repo_path}:{commit}'" in str(error.value)
     with pytest.raises(FileNotFoundError, match="not found"):  # not Coral's: Lightning's own
         trainer.fit(TinyClassifier(), *loaders(), ckpt_path=tmp_path / "never.ckpt")
-    # a new process started beside the repository, that never imports coral_lightning
+    # a new process started in another folder, that never imports coral_lightning
     script = (
         "import pytorch_lightning as pl\n"
         "from tests.coral_lightning.tiny import QUIET, TinyClassifier, loaders\n"
@@ -203,8 +204,10 @@ def test_a_path_coral_saved_without_coral_checkpoint_io_names_the_fix(tmp_path: 
         f"trainer.fit(TinyClassifier(), *loaders(), ckpt_path={saved!r})\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
     done = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
+        [sys.executable, "-c", script], cwd=elsewhere, env=env, capture_output=True, text=True
     )
     assert done.returncode == 1
     assert f"ckpt_path='coral://{repo_path}:{commit}'" in done.stderr

@@ -41,6 +41,28 @@ def settings(values: dict[str, Any], width: int = 48) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+def varying_first(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each run's hyperparameters with those that differ between the runs of its
+    experiment first (a sweep's learning rate before the settings all share)."""
+    by_experiment: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_experiment.setdefault(row["experiment"], []).append(row["hyperparameters"] or {})
+    ordered = []
+    for row in rows:
+        values = row["hyperparameters"] or {}
+        siblings = by_experiment[row["experiment"]]
+        differ = {k for k in values if len({repr(s.get(k)) for s in siblings}) > 1}
+        ordered.append({**{k: values[k] for k in values if k in differ}, **values})
+    return ordered
+
+
+def varying_only(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each run's hyperparameters that differ between the runs given."""
+    keys = {k for row in rows for k in (row["hyperparameters"] or {})}
+    differ = {k for k in keys if len({repr((r["hyperparameters"] or {}).get(k)) for r in rows}) > 1}
+    return [{k: v for k, v in (r["hyperparameters"] or {}).items() if k in differ} for r in rows]
+
+
 def _chosen(repo: Repository, name: str) -> list[Run]:
     runs = find_run(repo, name)
     if not runs:
@@ -90,9 +112,9 @@ def list_experiments(env: Env) -> None:
                         f"{r['kept']}/{r['checkpoints']}",
                         best(r),
                         r["last_step"],
-                        settings(r["hyperparameters"]),
+                        settings(values),
                     )
-                    for r in rows
+                    for r, values in zip(rows, varying_first(rows), strict=True)
                 ],
                 right=(3, 5),
             )
@@ -145,9 +167,26 @@ def show_experiment(env: Env, run: str, plot: Path | None) -> None:
         "runs": [run_data(r) for r in runs],
         "items": items,
     }
+    if len(runs) > 1:  # the experiment's best over its runs, as <experiment>/best says
+        best = _experiment_best(env.repo(), newest.experiment)
+        data["best"] = best
+        data["best_value"] = next(
+            (
+                c["metrics"].get(newest.monitor)
+                for c in items
+                if c["commit"] == best and newest.monitor is not None
+            ),
+            None,
+        )
     with user_errors():
         title = newest.experiment if len(runs) > 1 else f"{newest.experiment} run {newest.run_id}"
-        chart = plot_curves(items, metrics, labels, title, plot) if plot is not None else None
+        legend = {
+            r.run_id: " ".join([labels[r.run_id], settings(values, 40)])
+            if values
+            else labels[r.run_id]
+            for r, values in zip(runs, varying_only(data["runs"]), strict=True)
+        }
+        chart = plot_curves(items, metrics, legend, title, plot) if plot is not None else None
 
     def render(d: dict[str, Any]) -> str:
         rows = [
@@ -164,14 +203,22 @@ def show_experiment(env: Env, run: str, plot: Path | None) -> None:
         first = 1 + len(extra)  # epoch, step, weights, then the metrics
         numbers = (first, first + 1, *range(first + 3, first + 3 + len(metrics)))
         body = table(("commit (* best)", *fixed, *metrics), rows, right=numbers)
-        return _run_heading(d["runs"]) + "\n" + body
+        best = d["best"] if len(d["runs"]) > 1 else None
+        return _run_heading(d["runs"], best) + "\n" + body
 
     env.output.emit(data, render)
     if chart is not None:
         env.output.note(f"wrote {plot}: {chart.summary()}")
 
 
-def _run_heading(runs: list[dict[str, Any]]) -> str:
+def _experiment_best(repo: Repository, experiment: str) -> str | None:
+    try:
+        return repo.resolve(f"{experiment}/best")
+    except RefNotFoundError:
+        return None
+
+
+def _run_heading(runs: list[dict[str, Any]], best: str | None = None) -> str:
     """Which runs ``experiment show`` lists: the run, or the experiment and a line per run."""
     kept = sum(r["kept"] for r in runs)
     total = sum(r["checkpoints"] for r in runs)
@@ -182,12 +229,13 @@ def _run_heading(runs: list[dict[str, Any]]) -> str:
         if r["hyperparameters"]:
             head += "\nhyperparameters: " + settings(r["hyperparameters"], 200)
         return head
-    lines = [f"{runs[0]['experiment']}: {len(runs)} runs, {kept} of {total} checkpoints kept"]
-    for r in runs:
+    head = f"{runs[0]['experiment']}: {len(runs)} runs, {kept} of {total} checkpoints kept"
+    if best is not None:
+        head += f"; the experiment's best: {best[:12]}"
+    lines = [head]
+    for r, values in zip(runs, varying_first(runs), strict=True):
         line = f"  run {r['run']} on {r['branch'] or '-'}: {r['kept']} of {r['checkpoints']} kept"
-        lines.append(
-            line + (f"; {settings(r['hyperparameters'], 80)}" if r["hyperparameters"] else "")
-        )
+        lines.append(line + (f"; {settings(values, 80)}" if values else ""))
     return "\n".join(lines)
 
 

@@ -155,7 +155,8 @@ def diff(env: Env, ref_a: str, ref_b: str | None, show_all: bool, plot: Path | N
     with user_errors():
         data = _diff_data(env.repo().diff(ref_a, ref_b))
         title = f"{data['from'][:12]} -> {data['to'][:12]}"
-        chart = plot_changes(data["tensors"], title, plot) if plot is not None else None
+        drawable = any(t["relative_l2"] is not None for t in data["tensors"])
+        chart = plot_changes(data["tensors"], title, plot) if plot and drawable else None
 
     def render(d: dict[str, Any]) -> str:
         rows = [
@@ -187,6 +188,9 @@ def diff(env: Env, ref_a: str, ref_b: str | None, show_all: bool, plot: Path | N
     env.output.emit(data, render)
     if chart is not None:
         env.output.note(f"wrote {plot}: {chart.summary()}")
+    elif plot is not None:
+        gone = " (their weights are gone)" if data.get("weights_gone") else ""
+        env.output.note(f"no chart written to {plot}: no tensor changed{gone}")
 
 
 @click.command()

@@ -49,21 +49,24 @@ def branch(
 
 
 @click.command()
-@click.argument("ref")
-@click.option("-b", "new_branch", metavar="NEW", help="Create branch NEW at REF and switch to it.")
+@click.argument("ref", required=False)
+@click.option(
+    "-b", "new_branch", metavar="NEW", help="Create branch NEW at REF (HEAD) and switch to it."
+)
 @click.option("-f", "--force", is_flag=True, help="Drop staged changes.")
 @pass_env
-def checkout(env: Env, ref: str, new_branch: str | None, force: bool) -> None:
+def checkout(env: Env, ref: str | None, new_branch: str | None, force: bool) -> None:
     """Switch HEAD to a branch, or detach it at a tag or commit.
 
     Example: coral-ml checkout -b experiment v1.0
     """
+    if ref is None and new_branch is None:
+        raise click.UsageError("name a branch, tag or commit to check out (or -b NEW)")
     with user_errors():
         repo = env.repo()
         if new_branch:
             repo.create_branch(new_branch, ref)
-        target = new_branch or ref
-        commit = repo.checkout(target, force=force)
+        commit = repo.checkout(new_branch or str(ref), force=force)
         branch_name = repo.current_branch
     where = f"branch {branch_name}" if branch_name else f"{commit.short_hash} (detached HEAD)"
     env.output.emit(
@@ -201,8 +204,12 @@ def merge(
         if d["fast_forward"]:
             return f"fast-forward to {d['commit'][:12]}"
         record = d["merge"]
-        text = f"[{d['commit'][:12]}] merged with {record['strategy']}: "
-        text += f"{len(record['resolved'])} conflicting tensor(s) resolved"
+        resolved = record["resolved"]
+        text = f"[{d['commit'][:12]}] merged"
+        if resolved:
+            text += f" ({record['strategy']}): {len(resolved)} conflicting tensor(s) resolved"
+        else:
+            text += ": no tensor changed on both sides"
         kept = record["kept_ours"]
         return text + (f"; integer tensors kept from ours: {', '.join(kept)}" if kept else "")
 

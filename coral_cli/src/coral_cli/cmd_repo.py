@@ -24,6 +24,8 @@ def init(env: Env, path: Path) -> None:
 
     Example: coral-ml init my_project
     """
+    if env.repo_dir is not None and not path.is_absolute():
+        path = env.repo_dir / path  # -C DIR init: in DIR, as git
     with user_errors():
         existed = (path / ".coral" / "config").is_file()
         repo = Repository(path, init=True)

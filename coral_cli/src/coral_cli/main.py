@@ -34,8 +34,9 @@ class Env:
         return self._repo
 
     def folder(self) -> Path:
-        """The repository's folder, without opening it."""
-        return self.repo_dir if self.repo_dir is not None else find_repository(Path.cwd())
+        """The repository's folder, without opening it: ``-C``'s folder or the
+        current one, or the nearest above it holding ``.coral`` (as git)."""
+        return find_repository(self.repo_dir if self.repo_dir is not None else Path.cwd())
 
     def config(self) -> RepoConfig:
         """The repository's settings, read without opening the repository: a

@@ -12,6 +12,7 @@ the package to install when it is not.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -252,18 +253,28 @@ def write_safetensors(path: str | os.PathLike[str], arrays: Mapping[str, np.ndar
 def replacing_file(target: Path) -> Iterator[IO[bytes]]:
     """A temporary file beside ``target``, flushed to disk and renamed onto it
     when the block succeeds (removed when it fails): a reader sees the old
-    file or the whole new one, never half of it."""
+    file or the whole new one, never half of it. The file gets the mode any
+    new file gets (0666 less the umask), not the temporary file's 0600."""
     with tempfile.NamedTemporaryFile(
         dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False
     ) as handle:
         try:
             yield handle
             handle.flush()
+            os.fchmod(handle.fileno(), 0o666 & ~_umask())
             os.fsync(handle.fileno())
         except BaseException:
             os.unlink(handle.name)
             raise
     os.replace(handle.name, target)
+
+
+@functools.cache
+def _umask() -> int:
+    """The process's umask (read by setting it, so set back at once; once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 SAFETENSORS = ModelFormat("safetensors", (".safetensors",), read_safetensors, write_safetensors)

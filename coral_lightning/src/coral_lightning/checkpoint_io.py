@@ -247,18 +247,35 @@ class CoralCheckpointIO(CheckpointIO):
 
 
 def find_saved(path: str | os.PathLike[str]) -> tuple[Repository, str] | None:
-    """The repository and newest commit CoralCheckpointIO saved at ``path`` to,
-    among the repositories this process knows (see
-    :func:`~coral_lightning.filesystem.known_repositories`) and those in the
-    current folder's subfolders, or None."""
+    """The repository and commit CoralCheckpointIO saved at ``path`` most
+    recently, among the repositories this process knows (see
+    :func:`~coral_lightning.filesystem.known_repositories`) and those up to two
+    folders below the current folder and below each of the three folders above
+    ``path`` (where a training script's ``checkpoints/`` and repository sit
+    side by side), or None."""
     key = _path_key(path)
-    beside = [found.parent for found in sorted(Path.cwd().glob(f"*/{CORAL_DIR}"))]
-    for folder in dict.fromkeys([*known_repositories(), *beside]):
+    found: list[tuple[float, Repository, str]] = []
+    for folder in dict.fromkeys([*known_repositories(), *_nearby_repositories(Path(key))]):
         repo = Repository(folder)
         for commit in repo.log(all_refs=True):
             if commit.metadata.metadata.get(PATH_KEY) == key:
-                return repo, commit.commit_hash
-    return None
+                found.append((commit.timestamp, repo, commit.commit_hash))
+                break  # the log is newest first
+    if not found:
+        return None
+    _, repo, commit_id = max(found, key=lambda item: item[0])
+    return repo, commit_id
+
+
+def _nearby_repositories(path: Path) -> list[Path]:
+    roots = [root for root in (Path.cwd(), *path.parents[:3]) if root != Path(root.anchor)]
+    patterns = (f"*/{CORAL_DIR}", f"*/*/{CORAL_DIR}")
+    return [
+        coral.parent
+        for root in dict.fromkeys(roots)
+        for pattern in patterns
+        for coral in sorted(root.glob(pattern))
+    ]
 
 
 def _run_of(commit: Commit) -> str | None:
