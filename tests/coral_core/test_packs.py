@@ -162,3 +162,21 @@ def test_repack_replaces_a_packed_object_in_another_form(tmp_path: Path) -> None
     assert again.gc().removed_objects == 0
     objects = again.coral_dir / "objects"
     assert [p for p in files_under(objects) if PACKS not in p.parts] == []  # all in packs
+
+
+def test_a_clone_writes_packs_not_a_file_per_object(tmp_path: Path) -> None:
+    origin = Repository(tmp_path / "origin", init=True)
+    for seed in range(3):
+        origin.commit(f"step {seed}", weights=many_tensors(seed, 50))
+    copy = clone(str(tmp_path / "origin"), tmp_path / "copy")
+    objects = copy.coral_dir / "objects"
+    loose = [p for p in files_under(objects) if PACKS not in p.parts]
+    packed = list((objects / PACKS).glob("pack-*.idx"))
+    assert len(set(copy.objects.iter_ids())) > 150  # 3 x 50 tensors and their chunks...
+    assert loose == []  # ...in a pack per level of the graph
+    assert 1 <= len(packed) <= 12
+    for commit in origin.log():
+        got = {k: w.data for k, w in copy.get_all_weights(commit.commit_hash).items()}
+        want = {k: w.data for k, w in origin.get_all_weights(commit.commit_hash).items()}
+        assert same(got, want)
+    assert copy.verify().ok

@@ -35,6 +35,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,7 +57,7 @@ from coral_core.refnames import validate_ref_name
 from coral_core.refs import HEADS, PINS, PRUNED, REMOTES, RUNS, TAGS, RefDatabase
 from coral_core.remote_locks import LEASE_SECONDS, gc_lock, push_lock
 from coral_core.runs import split_pointer
-from coral_core.store.base import WeightStore
+from coral_core.store.base import WeightStore, WriteBatch
 from coral_core.store.local import LocalStore
 from coral_core.store.packs import PackedStore
 from coral_core.store.prefix import PrefixStore
@@ -310,26 +311,31 @@ def copy_objects(
             check(levels)
         result.commits = [n[0] for level in levels for n in level if n[1] == ObjectKind.COMMIT]
 
-        def move(node: Node) -> int:
+        def move(batch: WriteBatch, node: Node) -> int:
             key = object_key(node[0])
             data = kept.pop(node[0], None)
             if data is None:
                 data = source.store.get(key)
-            dest.store.put_if_absent(key, data)
-            if verify:
-                try:
-                    _verify(dest, *node)
-                except CoralError as exc:
-                    dest.store.delete(key)
-                    raise CorruptObjectError(f"object {node[0]} from the remote: {exc}") from exc
+            batch.put_if_absent(key, data)
             if progress is not None:
                 progress(len(data))
             return len(data)
 
-        for level in levels:
-            for size in pool.map(move, level):
-                result.objects += 1
-                result.bytes += size
+        def check_arrived(node: Node) -> None:
+            try:
+                _verify(dest, *node)
+            except CoralError as exc:
+                dest.store.delete(object_key(node[0]))
+                dest.store.reclaim()
+                raise CorruptObjectError(f"object {node[0]} from the remote: {exc}") from exc
+
+        for level in levels:  # a level at a time, in one batch: a pack where dest packs
+            with dest.store.write_batch() as batch:
+                sizes = list(pool.map(partial(move, batch), level))
+            if verify:
+                list(pool.map(check_arrived, level))
+            result.objects += len(sizes)
+            result.bytes += sum(sizes)
     return result
 
 
