@@ -51,8 +51,9 @@ _INDEX_MAGIC = b"CRLI\x01\x00\x00\x00"
 _RECORD = struct.Struct("<HQ")  # key length, object size (the key and object follow)
 _ENTRY = struct.Struct("<HQQ")  # key length, offset, size (the key follows)
 _COUNT = struct.Struct("<Q")
-#: Nanoseconds a folder's time may lag behind its last change (file times tick coarsely).
-_COARSE_CLOCK = 2_000_000_000
+#: Nanoseconds a folder's time may lag behind its last change (file times tick
+#: coarsely: a few milliseconds on local file systems).
+_COARSE_CLOCK = 100_000_000
 _CHECKSUM = struct.Struct("<Q")
 
 
@@ -262,26 +263,29 @@ class PackedStore(LocalStore):
         self._indexes: dict[Path, dict[str, tuple[int, int]]] = {}  # index file -> entries
         self._where: dict[str, Path] = {}  # key -> the index listing it
         self._deleted: set[tuple[Path, str]] = set()  # (index, key) hidden until reclaim
-        self._stamp: int | None = None
+        self._stamp: int | None = None  # the folder's time at the last listing
+        self._listed = 0  # when that listing began (ns)
 
     # -- the indexes ------------------------------------------------------------------
 
     def _refresh(self, force: bool = False) -> None:
         """Read the indexes other processes added and forget those they removed.
 
-        Unless ``force``, a glance at the folder's time first: unchanged and
-        older than :data:`_COARSE_CLOCK` means nothing changed (file times
-        tick coarsely, so two changes close together can share one time).
+        Unless ``force``, a glance at the folder's time first: unchanged since
+        the last listing, which came :data:`_COARSE_CLOCK` or more after that
+        time, means nothing changed (file times tick coarsely, so a change
+        just after a listing can carry the time of the one before).
         """
+        listed = time.time_ns()
         try:
             stamp: int | None = os.stat(self.packs).st_mtime_ns
         except FileNotFoundError:
             stamp = None
-        settled = stamp is None or time.time_ns() - stamp > _COARSE_CLOCK
         with self._guard:
+            settled = stamp is None or self._listed - stamp > _COARSE_CLOCK
             if stamp == self._stamp and settled and not force:
                 return
-            self._stamp = stamp
+            self._stamp, self._listed = stamp, listed
             present = set(self.packs.glob("pack-*.idx")) if stamp is not None else set()
             gone = set(self._indexes) - present
             for index in gone:
