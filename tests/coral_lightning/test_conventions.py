@@ -189,6 +189,8 @@ def test_a_path_coral_saved_without_coral_checkpoint_io_names_the_fix(tmp_path: 
     fit_with_model_checkpoint(tmp_path / "old", dirpath, epochs=1)  # the same paths, before
     trained = fit_with_model_checkpoint(repo_path, dirpath, epochs=1)
     saved = trained.checkpoint_callback.best_model_path  # type: ignore[union-attr]
+    (tmp_path / "broken" / ".coral").mkdir(parents=True)  # a damaged repository beside it
+    (tmp_path / "broken" / ".coral" / "config").write_text("[]")
     trainer = pl.Trainer(max_epochs=2, **QUIET)  # the plugin forgotten
     with pytest.raises(FileNotFoundError, match=r"plugins=\[CoralCheckpointIO\(") as error:
         trainer.fit(TinyClassifier(), *loaders(), ckpt_path=saved)

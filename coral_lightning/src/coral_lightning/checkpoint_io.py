@@ -256,8 +256,12 @@ def find_saved(path: str | os.PathLike[str]) -> tuple[Repository, str] | None:
     key = _path_key(path)
     found: list[tuple[float, Repository, str]] = []
     for folder in dict.fromkeys([*known_repositories(), *_nearby_repositories(Path(key))]):
-        repo = Repository(folder)
-        for commit in repo.log(all_refs=True):
+        try:
+            repo = Repository(folder)
+            history = repo.log(all_refs=True)
+        except (CoralError, OSError):
+            continue  # a repository that cannot be read is not where it went
+        for commit in history:
             if commit.metadata.metadata.get(PATH_KEY) == key:
                 found.append((commit.timestamp, repo, commit.commit_hash))
                 break  # the log is newest first
