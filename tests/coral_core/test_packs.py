@@ -180,3 +180,21 @@ def test_a_clone_writes_packs_not_a_file_per_object(tmp_path: Path) -> None:
         want = {k: w.data for k, w in origin.get_all_weights(commit.commit_hash).items()}
         assert same(got, want)
     assert copy.verify().ok
+
+
+def test_repack_merges_a_long_run_of_small_packs(tmp_path: Path) -> None:
+    repo = Repository(tmp_path, init=True)
+    for seed in range(12):
+        repo.commit(f"step {seed}", weights=many_tensors(seed, 10))
+    packs = repo.coral_dir / "objects" / PACKS
+    assert len(list(packs.glob("pack-*.idx"))) == 12  # one a commit
+    expected = {c.commit_hash: repo.get_all_weights(c.commit_hash) for c in repo.log()}
+    repo.repack()
+    assert len(list(packs.glob("pack-*.idx"))) == 1
+    assert len(list(packs.glob("pack-*.pack"))) == 1
+    again = Repository(tmp_path)
+    for commit, weights in expected.items():
+        after = {k: w.data for k, w in again.get_all_weights(commit).items()}
+        assert same(after, {k: w.data for k, w in weights.items()})
+    assert again.verify().ok
+    assert again.gc().removed_objects == 0

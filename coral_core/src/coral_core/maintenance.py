@@ -379,9 +379,9 @@ def repack(repo: Repository, progress: Progress | None = None) -> RepackResult:
                         )
                     _repack_tensor(repo, entry.tensor, parent_tree.get(name), done, totals)
         repo.fingerprints.rewrite(list(fingerprints.values()))
-        if isinstance(objects.store, PackedStore):  # loose objects (and rewritten ones) into packs
-            objects.store.pack_loose()
+        if isinstance(objects.store, PackedStore):  # rewritten chunks and small packs: big packs
             objects.store.reclaim()
+            objects.store.consolidate()
     return RepackResult(
         totals.rewritten, totals.before, totals.after, objects.delta_config.max_chain_length
     )

@@ -66,6 +66,13 @@ class PackedObject:
     size: int
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def encode_index(entries: dict[str, tuple[int, int]]) -> bytes:
     """An index: ``{key: (offset, size)}`` of a pack, with a checksum at the end."""
     parts = [_INDEX_MAGIC, _COUNT.pack(len(entries))]
@@ -505,23 +512,44 @@ class PackedStore(LocalStore):
             self._where = {k: i for i, found in self._indexes.items() for k in found}
             self._deleted = {(i, k) for i, k in self._deleted if i != index}
 
-    def pack_loose(self, progress: Callable[[int, int], None] | None = None) -> int:
-        """Move every loose object into packs (a repository from before packs,
-        or objects written one by one); returns how many moved. The loose
-        files go once the packs holding them are in place."""
+    def consolidate(self, small: int = PACK_SIZE // 2) -> int:
+        """Write the loose objects (a repository from before packs, objects
+        written one by one) and the packs smaller than ``small`` bytes (one a
+        commit, after a long run) into as few packs as they fill; returns how
+        many objects moved. The old files go once the new packs are in place."""
+        self.refresh()
+        with self._guard:
+            merged = [
+                (index, dict(entries))
+                for index, entries in self._indexes.items()
+                if _size(index.with_suffix(".pack")) < small
+            ]
+            hidden = set(self._deleted)
         loose = [key for key in super().list(self.area) if self.packed_name(key) is not None]
         batch = PackWriteBatch(self)
-        moved = []
-        for done, key in enumerate(loose, 1):
-            with contextlib.suppress(MissingObjectError):
-                batch.append(key, super().get(key))
-                moved.append(key)
-            if progress is not None:
-                progress(done, len(loose))
-        batch.finish()
-        for key in moved:
+        moved = 0
+        with disk_errors(f"repack {self.packs}"):
+            for index, entries in merged:
+                with open(index.with_suffix(".pack"), "rb") as source:
+                    for name, (offset, size) in sorted(entries.items(), key=lambda item: item[1]):
+                        if (index, name) not in hidden:
+                            source.seek(offset)
+                            moved += batch.append(self.area + name, source.read(size))
+            for key in loose:
+                with contextlib.suppress(MissingObjectError):
+                    moved += batch.append(key, super().get(key))
+            batch.finish()
+            for index, _ in merged:  # first from sight, then the bytes
+                index.unlink(missing_ok=True)
+                index.with_suffix(".pack").unlink(missing_ok=True)
+        for key in loose:
             super().delete(key)
-        return len(moved)
+        with self._guard:
+            for index, _ in merged:
+                self._indexes.pop(index, None)
+            self._where = {k: i for i, found in self._indexes.items() for k in found}
+            self._deleted = {(i, k) for i, k in self._deleted if i in self._indexes}
+        return moved
 
     def __repr__(self) -> str:
         return f"PackedStore({str(self.root)!r})"
