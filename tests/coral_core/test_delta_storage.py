@@ -280,6 +280,19 @@ def test_nothing_similar_means_stored_whole(tmp_path: Path) -> None:
     assert Codec.DELTA not in codecs
 
 
+def test_a_run_fingerprints_its_keyframes_not_every_checkpoint(tmp_path: Path) -> None:
+    repo = Repository(tmp_path, init=True, chunk_size=4096)
+    steps = training_run(3)
+    for index, weights in enumerate(steps):
+        repo.commit(f"step {index}", weights={"w": weights})
+    first = repo.ls_tree("HEAD~2")["w"].tensor
+    assert [p.tensor_id for p in repo.fingerprints.read_all()] == [first]  # once, not 3 times
+    moved = steps[-1] + np.float32(1e-6)  # a tensor of its own, close to the run's
+    repo.commit("renamed", weights={"renamed.w": moved}, branch="other")  # no namesake
+    codecs = {c for c, _ in chunk_codecs(repo.objects, repo.ls_tree("other")["renamed.w"].tensor)}
+    assert Codec.DELTA in codecs  # found through the keyframe's fingerprint
+
+
 def test_fingerprint_log_survives_torn_lines_gc_and_loss(tmp_path: Path) -> None:
     repo = Repository(tmp_path, init=True, chunk_size=4096)
     base = training_run(1)[0]

@@ -222,6 +222,10 @@ class _TensorPlan:
     tensor_id: str
     chunks: range | None  # None: already stored
     rebuilt: _LossyRebuild | None = None  # set for a lossy write
+    #: Fingerprint it (fingerprints.py): stored without a reference to follow, so
+    #: a later tensor without a namesake can find it. One with a reference (the
+    #: next checkpoint of a run) is found through its namesakes instead.
+    fingerprint: bool = True
 
 
 def object_key(object_id: str) -> str:
@@ -616,7 +620,9 @@ class ObjectDatabase:
                 rows = (row_length, offset // tensor.metadata.dtype.itemsize)
                 base = bases[index] if bases else None
                 tasks.append(_ChunkTask(piece, dtype, base, lossy, rows, remember))
-            plans.append(_TensorPlan(tensor, tensor_id, range(first, len(tasks)), rebuilt))
+            plans.append(
+                _TensorPlan(tensor, tensor_id, range(first, len(tasks)), rebuilt, not bases)
+            )
         # Every chunk is durable and visible before a descriptor naming it is: a
         # barrier in one batch where the store has it, two batches otherwise.
         recent: dict[str, _Recent] = {}
@@ -661,7 +667,7 @@ class ObjectDatabase:
             "chunks": [c.chunk_id for c in chunks],
         }
         fingerprint = None
-        if worth_fingerprint(dtype, tensor.size):
+        if plan.fingerprint and worth_fingerprint(dtype, tensor.size):
             fingerprint = simhash(tensor)  # of a lossy rebuild's input: close enough for a hint
             descriptor["simhash"] = f"{fingerprint:016x}"
         written = sum(c.new_bytes for c in chunks)
