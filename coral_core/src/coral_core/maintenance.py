@@ -117,6 +117,14 @@ def reachable_objects(repo: Repository) -> set[str]:
 
 
 def in_deletion_order(objects: ObjectDatabase, garbage: Iterable[str]) -> list[str]:
+    """The unreferenced objects ``garbage``, each after all garbage that
+    references it (see :func:`_deletion_graph`)."""
+    return _deletion_graph(objects, garbage)[0]
+
+
+def _deletion_graph(
+    objects: ObjectDatabase, garbage: Iterable[str]
+) -> tuple[list[str], dict[str, list[str]]]:
     """The unreferenced objects ``garbage``, each after all garbage that references it.
 
     Deleting in this order means a gc stopped at any point leaves no object whose
@@ -145,22 +153,39 @@ def in_deletion_order(objects: ObjectDatabase, garbage: Iterable[str]) -> list[s
             referrers[target] -= 1
             if referrers[target] == 0:
                 ready.append(target)
-    return order
+    return order, edges
 
 
 def delete_objects(
     objects: ObjectDatabase, garbage: Iterable[str], dry_run: bool, progress: Progress | None
 ) -> tuple[int, int]:
-    """Delete ``garbage`` in :func:`in_deletion_order`; (objects, bytes) it frees."""
-    order = in_deletion_order(objects, garbage)
+    """Delete ``garbage`` in :func:`in_deletion_order`; (objects, bytes) it frees.
+
+    In packs a deletion takes effect only when :meth:`PackedStore.reclaim`
+    records it, all at once: an object in its own file that packed garbage
+    references (a chunk of a repository from before packs, a delta base now)
+    goes only after that, so a gc stopped at any point still leaves no visible
+    object whose base is gone.
+    """
+    order, edges = _deletion_graph(objects, garbage)
+    store = objects.store
+    packs = store if isinstance(store, PackedStore) else None
+    in_packs = {i for i in order if packs is not None and packs.locate(object_key(i))}
+    held = {t for i in order if i in in_packs for t in edges[i]}  # referenced by packed garbage
+    later = [i for i in order if i in held and i not in in_packs]
+    waiting = set(later)
     freed = 0
     for done, object_id in enumerate(order, 1):
         with contextlib.suppress(MissingObjectError):  # another gc took it meanwhile
             freed += objects.stored_size(object_id)
-            if not dry_run:
+            if not dry_run and object_id not in waiting:
                 objects.delete(object_id)
         if progress is not None:
             progress(done, len(order))
+    if later and not dry_run:
+        store.reclaim()  # the packed garbage out of sight for good, then what it named
+        for object_id in later:
+            objects.delete(object_id)
     return len(order), freed
 
 

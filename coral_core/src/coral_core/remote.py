@@ -321,19 +321,25 @@ def copy_objects(
                 progress(len(data))
             return len(data)
 
-        def check_arrived(node: Node) -> None:
+        def problem(node: Node) -> CoralError | None:
             try:
                 _verify(dest, *node)
             except CoralError as exc:
-                dest.store.delete(object_key(node[0]))
-                dest.store.reclaim()
-                raise CorruptObjectError(f"object {node[0]} from the remote: {exc}") from exc
+                return exc
+            return None
 
         for level in levels:  # a level at a time, in one batch: a pack where dest packs
             with dest.store.write_batch() as batch:
                 sizes = list(pool.map(partial(move, batch), level))
-            if verify:
-                list(pool.map(check_arrived, level))
+            if verify:  # every object of the level checked; the bad ones all go again
+                found = zip(level, pool.map(problem, level), strict=True)
+                bad = [(node, error) for node, error in found if error is not None]
+                for node, _ in bad:
+                    dest.store.delete(object_key(node[0]))
+                if bad:
+                    dest.store.reclaim()
+                    first, exc = bad[0]
+                    raise CorruptObjectError(f"object {first[0]} from the remote: {exc}") from exc
             result.objects += len(sizes)
             result.bytes += sum(sizes)
     return result

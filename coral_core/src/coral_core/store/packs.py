@@ -38,12 +38,14 @@ import numpy as np
 import xxhash
 
 from coral_core.errors import CorruptObjectError, MissingObjectError
-from coral_core.files import TEMP_PREFIX, disk_errors, flush_paths
+from coral_core.files import TEMP_PREFIX, disk_errors, flush_paths, write_file_atomic
 from coral_core.store.base import WriteBatch
 from coral_core.store.local import LocalStore
 
 #: The folder of the packs, inside the store's root.
 PACKS = "packs"
+#: The file listing the packed copies gc deleted that are still in their packs.
+HIDDEN = "hidden"
 #: A pack is closed and another begun once it holds this many bytes.
 PACK_SIZE = 64 * 1024 * 1024
 _PACK_MAGIC = b"CRLP\x01\x00\x00\x00"
@@ -111,10 +113,11 @@ def decode_index(data: bytes, where: Path) -> dict[str, tuple[int, int]]:
 
 
 def scan_pack(handle: BinaryIO, where: Path) -> dict[str, tuple[int, int]]:
-    """The index of a pack, read from its records (to rebuild a damaged index).
+    """The index of a pack, read from its records (to rebuild a damaged index):
+    those up to the first record that is cut short.
 
     Raises:
-        CorruptObjectError: when the pack is not one, or its records run past its end.
+        CorruptObjectError: when the file is not a pack.
     """
     handle.seek(0, os.SEEK_END)
     end = handle.tell()
@@ -123,15 +126,15 @@ def scan_pack(handle: BinaryIO, where: Path) -> dict[str, tuple[int, int]]:
         raise CorruptObjectError(f"{where} is not a pack")
     entries: dict[str, tuple[int, int]] = {}
     at = len(_PACK_MAGIC)
-    while at < end:
+    while at < end:  # the records before a damaged or cut one are kept
         head = handle.read(_RECORD.size)
         if len(head) < _RECORD.size:
-            raise CorruptObjectError(f"pack {where} is truncated at byte {at}")
+            break
         length, size = _RECORD.unpack(head)
         key = handle.read(length).decode(errors="replace")
         at += _RECORD.size + length
         if at + size > end:
-            raise CorruptObjectError(f"pack {where} is truncated at byte {at}")
+            break
         entries[key] = (at, size)
         at += size
         handle.seek(at)
@@ -268,8 +271,9 @@ class PackedStore(LocalStore):
         self.packs = self.root / area / PACKS
         self._guard = threading.RLock()
         self._indexes: dict[Path, dict[str, tuple[int, int]]] = {}  # index file -> entries
-        self._where: dict[str, Path] = {}  # key -> the index listing it
+        self._where: dict[str, list[Path]] = {}  # key -> the indexes listing a copy
         self._deleted: set[tuple[Path, str]] = set()  # (index, key) hidden until reclaim
+        self._damaged: set[Path] = set()  # indexes rebuilt from their packs: never rewritten
         self._stamp: int | None = None  # the folder's time at the last listing
         self._listed = 0  # when that listing began (ns)
 
@@ -299,8 +303,8 @@ class PackedStore(LocalStore):
                 del self._indexes[index]
             self._read_indexes(present - set(self._indexes))
             if gone:
-                self._where = {k: i for i, entries in self._indexes.items() for k in entries}
-                self._deleted = {(i, k) for i, k in self._deleted if i in self._indexes}
+                self._forget_gone()
+            self._read_hidden()
 
     def refresh(self) -> None:
         """Look at the packs again now. A writer calls this once it holds the
@@ -321,9 +325,10 @@ class PackedStore(LocalStore):
                 continue  # reclaimed meanwhile
             except CorruptObjectError:
                 entries = self._rebuilt_index(index)
+                self._damaged.add(index)
             self._indexes[index] = entries
             for key in entries:
-                self._where[key] = index
+                self._where.setdefault(key, []).append(index)
 
     def _rebuilt_index(self, index: Path) -> dict[str, tuple[int, int]]:
         """The entries of a damaged index, from its pack (none if that is damaged too)."""
@@ -352,12 +357,43 @@ class PackedStore(LocalStore):
 
     def _find(self, key: str) -> PackedObject | None:
         name = self.packed_name(key)
+        if name is None:
+            return None
         with self._guard:
-            index = self._where.get(name) if name is not None else None
-            if index is None or (index, name) in self._deleted:
-                return None
-            offset, size = self._indexes[index][name]  # type: ignore[index]
-        return PackedObject(index.with_suffix(".pack"), offset, size)
+            for index in self._where.get(name, ()):
+                if (index, name) not in self._deleted:
+                    offset, size = self._indexes[index][name]
+                    return PackedObject(index.with_suffix(".pack"), offset, size)
+        return None
+
+    def _read_hidden(self) -> None:
+        """Take in the packed copies a ``gc`` hid durably (caller holds the guard)."""
+        try:
+            text = (self.packs / HIDDEN).read_text(encoding="ascii", errors="replace")
+        except FileNotFoundError:
+            return
+        by_name = {index.name: index for index in self._indexes}
+        for line in text.splitlines():
+            index_name, _, name = line.partition(" ")
+            index = by_name.get(index_name)
+            if index is not None and name in self._indexes[index]:
+                self._deleted.add((index, name))
+
+    def _write_hidden(self) -> None:
+        """Make the hidden copies durable, at once (caller holds the guard): from
+        then on no process sees them, whatever happens to the packs after."""
+        lines = sorted(f"{i.name} {name}\n" for i, name in self._deleted if i in self._indexes)
+        if lines or (self.packs / HIDDEN).exists():
+            write_file_atomic(self.packs / HIDDEN, "".join(lines).encode(), fsync=self.fsync)
+
+    def _forget_gone(self) -> None:
+        """Rebuild the lookups after indexes left ``_indexes`` (caller holds the guard)."""
+        where: dict[str, list[Path]] = {}
+        for index, entries in self._indexes.items():
+            for name in entries:
+                where.setdefault(name, []).append(index)
+        self._where = where
+        self._deleted = {(i, k) for i, k in self._deleted if i in self._indexes}
 
     def _read_packed(self, key: str, read: Callable[[PackedObject], memoryview]) -> memoryview:
         """``read(where)`` of a packed object, looking again if its pack went
@@ -374,6 +410,8 @@ class PackedStore(LocalStore):
                 return read(found)
             except FileNotFoundError:
                 self._refresh(force=True)
+        if super().has(key):  # moved out of its pack meanwhile (another process's repack)
+            return memoryview(super().get(key))
         raise MissingObjectError(f"object {key!r} is not in {self.root}")
 
     # -- the store's surface --------------------------------------------------------------
@@ -432,12 +470,12 @@ class PackedStore(LocalStore):
     def delete_packed(self, key: str) -> bool:
         """Hide the packed copy of ``key`` until :meth:`reclaim`; False when none."""
         name = self.packed_name(key)
-        with self._guard:
-            index = self._where.get(name) if name is not None else None
-            if index is None or name is None or (index, name) in self._deleted:
-                return False
-            self._deleted.add((index, name))
-        return True
+        if name is None:
+            return False
+        with self._guard:  # every copy: two writers may have packed the same object
+            copies = {(i, name) for i in self._where.get(name, ())} - self._deleted
+            self._deleted |= copies
+        return bool(copies)
 
     def size(self, key: str) -> int:
         found = self.locate(key)
@@ -465,7 +503,8 @@ class PackedStore(LocalStore):
                 yield key
         self._refresh()
         with self._guard:
-            packed = [n for n, i in self._where.items() if (i, n) not in self._deleted]
+            hidden = self._deleted
+            packed = [n for n, at in self._where.items() if any((i, n) not in hidden for i in at)]
         for name in packed:
             key = self.area + name
             if key.startswith(prefix) and key not in seen:
@@ -481,16 +520,28 @@ class PackedStore(LocalStore):
                     yield pack
 
     def reclaim(self) -> None:
-        """Write the packs that lost objects to :meth:`delete` again without them
-        (the old pack goes once the new one is in place)."""
+        """Give back the space of what :meth:`delete` hid: first the hidden copies
+        are recorded durably (``packs/hidden``), so a crash from here on shows
+        none of them again; then each pack that is at least half hidden is
+        written again without them (the old pack goes once the new one is in
+        place). The rest stay hidden until a later ``gc`` or ``repack``."""
         if self.read_only:
             return
-        with self._guard:
+        with self._guard:  # one reclaim at a time, and no delete while it runs
+            if not self._deleted:
+                return
+            self._write_hidden()  # first, durably: all of a gc's packed garbage out of sight
             by_index: dict[Path, set[str]] = {}
             for index, name in self._deleted:
                 by_index.setdefault(index, set()).add(name)
-        for index, gone in by_index.items():
-            self._rewrite(index, gone)
+            for index, gone in by_index.items():
+                entries = self._indexes.get(index, {})
+                hidden = sum(entries[name][1] for name in gone if name in entries)
+                total = sum(size for _, size in entries.values())
+                # a rebuilt index may lack records: such a pack is kept whole
+                if index not in self._damaged and hidden * 2 >= total:
+                    self._rewrite(index, gone)
+            self._write_hidden()  # without the copies that left with their packs
 
     def _rewrite(self, index: Path, gone: set[str]) -> None:
         with self._guard:
@@ -509,8 +560,7 @@ class PackedStore(LocalStore):
             pack.unlink(missing_ok=True)
         with self._guard:
             self._indexes.pop(index, None)
-            self._where = {k: i for i, found in self._indexes.items() for k in found}
-            self._deleted = {(i, k) for i, k in self._deleted if i != index}
+            self._forget_gone()
 
     def consolidate(self, small: int = PACK_SIZE // 2) -> int:
         """Write the loose objects (a repository from before packs, objects
@@ -522,7 +572,7 @@ class PackedStore(LocalStore):
             merged = [
                 (index, dict(entries))
                 for index, entries in self._indexes.items()
-                if _size(index.with_suffix(".pack")) < small
+                if _size(index.with_suffix(".pack")) < small and index not in self._damaged
             ]
             hidden = set(self._deleted)
         loose = [key for key in super().list(self.area) if self.packed_name(key) is not None]
@@ -547,8 +597,8 @@ class PackedStore(LocalStore):
         with self._guard:
             for index, _ in merged:
                 self._indexes.pop(index, None)
-            self._where = {k: i for i, found in self._indexes.items() for k in found}
-            self._deleted = {(i, k) for i, k in self._deleted if i in self._indexes}
+            self._forget_gone()
+            self._write_hidden()
         return moved
 
     def __repr__(self) -> str:
