@@ -35,6 +35,21 @@ def same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
     return a.keys() == b.keys() and all(np.array_equal(bit_view(a[k]), bit_view(b[k])) for k in a)
 
 
+def arrays(repo: Repository, ref: str | None = None) -> dict[str, np.ndarray]:
+    """A commit's tensors (HEAD by default) as arrays by name."""
+    return {name: weight.data for name, weight in repo.get_all_weights(ref).items()}
+
+
+def history(repo: Repository) -> dict[str, dict[str, np.ndarray]]:
+    """Every commit of HEAD's history and its tensors."""
+    return {c.commit_hash: arrays(repo, c.commit_hash) for c in repo.log()}
+
+
+def same_history(expected: dict[str, dict[str, np.ndarray]], repo: Repository) -> bool:
+    """Whether ``repo`` holds each of those commits with the same tensors, bit for bit."""
+    return all(same(arrays(repo, commit), want) for commit, want in expected.items())
+
+
 def test_a_commit_of_many_tensors_writes_a_few_files_and_reads_back(tmp_path: Path) -> None:
     repo = Repository(tmp_path, init=True)
     objects = repo.coral_dir / "objects"
@@ -48,8 +63,8 @@ def test_a_commit_of_many_tensors_writes_a_few_files_and_reads_back(tmp_path: Pa
     second = {k: v + np.float32(1e-3) for k, v in first.items()}
     repo.commit("a fine-tune step", weights=second)
     again = Repository(tmp_path)  # a new process's view: the indexes read from disk
-    assert same({k: w.data for k, w in again.get_all_weights("HEAD~1").items()}, first)
-    assert same({k: w.data for k, w in again.get_all_weights("HEAD").items()}, second)
+    assert same(arrays(again, "HEAD~1"), first)
+    assert same(arrays(again, "HEAD"), second)
     assert again.verify().ok
 
 
@@ -66,7 +81,7 @@ def test_gc_writes_a_pack_again_without_what_it_collected(tmp_path: Path) -> Non
     assert sum(p.stat().st_size for p in packs.iterdir()) < size_before - result.freed_bytes // 2
     assert repo.gc().removed_objects == 0  # nothing came back from a pack
     assert Repository(tmp_path).gc().removed_objects == 0  # nor for another process
-    assert same({k: w.data for k, w in repo.get_all_weights().items()}, many_tensors(0, 20))
+    assert same(arrays(repo), many_tensors(0, 20))
     assert repo.verify().ok
 
 
@@ -86,7 +101,7 @@ def test_a_damaged_packed_object_is_found_and_a_damaged_index_is_rebuilt(tmp_pat
     with pytest.raises(CorruptObjectError, match="is damaged"):
         decode_index(index.read_bytes(), index)
     again = Repository(tmp_path)  # the entries come from scanning the pack instead
-    assert same({k: w.data for k, w in again.get_all_weights().items()}, many_tensors(0, 5))
+    assert same(arrays(again), many_tensors(0, 5))
     assert decode_index(encode_index({"a/b": (8, 3)}), index) == {"a/b": (8, 3)}
 
 
@@ -125,7 +140,7 @@ def test_a_repository_folder_seen_as_a_remote_reads_its_packs(tmp_path: Path) ->
     keys = set(store.list("objects/"))
     assert {f"objects/{object_key(i)}" for i in owner.objects.iter_ids()} == keys
     copy = clone(str(tmp_path / "owner"), tmp_path / "clone")
-    assert same({k: w.data for k, w in copy.get_all_weights().items()}, weights)
+    assert same(arrays(copy), weights)
 
 
 def test_a_loose_repository_of_format_1_converts_with_repack(tmp_path: Path) -> None:
@@ -134,15 +149,13 @@ def test_a_loose_repository_of_format_1_converts_with_repack(tmp_path: Path) -> 
     root = tmp_path / "repo"
     repo = Repository(root)
     objects = repo.coral_dir / "objects"
-    before = {c.commit_hash: repo.get_all_weights(c.commit_hash) for c in repo.log()}
+    before = history(repo)
     loose = [p for p in files_under(objects) if PACKS not in p.parts]
     assert len(loose) > 20  # one file per object, as that format stored them
     repo.repack()
     assert [p for p in files_under(objects) if PACKS not in p.parts] == []
     again = Repository(root)
-    for commit, weights in before.items():
-        after = again.get_all_weights(commit)
-        assert same({k: w.data for k, w in after.items()}, {k: w.data for k, w in weights.items()})
+    assert same_history(before, again)
     assert again.verify().ok
     assert json.loads((root / ".coral" / "config").read_text())["core"]["format_version"] == 3
 
@@ -152,12 +165,10 @@ def test_repack_replaces_a_packed_object_in_another_form(tmp_path: Path) -> None
     base = many_tensors(0, 3)
     for step in range(4):
         repo.commit(f"step {step}", weights={k: v + np.float32(step) for k, v in base.items()})
-    expected = {c.commit_hash: repo.get_all_weights(c.commit_hash) for c in repo.log()}
+    expected = history(repo)
     repo.repack()
     again = Repository(tmp_path)
-    for commit, weights in expected.items():
-        after = {k: w.data for k, w in again.get_all_weights(commit).items()}
-        assert same(after, {k: w.data for k, w in weights.items()})
+    assert same_history(expected, again)
     assert again.verify().ok
     assert again.gc().removed_objects == 0
     objects = again.coral_dir / "objects"
@@ -175,10 +186,7 @@ def test_a_clone_writes_packs_not_a_file_per_object(tmp_path: Path) -> None:
     assert len(set(copy.objects.iter_ids())) > 150  # 3 x 50 tensors and their chunks...
     assert loose == []  # ...in a pack per level of the graph
     assert 1 <= len(packed) <= 12
-    for commit in origin.log():
-        got = {k: w.data for k, w in copy.get_all_weights(commit.commit_hash).items()}
-        want = {k: w.data for k, w in origin.get_all_weights(commit.commit_hash).items()}
-        assert same(got, want)
+    assert same_history(history(origin), copy)
     assert copy.verify().ok
 
 
@@ -188,14 +196,12 @@ def test_repack_merges_a_long_run_of_small_packs(tmp_path: Path) -> None:
         repo.commit(f"step {seed}", weights=many_tensors(seed, 10))
     packs = repo.coral_dir / "objects" / PACKS
     assert len(list(packs.glob("pack-*.idx"))) == 12  # one a commit
-    expected = {c.commit_hash: repo.get_all_weights(c.commit_hash) for c in repo.log()}
+    expected = history(repo)
     repo.repack()
     assert len(list(packs.glob("pack-*.idx"))) == 1
     assert len(list(packs.glob("pack-*.pack"))) == 1
     again = Repository(tmp_path)
-    for commit, weights in expected.items():
-        after = {k: w.data for k, w in again.get_all_weights(commit).items()}
-        assert same(after, {k: w.data for k, w in weights.items()})
+    assert same_history(expected, again)
     assert again.verify().ok
     assert again.gc().removed_objects == 0
 
@@ -237,8 +243,7 @@ def assert_sound_after(root: Path, weights: dict[str, np.ndarray]) -> None:
     repo = Repository(root)
     assert repo.verify().ok
     repo.commit("the same weights again", weights=weights)
-    got = {k: w.data for k, w in Repository(root).get_all_weights().items()}
-    assert same(got, weights)
+    assert same(arrays(Repository(root)), weights)
 
 
 def test_a_gc_killed_while_it_writes_packs_again_shows_no_garbage(tmp_path: Path) -> None:
@@ -306,7 +311,7 @@ def test_a_clone_of_damaged_objects_keeps_none_and_resumes(tmp_path: Path) -> No
     for path, data in pristine.items():  # the source repaired: the clone resumes
         path.write_bytes(data)
     resumed = clone(str(tmp_path / "source"), tmp_path / "copy")
-    assert same({k: w.data for k, w in resumed.get_all_weights().items()}, weights)
+    assert same(arrays(resumed), weights)
     assert resumed.verify().ok
 
 

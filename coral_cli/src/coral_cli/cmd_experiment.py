@@ -41,25 +41,31 @@ def settings(values: dict[str, Any], width: int = 48) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+def differing(rows: list[dict[str, Any]]) -> set[str]:
+    """The hyperparameters whose values differ between the runs given."""
+    values = [row["hyperparameters"] or {} for row in rows]
+    keys = {key for found in values for key in found}
+    return {key for key in keys if len({repr(found.get(key)) for found in values}) > 1}
+
+
 def varying_first(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each run's hyperparameters with those that differ between the runs of its
     experiment first (a sweep's learning rate before the settings all share)."""
     by_experiment: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        by_experiment.setdefault(row["experiment"], []).append(row["hyperparameters"] or {})
+        by_experiment.setdefault(row["experiment"], []).append(row)
+    differ = {name: differing(group) for name, group in by_experiment.items()}
     ordered = []
     for row in rows:
         values = row["hyperparameters"] or {}
-        siblings = by_experiment[row["experiment"]]
-        differ = {k for k in values if len({repr(s.get(k)) for s in siblings}) > 1}
-        ordered.append({**{k: values[k] for k in values if k in differ}, **values})
+        first = differ[row["experiment"]]
+        ordered.append({**{k: v for k, v in values.items() if k in first}, **values})
     return ordered
 
 
 def varying_only(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each run's hyperparameters that differ between the runs given."""
-    keys = {k for row in rows for k in (row["hyperparameters"] or {})}
-    differ = {k for k in keys if len({repr((r["hyperparameters"] or {}).get(k)) for r in rows}) > 1}
+    differ = differing(rows)
     return [{k: v for k, v in (r["hyperparameters"] or {}).items() if k in differ} for r in rows]
 
 

@@ -29,7 +29,7 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -544,23 +544,7 @@ class PackedStore(LocalStore):
             self._write_hidden()  # without the copies that left with their packs
 
     def _rewrite(self, index: Path, gone: set[str]) -> None:
-        with self._guard:
-            entries = self._indexes.get(index, {})
-        pack = index.with_suffix(".pack")
-        live = {name: at for name, at in entries.items() if name not in gone}
-        batch = PackWriteBatch(self)
-        with disk_errors(f"rewrite {pack}"):
-            if live:
-                with open(pack, "rb") as source:
-                    for name, (offset, size) in sorted(live.items(), key=lambda item: item[1]):
-                        source.seek(offset)
-                        batch.append(self.area + name, source.read(size))
-                batch.finish()
-            index.unlink(missing_ok=True)  # the old copies go: first from sight, then the bytes
-            pack.unlink(missing_ok=True)
-        with self._guard:
-            self._indexes.pop(index, None)
-            self._forget_gone()
+        self._merge([index], {(index, name) for name in gone}, [])
 
     def consolidate(self, small: int = PACK_SIZE // 2) -> int:
         """Write the loose objects (a repository from before packs, objects
@@ -569,17 +553,32 @@ class PackedStore(LocalStore):
         many objects moved. The old files go once the new packs are in place."""
         self.refresh()
         with self._guard:
-            merged = [
-                (index, dict(entries))
-                for index, entries in self._indexes.items()
+            small_packs = [
+                index
+                for index in self._indexes
                 if _size(index.with_suffix(".pack")) < small and index not in self._damaged
             ]
             hidden = set(self._deleted)
         loose = [key for key in super().list(self.area) if self.packed_name(key) is not None]
+        moved = self._merge(small_packs, hidden, loose)
+        for key in loose:
+            super().delete(key)
+        with self._guard:
+            self._write_hidden()
+        return moved
+
+    def _merge(
+        self, indexes: Sequence[Path], hidden: set[tuple[Path, str]], loose: Sequence[str]
+    ) -> int:
+        """Write the objects of the packs ``indexes`` (but the ``hidden`` ones) and
+        the ``loose`` ones into new packs, then remove those packs: first from
+        sight, then their bytes. Returns how many objects the new packs hold."""
+        with self._guard:
+            sources = [(index, dict(self._indexes.get(index, {}))) for index in indexes]
         batch = PackWriteBatch(self)
         moved = 0
-        with disk_errors(f"repack {self.packs}"):
-            for index, entries in merged:
+        with disk_errors(f"write packs in {self.packs}"):
+            for index, entries in sources:
                 with open(index.with_suffix(".pack"), "rb") as source:
                     for name, (offset, size) in sorted(entries.items(), key=lambda item: item[1]):
                         if (index, name) not in hidden:
@@ -589,16 +588,13 @@ class PackedStore(LocalStore):
                 with contextlib.suppress(MissingObjectError):
                     moved += batch.append(key, super().get(key))
             batch.finish()
-            for index, _ in merged:  # first from sight, then the bytes
+            for index in indexes:
                 index.unlink(missing_ok=True)
                 index.with_suffix(".pack").unlink(missing_ok=True)
-        for key in loose:
-            super().delete(key)
         with self._guard:
-            for index, _ in merged:
+            for index in indexes:
                 self._indexes.pop(index, None)
             self._forget_gone()
-            self._write_hidden()
         return moved
 
     def __repr__(self) -> str:
