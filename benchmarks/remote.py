@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
@@ -90,15 +90,26 @@ def train_and_push(remote_url: str, work: Path, checkpoints: int) -> dict[str, A
         before = stored_bytes(repo)
         repo.commit(f"checkpoint {index}", weights=weights)
         stored = stored_bytes(repo) - before
+        REQUESTS.clear()
         start = time.perf_counter()
         sent = repo.push()
         seconds = time.perf_counter() - start
-        pushes.append({"bytes": sent.bytes, "stored": stored, "seconds": seconds})
+        pushes.append(
+            {
+                "bytes": sent.bytes,
+                "stored": stored,
+                "seconds": seconds,
+                "object_requests": requests_of("objects"),
+                "other_requests": requests_of("refs+locks"),
+            }
+        )
     checkpoint_bytes = trainer.bytes
+    REQUESTS.clear()
     start = time.perf_counter()
     received: list[int] = []
     copy = clone(remote_url, work / "clone", received.append)
     clone_seconds = time.perf_counter() - start
+    clone_requests = sum(REQUESTS.values())
     assert copy.verify().ok
     shallow: list[int] = []
     clone(remote_url, work / "shallow", shallow.append, depth=1)
@@ -109,6 +120,8 @@ def train_and_push(remote_url: str, work: Path, checkpoints: int) -> dict[str, A
         "pushes": pushes,
         "first_push_mb_s": checkpoint_bytes / MB / pushes[0]["seconds"],
         "clone_seconds": clone_seconds,
+        "clone_requests": clone_requests,
+        "clone_objects": len(list(copy.objects.iter_ids())),
         "clone_mb_s": checkpoints * checkpoint_bytes / MB / clone_seconds,
         "later_push_fraction": [p["bytes"] / checkpoint_bytes for p in pushes[1:]],
         "later_push_vs_stored": [p["bytes"] / p["stored"] for p in pushes[1:]],
@@ -120,59 +133,35 @@ def stored_bytes(repo: Repository) -> int:
     return sum(f.stat().st_size for f in (repo.coral_dir / "objects").rglob("*") if f.is_file())
 
 
-class CountedStore(WeightStore):
-    """A remote store that counts the requests made of it (each call is one
-    request or more on S3: a multipart upload is several)."""
-
-    calls: ClassVar[Counter[str]] = Counter()
-
-    def __init__(self, inner: WeightStore) -> None:
-        self.inner = inner
-
-    def _count(self, name: str) -> None:
-        CountedStore.calls[name] += 1
-
-    def get(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
-        self._count("get")
-        return self.inner.get(key, byte_range)
-
-    def put(self, key: str, data: bytes | memoryview) -> None:
-        self._count("put")
-        self.inner.put(key, data)
-
-    def put_if_absent(self, key: str, data: bytes | memoryview) -> bool:
-        self._count("put")
-        return self.inner.put_if_absent(key, data)
-
-    def compare_and_swap(self, key: str, expected: bytes | None, new: bytes) -> bool:
-        self._count("swap")
-        return self.inner.compare_and_swap(key, expected, new)
-
-    def compare_and_delete(self, key: str, expected: bytes) -> bool:
-        self._count("swap")
-        return self.inner.compare_and_delete(key, expected)
-
-    def has(self, key: str) -> bool:
-        self._count("has")
-        return self.inner.has(key)
-
-    def delete(self, key: str) -> bool:
-        self._count("delete")
-        return self.inner.delete(key)
-
-    def list(self, prefix: str = "") -> Iterator[str]:
-        self._count("list")
-        return self.inner.list(prefix)
-
-    def size(self, key: str) -> int:
-        self._count("size")
-        return self.inner.size(key)
+#: The HTTP requests sent to S3 since the last clear, by "METHOD area" (area:
+#: ``objects`` for the objects and packs, ``refs+locks`` for the rest).
+REQUESTS: Counter[str] = Counter()
 
 
 def counting_remotes() -> None:
-    """Make every remote a push or fetch opens a :class:`CountedStore`."""
+    """Make every S3 remote a push, fetch or clone opens count its HTTP requests
+    (botocore's own events: retries and multipart parts count too)."""
     opener = remote_module.open_store
-    remote_module.open_store = lambda url: CountedStore(opener(url))  # type: ignore[assignment]
+
+    def counted(url: str, base: Path | None = None) -> WeightStore:
+        store = opener(url, base)
+        client = getattr(store, "_client", None)
+        if client is not None:
+
+            def hook(request: Any, **_: Any) -> None:
+                listing = "list-type" in request.url
+                where = request.url if listing else request.url.split("?")[0]
+                area = "objects" if "/objects" in where else "refs+locks"
+                REQUESTS[f"{request.method} {area}"] += 1
+
+            client.meta.events.register("before-send.s3", hook)
+        return store
+
+    remote_module.open_store = counted  # type: ignore[assignment]
+
+
+def requests_of(area: str) -> int:
+    return sum(n for name, n in REQUESTS.items() if name.endswith(area))
 
 
 def shared_run(remote_url: str, work: Path, checkpoints: int) -> dict[str, Any]:
@@ -191,7 +180,7 @@ def shared_run(remote_url: str, work: Path, checkpoints: int) -> dict[str, Any]:
     }
     blocked: dict[str, list[float]] = {name: [] for name in managers}
     kept: dict[int, dict[str, Any]] = {}
-    CountedStore.calls.clear()
+    REQUESTS.clear()
     for step in range(1, checkpoints + 1):
         loss = trainer.steps()
         weights = trainer.weights()
@@ -206,7 +195,7 @@ def shared_run(remote_url: str, work: Path, checkpoints: int) -> dict[str, Any]:
     pusher = managers["pushing"].pusher
     assert pusher is not None
     assert pusher.failures == 0
-    requests = dict(CountedStore.calls)
+    requests = dict(REQUESTS)
     reference = Repository(work / "reference", init=True)
     for checkpoint in managers["pushing"].checkpoints:
         reference.commit("kept", weights=kept[checkpoint.step])
@@ -276,6 +265,25 @@ def main() -> None:
         print(
             f"| {name} | {r['first_push_mb_s']:.1f} | {r['clone_mb_s']:.1f} | {shares} | {stored} |"
         )
+    print(
+        "\nS3 requests per push of one checkpoint (2nd..Nth; target for the objects: at most "
+        "4 + 1 per 64 MiB) and per clone of all of them\n"
+    )
+    print(
+        "| remote | objects / push | target | refs and locks / push | clone: requests "
+        "| clone: objects |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, r in results.items():
+        if "s3" not in name:
+            continue
+        later = r["pushes"][1:]
+        mib = max(p["bytes"] for p in later) / (64 * MB)
+        print(
+            f"| {name} | {max(p['object_requests'] for p in later)} | <= {4 + math.ceil(mib)} "
+            f"| {max(p['other_requests'] for p in later)} | {r['clone_requests']} "
+            f"| {r['clone_objects']} |"
+        )
     print("\nclones of those checkpoints: bytes received (target: depth 1 at most half of full)\n")
     print("| remote | full clone | --depth 1 | depth 1 / full |")
     print("| --- | ---: | ---: | ---: |")
@@ -293,8 +301,10 @@ def main() -> None:
     )
     print("| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
     for name, r in runs.items():
+        requests = f"{r['requests_per_push']:.0f}" if "s3" in name else "n/a"
         print(
-            f"| {name} | {r['bytes_per_push'] / MB:.2f} | {r['requests_per_push']:.0f} "
+            f"| {name} | {r['bytes_per_push'] / MB:.2f} "
+            f"| {requests} "
             f"| {r['save_seconds_pushing']:.3f} s (max {r['save_seconds_pushing_max']:.3f}) "
             f"| {r['save_seconds_alone']:.3f} s | <= save alone "
             f"| {r['kept_bytes'] / MB:.1f} MB | {r['local_bytes'] / MB:.1f} MB "

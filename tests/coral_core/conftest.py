@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coral_core import Repository, WeightTensor
+from coral_core import LocalStore, Repository, WeightStore, WeightTensor
 from coral_core.objects import object_key
 from coral_core.store.packs import PackedStore
 from coral_core.testing.s3_server import ACCESS_KEY, REGION, SECRET_KEY, s3_server  # noqa: F401
@@ -33,10 +33,15 @@ def make_weights(seed: int = 0, scale: float = 1.0) -> dict[str, WeightTensor]:
 def flip_bit(repo: Repository, object_id: str, at: int = -1, bit: int = 0x01) -> None:
     """Damage a stored object in place, as a bad disk would: flip ``bit`` of
     its byte ``at`` (the last by default), in its pack or its file."""
-    store = repo.objects.store
-    key = object_key(object_id)
+    flip_stored_bit(repo.objects.store, object_key(object_id), at, bit)
+
+
+def flip_stored_bit(store: WeightStore, key: str, at: int = -1, bit: int = 0x01) -> None:
+    """:func:`flip_bit` of a key of a folder's store (a repository's, or a
+    folder remote's ``objects/...``): in its pack or its file."""
+    assert isinstance(store, LocalStore), store
     found = store.locate(key) if isinstance(store, PackedStore) else None
-    path = found.pack if found is not None else repo.coral_dir / "objects" / key
+    path = found.pack if found is not None else store.root / key
     start, size = (found.offset, found.size) if found is not None else (0, path.stat().st_size)
     data = bytearray(path.read_bytes())
     data[start + (at % size)] ^= bit

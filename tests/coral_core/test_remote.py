@@ -11,6 +11,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,10 +27,11 @@ from coral_core import (
     clone,
 )
 from coral_core.objects import ObjectDatabase, ObjectKind, object_key
-from coral_core.remote import copy_objects
+from coral_core.remote import copy_objects, open_store
+from coral_core.store.bucket_packs import BucketPacks
 from coral_core.store.packs import PackedStore
 
-from .conftest import flip_last_bit
+from .conftest import flip_last_bit, flip_stored_bit
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -120,12 +122,8 @@ def test_fetch_verifies_objects_and_moves_nothing_on_damage(
     origin: Repository, tmp_path: Path
 ) -> None:
     origin.push()
-    remote_objects = tmp_path / "remote" / "objects"
     chunk = origin.objects.tensor_descriptor(origin.ls_tree()["encoder.weight"].tensor).chunks[-1]
-    path = remote_objects / object_key(chunk)
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 0x01
-    path.write_bytes(bytes(data))
+    flip_stored_bit(open_store(str(tmp_path / "remote")), f"objects/{object_key(chunk)}")
     fresh = Repository(tmp_path / "fresh", init=True)
     fresh.add_remote("origin", f"file://{tmp_path / 'remote'}")
     with pytest.raises(CorruptObjectError, match=chunk):
@@ -267,7 +265,7 @@ def test_one_200_mb_tensor_goes_up_and_comes_back(tmp_path: Path, remote_url: st
 
 @pytest.mark.parametrize("remote_url", ["s3"], indirect=True)
 def test_a_server_stopped_mid_push_then_back_takes_the_push_again(
-    tmp_path: Path, remote_url: str, request: pytest.FixtureRequest
+    tmp_path: Path, remote_url: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = request.getfixturevalue("s3_server")
     repo = Repository(tmp_path / "repo", init=True)
@@ -275,11 +273,18 @@ def test_a_server_stopped_mid_push_then_back_takes_the_push_again(
         repo.commit(f"step {step}", weights=model(step, size=512 * 1024))
     repo.add_remote("origin", remote_url)
     bucket = remote_url.removeprefix("s3://").split("/")[0]
-    stopper = threading.Timer(0.3, server.stop)
-    stopper.start()
+    publish = BucketPacks._publish
+    stopped = threading.Event()
+
+    def stop_then_publish(store: BucketPacks, *args: Any) -> None:
+        if not stopped.is_set():  # the server goes away just as the first pack goes up
+            stopped.set()
+            server.stop()
+        publish(store, *args)
+
+    monkeypatch.setattr(BucketPacks, "_publish", stop_then_publish)
     with pytest.raises(CoralError):
         repo.push()
-    stopper.join()
     server.start()  # moto keeps nothing across a restart: the bucket is made again
     server.client().create_bucket(Bucket=bucket)
     repo.push()

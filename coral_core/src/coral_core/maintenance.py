@@ -98,16 +98,18 @@ def live_objects(objects: ObjectDatabase, roots: Iterable[Node], view: WeightsVi
             read, since what it references would be unknown.
     """
     marked: set[str] = set()
-    stack = list(roots)
-    while stack:
-        object_id, kind = stack.pop()
-        if object_id in marked:
-            continue
-        marked.add(object_id)
-        children = objects.references(object_id, kind)
-        if kind == ObjectKind.COMMIT:
-            children = view.follow(object_id, children)
-        stack.extend(children)
+    frontier = list(roots)
+    while frontier:
+        fresh = [n for n in dict.fromkeys(frontier) if n[0] not in marked]
+        marked.update(object_id for object_id, _ in fresh)
+        # documents read ahead (on a bucket, a request per pack); of a chunk only its head is read
+        objects.store.prefetch(object_key(i) for i, kind in fresh if kind != ObjectKind.CHUNK)
+        frontier = []
+        for object_id, kind in fresh:
+            children = objects.references(object_id, kind)
+            if kind == ObjectKind.COMMIT:
+                children = view.follow(object_id, children)
+            frontier.extend(children)
     return marked
 
 
@@ -161,7 +163,7 @@ def delete_objects(
 ) -> tuple[int, int]:
     """Delete ``garbage`` in :func:`in_deletion_order`; (objects, bytes) it frees.
 
-    In packs a deletion takes effect only when :meth:`PackedStore.reclaim`
+    In packs a deletion takes effect only when the store's ``reclaim``
     records it, all at once: an object in its own file that packed garbage
     references (a chunk of a repository from before packs, a delta base now)
     goes only after that, so a gc stopped at any point still leaves no visible
@@ -169,8 +171,7 @@ def delete_objects(
     """
     order, edges = _deletion_graph(objects, garbage)
     store = objects.store
-    packs = store if isinstance(store, PackedStore) else None
-    in_packs = {i for i in order if packs is not None and packs.locate(object_key(i))}
+    in_packs = {i for i in order if store.is_packed(object_key(i))}
     held = {t for i in order if i in in_packs for t in edges[i]}  # referenced by packed garbage
     later = [i for i in order if i in held and i not in in_packs]
     waiting = set(later)
@@ -193,8 +194,7 @@ def delete_objects(
 def maintenance_lock(repo: Repository) -> Iterator[None]:
     """Exclusive: no writer is between storing objects and naming them in a ref."""
     with fair_lock(repo.coral_dir / GC_LOCK), repo.refs.lock():
-        if isinstance(repo.objects.store, PackedStore):
-            repo.objects.store.refresh()
+        repo.objects.store.refresh()  # a gc may have rewritten packs this view still names
         yield
 
 

@@ -624,15 +624,14 @@ class ObjectDatabase:
                 _TensorPlan(tensor, tensor_id, range(first, len(tasks)), rebuilt, not bases)
             )
         # Every chunk is durable and visible before a descriptor naming it is: a
-        # barrier in one batch where the store has it, two batches otherwise.
+        # barrier in one batch where the store orders a batch, two batches otherwise.
         recent: dict[str, _Recent] = {}
         with self.store.write_batch() as batch:
             stored = self._map(partial(self._store_chunk, batch, recent), tasks)
-            barrier = getattr(batch, "barrier", None)
-            if barrier is not None:
-                barrier()
+            if batch.ordered:
+                batch.barrier()
                 results = self._store_descriptors(batch, plans, stored)
-        if barrier is None:
+        if not batch.ordered:
             with self.store.write_batch() as batch:
                 results = self._store_descriptors(batch, plans, stored)
         self._recent = recent

@@ -10,7 +10,10 @@ Only missing objects travel: the walk from the refs stops at every object the
 other side has, since writers store objects bottom-up (chunks before the
 tensors naming them, ..., commits last), so having an object means having
 all it references. Objects are sent level by level in that order, in
-parallel; a ref moves only after all its objects are there, with
+parallel, in one write batch: into a folder's packs, or into a bucket's
+(:mod:`coral_core.store.bucket_packs`), so a push of one checkpoint is a pack
+and its index, not a request per object, and a fetch reads runs of a pack in
+one request each. A ref moves only after all its objects are there, with
 compare-and-swap, so an interrupted transfer leaves both sides consistent
 (run it again) and two pushes racing to one branch never silently lose a
 commit. Fetched objects are verified against their ids before any ref names them.
@@ -29,6 +32,7 @@ push in progress is about to name.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -58,6 +62,7 @@ from coral_core.refs import HEADS, PINS, PRUNED, REMOTES, RUNS, TAGS, RefDatabas
 from coral_core.remote_locks import LEASE_SECONDS, gc_lock, push_lock
 from coral_core.runs import split_pointer
 from coral_core.store.base import WeightStore, WriteBatch
+from coral_core.store.bucket_packs import BucketPacks
 from coral_core.store.local import LocalStore
 from coral_core.store.packs import PackedStore
 from coral_core.store.prefix import PrefixStore
@@ -69,9 +74,13 @@ _log = logging.getLogger("coral.remote")
 _THREADS = 8
 #: The file in ``.coral`` that marks a clone not finished yet.
 CLONING = "CLONING"
+#: The folder in ``.coral`` that keeps the pack indexes of each bucket remote.
+PACK_CACHE = "cache/packs"
 #: Objects the walk read whole and the copy reuses instead of reading them
 #: again (documents and small chunks: a request each saved on a remote).
 KEPT_BYTES = 64 << 20
+#: Objects copied per read ahead (of chunks of 4 MiB, what a bucket's read ahead holds).
+PREFETCH_GROUP = 64
 Node = tuple[str, ObjectKind]
 Progress = Callable[[int], None]  # called with the bytes of each object moved
 
@@ -136,11 +145,15 @@ def open_store(url: str, base: Path | None = None) -> WeightStore:
 
 
 class RemoteRefs:
-    """A remote store's refs and objects."""
+    """A remote store's refs and objects (``cache``: a folder that keeps the
+    indexes of a bucket's packs, so each is read from the remote once)."""
 
-    def __init__(self, store: WeightStore) -> None:
+    def __init__(self, store: WeightStore, cache: Path | None = None) -> None:
         self.store = store
-        self.objects = ObjectDatabase(PrefixStore(store, OBJECTS))
+        objects: WeightStore = PrefixStore(store, OBJECTS)
+        if not store.packs_objects:  # a bucket: packs of its own (a folder packs itself)
+            objects = BucketPacks(objects, cache)
+        self.objects = ObjectDatabase(objects)
         #: A repository's own refs when the remote is its folder (someone's live
         #: repository): ref updates take its lock and write its reflog.
         self.live: RefDatabase | None = None
@@ -228,9 +241,10 @@ def missing_objects(
     pool: ThreadPoolExecutor,
     kept: dict[str, bytes],
     follow: Callable[[str, list[Node]], list[Node]] | None = None,
-) -> list[list[Node]]:
+) -> tuple[list[list[Node]], dict[Node, list[Node]]]:
     """The objects reachable from ``roots`` that ``has`` lacks, in levels: each
-    level only references objects of earlier levels (or ones already there).
+    level only references objects of earlier levels (or ones already there);
+    and what each of them references.
 
     Each missing object is read once for what it references; the ones that
     read got whole (documents, small chunks) go into ``kept``, up to
@@ -246,6 +260,7 @@ def missing_objects(
         seen.update(n[0] for n in fresh)
         present = list(pool.map(lambda n: has(object_key(n[0])), fresh))
         missing = [n for n, there in zip(fresh, present, strict=True) if not there]
+        source.store.prefetch(object_key(n[0]) for n in missing)
         read = list(pool.map(lambda n: source.references_read_once(*n), missing))
         frontier = []
         for node, (refs, blob) in zip(missing, read, strict=True):
@@ -280,7 +295,7 @@ def missing_objects(
     levels: list[list[Node]] = [[] for _ in range(1 + max(height.values(), default=-1))]
     for node, level in height.items():
         levels[level].append(node)
-    return levels
+    return levels, edges
 
 
 def copy_objects(
@@ -306,7 +321,7 @@ def copy_objects(
     result = TransferResult()
     kept: dict[str, bytes] = {}
     with ThreadPoolExecutor(_THREADS, "coral-transfer") as pool:
-        levels = missing_objects(source, dest.store.has, roots, pool, kept, follow)
+        levels, edges = missing_objects(source, dest.store.has, roots, pool, kept, follow)
         if check is not None:
             check(levels)
         result.commits = [n[0] for level in levels for n in level if n[1] == ObjectKind.COMMIT]
@@ -321,28 +336,58 @@ def copy_objects(
                 progress(len(data))
             return len(data)
 
-        def problem(node: Node) -> CoralError | None:
-            try:
-                _verify(dest, *node)
-            except CoralError as exc:
-                return exc
-            return None
-
-        for level in levels:  # a level at a time, in one batch: a pack where dest packs
+        pending = list(levels)
+        while pending:  # one batch (a pack where dest packs), a level at a time in it
             with dest.store.write_batch() as batch:
-                sizes = list(pool.map(partial(move, batch), level))
-            if verify:  # every object of the level checked; the bad ones all go again
-                found = zip(level, pool.map(problem, level), strict=True)
-                bad = [(node, error) for node, error in found if error is not None]
-                for node, _ in bad:
-                    dest.store.delete(object_key(node[0]))
-                if bad:
-                    dest.store.reclaim()
-                    first, exc = bad[0]
-                    raise CorruptObjectError(f"object {first[0]} from the remote: {exc}") from exc
-            result.objects += len(sizes)
-            result.bytes += sum(sizes)
+                while pending:
+                    level = pending.pop(0)
+                    for at in range(0, len(level), PREFETCH_GROUP):  # a few requests per group
+                        group = level[at : at + PREFETCH_GROUP]
+                        source.store.prefetch(object_key(n[0]) for n in group if n[0] not in kept)
+                        sizes = list(pool.map(partial(move, batch), group))
+                        result.objects += len(sizes)
+                        result.bytes += sum(sizes)
+                    if not batch.ordered:
+                        break  # what names this level goes in a batch of its own
+                    batch.barrier()
+        if verify:
+            _verify_levels(dest, levels, edges, pool)
     return result
+
+
+def _verify_levels(
+    dest: ObjectDatabase,
+    levels: list[list[Node]],
+    edges: dict[Node, list[Node]],
+    pool: ThreadPoolExecutor,
+) -> None:
+    """Check what arrived, a level at a time. At the first level with bad
+    objects, they go again, and so does every object above that names one of
+    them, however indirectly: nothing stays that names what is not there.
+
+    Raises:
+        CorruptObjectError: naming the first bad object.
+    """
+
+    def problem(node: Node) -> CoralError | None:
+        try:
+            _verify(dest, *node)
+        except CoralError as exc:
+            return exc
+        return None
+
+    for at, level in enumerate(levels):
+        bad = [(n, e) for n, e in zip(level, pool.map(problem, level), strict=True) if e]
+        if not bad:
+            continue
+        doomed = {node for node, _ in bad}
+        for above in levels[at + 1 :]:
+            doomed.update(n for n in above if any(t in doomed for t in edges[n]))
+        for node in doomed:
+            dest.store.delete(object_key(node[0]))
+        dest.store.reclaim()
+        first, exc = bad[0]
+        raise CorruptObjectError(f"object {first[0]} from the remote: {exc}") from exc
 
 
 def _verify(objects: ObjectDatabase, object_id: str, kind: ObjectKind) -> None:
@@ -429,7 +474,9 @@ def _remote(repo: Repository, name: str) -> RemoteRefs:
         raise RefNotFoundError(
             f"no remote named {name!r}; add one with `coral-ml remote add {name} <url>`"
         )
-    return RemoteRefs(open_store(remotes[name], base=repo.path))
+    url = remotes[name]
+    cache = repo.coral_dir / PACK_CACHE / hashlib.sha256(url.encode()).hexdigest()[:16]
+    return RemoteRefs(open_store(url, base=repo.path), cache)
 
 
 def push(
@@ -516,9 +563,9 @@ def push(
             check=lambda levels: _refuse_shallow(view, levels, remote),
             progress=progress,
         )
-        for commit in sorted(marks - target.names(PRUNED)):
+        for commit in sorted(marks - target.names(PRUNED)) if marks else ():
             target.mark(PRUNED + commit, commit)
-        for commit in sorted(pins - target.names(PINS)):
+        for commit in sorted(pins - target.names(PINS)) if pins else ():  # a listing each
             target.mark(PINS + commit, commit)
         moves: list[tuple[str, str | None, str | None]] = [*updates]
         moves.sort(key=_push_order)
@@ -902,6 +949,8 @@ def collect_remote_garbage(
         removed, freed = delete_objects(
             target.objects, (i for i in stored if i not in keep), dry_run, progress
         )
+        if not dry_run:
+            target.objects.store.reclaim()  # packed garbage: its space, packs cut off
     return GCResult(removed, freed, len(stored) - removed, 0, dry_run)
 
 

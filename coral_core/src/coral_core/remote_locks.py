@@ -38,7 +38,6 @@ from coral_core.locks import fair_lock
 from coral_core.store.base import WeightStore
 from coral_core.store.local import GC_LOCK as FOLDER_GC_LOCK
 from coral_core.store.local import LocalStore
-from coral_core.store.packs import PackedStore
 
 LOCKS = "locks/"
 GC_LOCK = LOCKS + "gc"
@@ -147,8 +146,7 @@ class _Flock:
 def _folder_lock(store: LocalStore, shared: bool, wait: float) -> Iterator[Held]:
     try:
         with fair_lock(store.root / FOLDER_GC_LOCK, shared=shared, timeout=wait):
-            if isinstance(store, PackedStore):
-                store.refresh()  # a gc may have rewritten packs this view still names
+            store.refresh()  # a gc may have rewritten packs this view still names
             yield _Flock()
     except LockTimeoutError as exc:
         raise RemoteBusyError(f"{store!r} stays locked by another push or gc: {exc}") from exc

@@ -220,8 +220,7 @@ class Repository:
     def writing_objects(self) -> Iterator[None]:
         """Hold off ``gc`` while new objects are not yet referenced by a ref or the index."""
         with fair_lock(self.coral_dir / GC_LOCK, shared=True):
-            if isinstance(self.objects.store, PackedStore):
-                self.objects.store.refresh()  # what a gc rewrote meanwhile: seen now
+            self.objects.store.refresh()  # what a gc rewrote meanwhile: seen now
             yield
 
     def _author(self, author: str | None) -> str:

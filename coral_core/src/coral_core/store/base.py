@@ -11,7 +11,7 @@ import contextlib
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
 from typing import TypeVar
@@ -53,6 +53,9 @@ class WeightStore(ABC):
     """
 
     read_only: bool = False
+    #: The store puts the objects of a write batch into packs itself (a folder
+    #: of packs); a remote keeps packs in any other store through bucket packs.
+    packs_objects: bool = False
 
     @abstractmethod
     def get(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
@@ -200,6 +203,19 @@ class WeightStore(ABC):
         """The batch :meth:`write_batch` uses; the default writes through at once."""
         return WriteBatch(self)
 
+    def is_packed(self, key: str) -> bool:
+        """Whether ``key`` lies in a pack, where deleting it takes effect only
+        at :meth:`reclaim` (gc orders its deletions by that)."""
+        return False
+
+    def prefetch(self, keys: Iterable[str]) -> None:  # noqa: B027 (a no-op hook)
+        """Read ``keys`` ahead where one request can bring many (packs in a
+        bucket); a transfer calls it before it reads them one by one."""
+
+    def refresh(self) -> None:  # noqa: B027 (a no-op hook for stores that cache a listing)
+        """Look again at what other processes stored; a writer calls it once it
+        holds the lock that keeps gc out."""
+
     def reclaim(self) -> None:  # noqa: B027 (a no-op hook; gc calls it after deleting)
         """Give back the space of deleted objects where deleting alone does not (HDF5)."""
 
@@ -226,8 +242,17 @@ class WeightStore(ABC):
 class WriteBatch:
     """Writes of one :meth:`WeightStore.write_batch` block; this one writes through."""
 
+    #: :meth:`barrier` orders the writes inside one batch; where it does not,
+    #: what must be visible first goes in a batch of its own.
+    ordered: bool = True
+
     def __init__(self, store: WeightStore) -> None:
         self.store = store
+
+    def barrier(self) -> None:
+        """Everything written so far becomes visible and durable before anything
+        written after (chunks before the descriptors naming them). Writing
+        through, it already is."""
 
     def put_if_absent(self, key: str, data: bytes | memoryview) -> bool:
         """Store ``data`` unless ``key`` exists or is already in this batch;

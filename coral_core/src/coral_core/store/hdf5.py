@@ -511,6 +511,7 @@ class HDF5WriteBatch(WriteBatch):
     """Objects of one batch are written at once and flushed together at the end."""
 
     store: HDF5Store
+    ordered = False  # one flush at the end: what must be durable first needs its own batch
 
     def put_if_absent(self, key: str, data: bytes | memoryview) -> bool:
         self.store._check_writable(key)

@@ -25,38 +25,37 @@ from __future__ import annotations
 
 import contextlib
 import os
-import struct
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
-import xxhash
 
 from coral_core.errors import CorruptObjectError, MissingObjectError
 from coral_core.files import TEMP_PREFIX, disk_errors, flush_paths, write_file_atomic
 from coral_core.store.base import WriteBatch
 from coral_core.store.local import LocalStore
+from coral_core.store.pack_format import (
+    HIDDEN,
+    PACK_MAGIC,
+    PACK_SIZE,
+    PACKS,
+    Entries,
+    byte_view,
+    decode_index,
+    encode_index,
+    hidden_lines,
+    parse_hidden,
+    record_head,
+    scan_pack,
+)
 
-#: The folder of the packs, inside the store's root.
-PACKS = "packs"
-#: The file listing the packed copies gc deleted that are still in their packs.
-HIDDEN = "hidden"
-#: A pack is closed and another begun once it holds this many bytes.
-PACK_SIZE = 64 * 1024 * 1024
-_PACK_MAGIC = b"CRLP\x01\x00\x00\x00"
-_INDEX_MAGIC = b"CRLI\x01\x00\x00\x00"
-_RECORD = struct.Struct("<HQ")  # key length, object size (the key and object follow)
-_ENTRY = struct.Struct("<HQQ")  # key length, offset, size (the key follows)
-_COUNT = struct.Struct("<Q")
 #: Nanoseconds a folder's time may lag behind its last change (file times tick
 #: coarsely: a few milliseconds on local file systems).
 _COARSE_CLOCK = 100_000_000
-_CHECKSUM = struct.Struct("<Q")
 
 
 @dataclass(frozen=True)
@@ -75,72 +74,6 @@ def _size(path: Path) -> int:
         return 0
 
 
-def encode_index(entries: dict[str, tuple[int, int]]) -> bytes:
-    """An index: ``{key: (offset, size)}`` of a pack, with a checksum at the end."""
-    parts = [_INDEX_MAGIC, _COUNT.pack(len(entries))]
-    for key, (offset, size) in sorted(entries.items()):
-        name = key.encode()
-        parts += [_ENTRY.pack(len(name), offset, size), name]
-    body = b"".join(parts)
-    return body + _CHECKSUM.pack(xxhash.xxh3_64_intdigest(body))
-
-
-def decode_index(data: bytes, where: Path) -> dict[str, tuple[int, int]]:
-    """Inverse of :func:`encode_index`.
-
-    Raises:
-        CorruptObjectError: when the index is damaged.
-    """
-    body, trailer = data[: -_CHECKSUM.size], data[-_CHECKSUM.size :]
-    if (
-        len(data) < len(_INDEX_MAGIC) + _COUNT.size + _CHECKSUM.size
-        or not body.startswith(_INDEX_MAGIC)
-        or _CHECKSUM.unpack(trailer)[0] != xxhash.xxh3_64_intdigest(body)
-    ):
-        raise CorruptObjectError(f"pack index {where} is damaged")
-    (count,) = _COUNT.unpack_from(body, len(_INDEX_MAGIC))
-    entries: dict[str, tuple[int, int]] = {}
-    at = len(_INDEX_MAGIC) + _COUNT.size
-    try:
-        for _ in range(count):
-            length, offset, size = _ENTRY.unpack_from(body, at)
-            at += _ENTRY.size
-            entries[body[at : at + length].decode()] = (offset, size)
-            at += length
-    except (struct.error, UnicodeDecodeError):
-        raise CorruptObjectError(f"pack index {where} is damaged") from None
-    return entries
-
-
-def scan_pack(handle: BinaryIO, where: Path) -> dict[str, tuple[int, int]]:
-    """The index of a pack, read from its records (to rebuild a damaged index):
-    those up to the first record that is cut short.
-
-    Raises:
-        CorruptObjectError: when the file is not a pack.
-    """
-    handle.seek(0, os.SEEK_END)
-    end = handle.tell()
-    handle.seek(0)
-    if handle.read(len(_PACK_MAGIC)) != _PACK_MAGIC:
-        raise CorruptObjectError(f"{where} is not a pack")
-    entries: dict[str, tuple[int, int]] = {}
-    at = len(_PACK_MAGIC)
-    while at < end:  # the records before a damaged or cut one are kept
-        head = handle.read(_RECORD.size)
-        if len(head) < _RECORD.size:
-            break
-        length, size = _RECORD.unpack(head)
-        key = handle.read(length).decode(errors="replace")
-        at += _RECORD.size + length
-        if at + size > end:
-            break
-        entries[key] = (at, size)
-        at += size
-        handle.seek(at)
-    return entries
-
-
 class _PackWriter:
     """One pack being written: a hidden temporary file, records appended."""
 
@@ -150,15 +83,15 @@ class _PackWriter:
         self.tmp = folder / f"{TEMP_PREFIX}{os.getpid()}-{self.name}.pack"
         self.tmp_index = folder / f"{TEMP_PREFIX}{os.getpid()}-{self.name}.idx"
         self.handle = open(self.tmp, "xb")  # noqa: SIM115 (closed in close())
-        self.handle.write(_PACK_MAGIC)
-        self.size = len(_PACK_MAGIC)
-        self.entries: dict[str, tuple[int, int]] = {}
+        self.handle.write(PACK_MAGIC)
+        self.size = len(PACK_MAGIC)
+        self.entries: Entries = {}
 
     def append(self, key: str, data: bytes | memoryview) -> None:
-        name = key.encode()
-        self.handle.write(_RECORD.pack(len(name), len(data)))
-        self.handle.write(name)
-        offset = self.size + _RECORD.size + len(name)
+        data = byte_view(data)
+        head = record_head(key, len(data))
+        self.handle.write(head)
+        offset = self.size + len(head)
         self.handle.write(data)
         self.entries[key] = (offset, len(data))
         self.size = offset + len(data)
@@ -259,6 +192,8 @@ class PackedStore(LocalStore):
             repository and its folder seen as a remote share them.
     """
 
+    packs_objects = True
+
     def __init__(
         self,
         root: str | os.PathLike[str],
@@ -270,7 +205,7 @@ class PackedStore(LocalStore):
         self.area = area
         self.packs = self.root / area / PACKS
         self._guard = threading.RLock()
-        self._indexes: dict[Path, dict[str, tuple[int, int]]] = {}  # index file -> entries
+        self._indexes: dict[Path, Entries] = {}  # index file -> entries
         self._where: dict[str, list[Path]] = {}  # key -> the indexes listing a copy
         self._deleted: set[tuple[Path, str]] = set()  # (index, key) hidden until reclaim
         self._damaged: set[Path] = set()  # indexes rebuilt from their packs: never rewritten
@@ -330,7 +265,7 @@ class PackedStore(LocalStore):
             for key in entries:
                 self._where.setdefault(key, []).append(index)
 
-    def _rebuilt_index(self, index: Path) -> dict[str, tuple[int, int]]:
+    def _rebuilt_index(self, index: Path) -> Entries:
         """The entries of a damaged index, from its pack (none if that is damaged too)."""
         try:
             with open(index.with_suffix(".pack"), "rb") as handle:
@@ -355,6 +290,9 @@ class PackedStore(LocalStore):
             found = self._find(key)
         return found
 
+    def is_packed(self, key: str) -> bool:
+        return self.locate(key) is not None
+
     def _find(self, key: str) -> PackedObject | None:
         name = self.packed_name(key)
         if name is None:
@@ -369,12 +307,11 @@ class PackedStore(LocalStore):
     def _read_hidden(self) -> None:
         """Take in the packed copies a ``gc`` hid durably (caller holds the guard)."""
         try:
-            text = (self.packs / HIDDEN).read_text(encoding="ascii", errors="replace")
+            text = (self.packs / HIDDEN).read_bytes()
         except FileNotFoundError:
             return
         by_name = {index.name: index for index in self._indexes}
-        for line in text.splitlines():
-            index_name, _, name = line.partition(" ")
+        for index_name, name in parse_hidden(text):
             index = by_name.get(index_name)
             if index is not None and name in self._indexes[index]:
                 self._deleted.add((index, name))
@@ -382,9 +319,9 @@ class PackedStore(LocalStore):
     def _write_hidden(self) -> None:
         """Make the hidden copies durable, at once (caller holds the guard): from
         then on no process sees them, whatever happens to the packs after."""
-        lines = sorted(f"{i.name} {name}\n" for i, name in self._deleted if i in self._indexes)
+        lines = hidden_lines({(i.name, name) for i, name in self._deleted if i in self._indexes})
         if lines or (self.packs / HIDDEN).exists():
-            write_file_atomic(self.packs / HIDDEN, "".join(lines).encode(), fsync=self.fsync)
+            write_file_atomic(self.packs / HIDDEN, lines, fsync=self.fsync)
 
     def _forget_gone(self) -> None:
         """Rebuild the lookups after indexes left ``_indexes`` (caller holds the guard)."""

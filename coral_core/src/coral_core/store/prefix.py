@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
-from coral_core.store.base import WeightStore, validate_key
+from coral_core.store.base import WeightStore, WriteBatch, validate_key
 
 
 class PrefixStore(WeightStore):
-    """Every key of ``inner`` under ``prefix/``, with the prefix taken off."""
+    """Every key of ``inner`` under ``prefix/``, with the prefix taken off.
+
+    Write batches, packs and reclaiming go through to ``inner``: a folder of
+    packs seen through its ``objects/`` still packs what a push sends.
+    """
 
     def __init__(self, inner: WeightStore, prefix: str) -> None:
         self.inner = inner
         self.prefix = validate_key(prefix.strip("/")) + "/"
         self.read_only = inner.read_only
+        self.packs_objects = inner.packs_objects
 
     def _key(self, key: str) -> str:
         return self.prefix + validate_key(key)
@@ -46,11 +51,46 @@ class PrefixStore(WeightStore):
     def size(self, key: str) -> int:
         return self.inner.size(self._key(key))
 
+    def is_packed(self, key: str) -> bool:
+        return self.inner.is_packed(self._key(key))
+
+    def prefetch(self, keys: Iterable[str]) -> None:
+        self.inner.prefetch(self._key(key) for key in keys)
+
+    def refresh(self) -> None:
+        self.inner.refresh()
+
     def reclaim(self) -> None:
         self.inner.reclaim()
+
+    def _new_batch(self) -> WriteBatch:
+        return _PrefixWriteBatch(self, self.inner._new_batch())
 
     def close(self) -> None:
         self.inner.close()
 
     def __repr__(self) -> str:
         return f"PrefixStore({self.inner!r}, {self.prefix!r})"
+
+
+class _PrefixWriteBatch(WriteBatch):
+    """A batch of the inner store, the prefix put before each key."""
+
+    store: PrefixStore
+
+    def __init__(self, store: PrefixStore, inner: WriteBatch) -> None:
+        super().__init__(store)
+        self.inner = inner
+        self.ordered = inner.ordered
+
+    def put_if_absent(self, key: str, data: bytes | memoryview) -> bool:
+        return self.inner.put_if_absent(self.store._key(key), data)
+
+    def barrier(self) -> None:
+        self.inner.barrier()
+
+    def finish(self) -> None:
+        self.inner.finish()
+
+    def abort(self) -> None:
+        self.inner.abort()

@@ -51,7 +51,8 @@ class S3Config:
         access_key, secret_key, session_token: credentials; None uses the standard
             AWS chain (environment, ``~/.aws``, instance or container role).
         profile: a named profile of the AWS configuration files.
-        multipart_threshold: objects of at least this many bytes go up in parts.
+        multipart_threshold: objects of at least this many bytes go up in parts
+            (by default more than a pack holds: one request per pack).
         part_size: bytes per part (S3 wants at least 5 MiB for all but the last).
         max_concurrency: parts uploaded at once, and objects moved at once by sync.
         max_attempts: tries per request (botocore's standard retry mode: backoff
@@ -70,7 +71,7 @@ class S3Config:
     secret_key: str | None = None
     session_token: str | None = None
     profile: str | None = None
-    multipart_threshold: int = 16 * 2**20
+    multipart_threshold: int = 96 * 2**20
     part_size: int = 8 * 2**20
     max_concurrency: int = 8
     max_attempts: int = 5
