@@ -29,6 +29,7 @@ import platform
 import statistics
 import tempfile
 import time
+import urllib.parse
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -149,8 +150,8 @@ def counting_remotes() -> None:
         if client is not None:
 
             def hook(request: Any, **_: Any) -> None:
-                listing = "list-type" in request.url
-                where = request.url if listing else request.url.split("?")[0]
+                url = urllib.parse.unquote(request.url)
+                where = url if "list-type" in url else url.split("?")[0]
                 area = "objects" if "/objects" in where else "refs+locks"
                 REQUESTS[f"{request.method} {area}"] += 1
 

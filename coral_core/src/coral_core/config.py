@@ -8,7 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from coral_core.delta import MAX_CHAIN_LENGTH, DeltaConfig, DeltaType
+from coral_core.codecs import codec_names
+from coral_core.delta import MAX_CHAIN_LENGTH, DeltaConfig, DeltaType, kind_name
 from coral_core.errors import ConfigError, CorruptObjectError, UnsupportedFormatError
 from coral_core.files import write_file_atomic
 from coral_core.objects import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
@@ -28,7 +29,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "user": {"name": None, "email": None},
     "delta": {
-        "type": DeltaConfig().delta_type.value,
+        "type": kind_name(DeltaConfig().delta_type),
         "max_chain_length": DeltaConfig().max_chain_length,
         "similarity_threshold": DeltaConfig().similarity_threshold,
         "sparse_threshold": DeltaConfig().sparse_threshold,
@@ -59,8 +60,9 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "core.compression_level": (lambda v: 1 <= v <= 22, "a zstd level from 1 to 22"),
     "core.hash": (lambda v: v == "xxh3-128", '"xxh3-128", the only hash Coral has'),
     "delta.type": (
-        lambda v: v in {t.value for t in DeltaType},
-        "one of " + ", ".join(t.value for t in DeltaType),
+        lambda v: v in codec_names(),
+        "an installed delta codec (" + ", ".join(t.value for t in DeltaType) + ", or a "
+        "plugin's, which needs that plugin)",
     ),
     "delta.max_chain_length": (lambda v: 1 <= v <= MAX_CHAIN_LENGTH, f"1 to {MAX_CHAIN_LENGTH}"),
     "delta.similarity_threshold": (lambda v: 0 <= v <= 1, "from 0 to 1"),
@@ -175,7 +177,7 @@ class RepoConfig:
         """
         try:
             return DeltaConfig(
-                delta_type=DeltaType(self.get("delta.type")),
+                delta_type=self.get("delta.type"),
                 compression_level=self.get("core.compression_level"),
                 max_chain_length=self.get("delta.max_chain_length"),
                 similarity_threshold=float(self.get("delta.similarity_threshold")),
@@ -186,7 +188,7 @@ class RepoConfig:
 
     def set_delta_config(self, config: DeltaConfig) -> None:
         """Save delta settings (a lossy ``delta.type`` is an explicit opt-in)."""
-        self._values["delta"]["type"] = config.delta_type.value
+        self._values["delta"]["type"] = kind_name(config.delta_type)
         self._values["delta"]["max_chain_length"] = config.max_chain_length
         self._values["delta"]["similarity_threshold"] = config.similarity_threshold
         self._values["delta"]["sparse_threshold"] = config.sparse_threshold

@@ -181,3 +181,7 @@ class ModelFileError(CoralError, ValueError):
 
 class UnsafeModelFileError(ModelFileError):
     """A model file that can only be read by running code from it (a full pickle)."""
+
+
+class UnknownCodecError(ConfigError):
+    """No delta codec of that name is installed (a plugin's codec, without the plugin)."""

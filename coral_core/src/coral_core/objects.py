@@ -36,7 +36,9 @@ from coral_core.delta import (
     DeltaConfig,
     DeltaType,
     apply_delta,
+    codec_of,
     encode_arrays,
+    kind_name,
     supports,
 )
 from coral_core.dtypes import numpy_dtype
@@ -595,7 +597,7 @@ class ObjectDatabase:
         plans: list[_TensorPlan] = []
         tasks: list[_ChunkTask] = []
         kind = self.delta_config.delta_type
-        lossy_kind = None if kind.is_lossless else kind
+        lossy_kind = None if codec_of(kind).lossless else kind
         budget = RECENT_BYTES if lossy_kind is None else 0
         for tensor, reference in items:
             tensor_id = tensor.compute_hash()
@@ -657,7 +659,7 @@ class ObjectDatabase:
         if plan.rebuilt is not None and any(c.lossy_error is not None for c in chunks):
             tensor_id = plan.rebuilt.tensor_id()  # what is stored is the rebuild
             error = max(c.lossy_error or 0.0 for c in chunks)
-            lossy = {"type": self.delta_config.delta_type.value, "max_abs_error": error}
+            lossy = {"type": kind_name(self.delta_config.delta_type), "max_abs_error": error}
         descriptor: dict[str, Any] = {
             "dtype": dtype,
             "shape": list(tensor.shape),
@@ -728,7 +730,7 @@ class ObjectDatabase:
             "base": base.chunk_id,
             "root": base.root,
             "depth": base.depth + 1,
-            "type": kind.value,
+            "type": kind_name(kind),
             "dtype": task.dtype,
             "meta": meta,
         }
@@ -767,7 +769,7 @@ class ObjectDatabase:
         base = self._delta_base(base_id, len(piece), borrow) if base_id else None
         if base is not None:
             kind = self.delta_config.delta_type
-            if not kind.is_lossless:  # what a lossy write keeps exactly stays exact
+            if not codec_of(kind).lossless:  # what a lossy write keeps exactly stays exact
                 kind = DeltaType.COMPRESSED
             elif not supports(kind, dtype):
                 kind = DeltaType.XOR_FLOAT32
@@ -783,7 +785,7 @@ class ObjectDatabase:
                 "base": base.chunk_id,
                 "root": base.root,
                 "depth": base.depth + 1,
-                "type": kind.value,
+                "type": kind_name(kind),
                 "dtype": dtype,
                 "meta": meta,
             }
@@ -916,7 +918,7 @@ class ObjectDatabase:
                 raise CorruptObjectError(f"chunk {object_id}: delta chain loops or is too long")
             try:
                 target = out.view(numpy_dtype(params["dtype"]))
-                kind = DeltaType(params["type"])
+                kind = codec_of(str(params["type"])).name
                 meta = params.get("meta", {})
                 base = str(params["base"])
             except (KeyError, ValueError, TypeError) as exc:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from coral_core.delta import DeltaConfig, DeltaEncoder, cosine_similarity
+from coral_core.delta import DeltaConfig, DeltaEncoder, cosine_similarity, kind_name
 from coral_core.errors import CoralError
 from coral_core.tensor import WeightTensor
 
@@ -225,7 +225,7 @@ class Deduplicator:
             "is_delta": True,
             "reference_hash": reference_key,
             "similarity": similarity,
-            "delta_type": delta.delta_type.value,
+            "delta_type": kind_name(delta.delta_type),
             "compression_ratio": delta.compression_ratio,
             "bytes_saved": saved,
             "delta": delta,

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from coral_core.delta import Delta, DeltaType
+from coral_core.delta import Delta, as_kind, kind_name
 from coral_core.dtypes import bits_dtype, dtype_name, numpy_dtype
 from coral_core.errors import CoralError, InvalidKeyError, MissingObjectError, ReadOnlyStoreError
 from coral_core.store.base import KEY_SEGMENT, WeightStore, WriteBatch, validate_key
@@ -385,7 +385,7 @@ class HDF5Store(WeightStore):
                 )
                 dataset.attrs.update(
                     {
-                        "delta_type": delta.delta_type.value,
+                        "delta_type": kind_name(delta.delta_type),
                         "reference_hash": delta.reference_hash,
                         "original_shape": np.asarray(delta.original_shape, dtype=np.int64),
                         "original_dtype": dtype_name(delta.original_dtype),
@@ -403,7 +403,7 @@ class HDF5Store(WeightStore):
                 return None
             attrs = dataset.attrs
             return Delta(
-                delta_type=DeltaType(str(attrs["delta_type"])),
+                delta_type=as_kind(str(attrs["delta_type"])),
                 data=dataset[()].tobytes(),
                 reference_hash=str(attrs["reference_hash"]),
                 original_shape=tuple(int(d) for d in attrs["original_shape"]),
