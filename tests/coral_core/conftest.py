@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from coral_core import LocalStore, Repository, WeightStore, WeightTensor
-from coral_core.objects import object_key
+from coral_core.object_format import object_key
 from coral_core.store.packs import PackedStore
 from coral_core.testing.s3_server import ACCESS_KEY, REGION, SECRET_KEY, s3_server  # noqa: F401
 

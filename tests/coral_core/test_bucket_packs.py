@@ -11,7 +11,8 @@ import pytest
 
 from coral_core import CorruptObjectError, LocalStore, MemoryStore, Repository, WeightStore, clone
 from coral_core import remote as remote_module
-from coral_core.objects import ObjectDatabase, ObjectKind, object_key
+from coral_core.object_format import ObjectKind, object_key
+from coral_core.objects import ObjectDatabase
 from coral_core.remote import RemoteRefs, copy_objects
 from coral_core.store.bucket_packs import PACKED_ONLY, BucketPacks
 from coral_core.store.pack_format import encode_index

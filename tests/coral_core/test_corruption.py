@@ -27,7 +27,7 @@ from coral_core import (
     bit_view,
 )
 from coral_core.maintenance import VerifyReport
-from coral_core.objects import Codec, ObjectKind, object_key
+from coral_core.object_format import Codec, ObjectKind, object_key
 from tests.coral_core.conftest import make_weights
 from tests.coral_core.test_objects import RAW_SIZE_HIGH_BITS, closure
 

@@ -25,7 +25,7 @@ import pytest
 from coral_core import Repository, bit_view
 from coral_core.locks import file_lock
 from coral_core.maintenance import in_deletion_order, reachable_objects
-from coral_core.objects import ObjectKind
+from coral_core.object_format import ObjectKind
 
 ROOT = Path(__file__).resolve().parents[2]
 CHUNK_SIZE = 4096

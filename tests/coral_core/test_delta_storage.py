@@ -21,7 +21,8 @@ from coral_core import (
     bit_view,
 )
 from coral_core.delta import encode_arrays
-from coral_core.objects import Codec, ObjectDatabase
+from coral_core.object_format import Codec
+from coral_core.objects import ObjectDatabase
 from coral_core.planes import encode_planes
 from coral_core.testing.strategies import arrays
 

@@ -38,13 +38,8 @@ from coral_core import (
 )
 from coral_core.config import RepoConfig
 from coral_core.formats import read_npz, read_safetensors, write_npz, write_safetensors
-from coral_core.objects import (
-    HEADER_SIZE,
-    ObjectDatabase,
-    ObjectKind,
-    object_key,
-    parse_header,
-)
+from coral_core.object_format import HEADER_SIZE, ObjectKind, object_key, parse_header
+from coral_core.objects import ObjectDatabase
 from coral_core.refnames import validate_ref_name
 from coral_core.refs import HEADS, RefDatabase
 

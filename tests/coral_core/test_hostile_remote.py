@@ -28,7 +28,7 @@ from coral_core import (
     clone,
 )
 from coral_core.hashing import chunk_id, document_id, tensor_hasher
-from coral_core.objects import (
+from coral_core.object_format import (
     Codec,
     ObjectKind,
     canonical_json,

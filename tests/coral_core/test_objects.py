@@ -24,14 +24,8 @@ from coral_core import (
     bit_view,
     numpy_dtype,
 )
-from coral_core.objects import (
-    HEADER_SIZE,
-    Codec,
-    ObjectDatabase,
-    ObjectKind,
-    object_key,
-    parse_header,
-)
+from coral_core.object_format import HEADER_SIZE, Codec, ObjectKind, object_key, parse_header
+from coral_core.objects import ObjectDatabase
 from coral_core.testing.strategies import (
     FLOAT_DTYPE_NAMES,
     arrays,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from coral_core import CorruptObjectError, LocalStore, PackedStore, Repository, bit_view, clone
-from coral_core.objects import object_key
+from coral_core.object_format import object_key
 from coral_core.remote import open_store
 from coral_core.store.pack_format import PACKS, decode_index, encode_index
 

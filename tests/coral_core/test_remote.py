@@ -26,7 +26,8 @@ from coral_core import (
     bit_view,
     clone,
 )
-from coral_core.objects import ObjectDatabase, ObjectKind, object_key
+from coral_core.object_format import ObjectKind, object_key
+from coral_core.objects import ObjectDatabase
 from coral_core.remote import copy_objects, open_store
 from coral_core.store.bucket_packs import BucketPacks
 from coral_core.store.packs import PackedStore

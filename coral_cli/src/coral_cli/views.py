@@ -6,7 +6,7 @@ import datetime
 from typing import Any
 
 from coral_core import Commit, CoralError, Repository, runs
-from coral_core.objects import Codec
+from coral_core.object_format import Codec
 from coral_core.refs import REMOTES
 
 

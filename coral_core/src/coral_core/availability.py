@@ -27,7 +27,7 @@ from typing import Protocol
 from coral_core.errors import CoralError
 from coral_core.files import write_file_atomic
 from coral_core.hashing import is_object_id
-from coral_core.objects import ObjectKind
+from coral_core.object_format import ObjectKind
 from coral_core.refs import HEADS, PINS, RUNS, TAGS
 
 KEPT, PRUNED, SHALLOW = "kept", "pruned", "shallow"

@@ -12,7 +12,8 @@ from coral_core.availability import KEPT, PRUNED, RefSource, WeightsView
 from coral_core.errors import CoralError, MissingObjectError
 from coral_core.fingerprints import Fingerprint
 from coral_core.locks import fair_lock
-from coral_core.objects import ObjectDatabase, ObjectKind, object_key
+from coral_core.object_format import ObjectKind, object_key
+from coral_core.objects import ObjectDatabase
 from coral_core.refs import HEADS, PINS, REMOTES, RUNS, TAGS
 from coral_core.store.local import GC_LOCK, LocalStore
 from coral_core.store.packs import PackedStore

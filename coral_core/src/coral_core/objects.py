@@ -1,43 +1,33 @@
-"""Self-describing, verified objects, and the database that stores them.
+"""The object database: verified, content-addressed objects on any store.
 
-Every object is a 32-byte header, codec parameters (JSON) and a payload::
-
-    magic "CRL1" | kind u8 | codec u8 | params length u16 |
-    raw size u64 | payload size u64 | xxh3-64 of params + payload
-
-An object is stored under its id, and its id is the hash of its logical
-content: a chunk's raw bytes, a tensor's dtype + shape + bytes, a document's
-canonical JSON. Reading checks the header checksum, decodes, and re-hashes, so
-a damaged object raises :class:`CorruptObjectError` and never returns wrong
-data. Large tensors are split into chunks of ``chunk_size`` bytes, so memory
-stays bounded and unchanged regions are stored once.
+Objects are laid out as :mod:`coral_core.object_format` says, and stored
+under their ids, the hash of their logical content. Reading checks the
+header checksum, decodes, and re-hashes, so a damaged object raises
+:class:`CorruptObjectError` and never returns wrong data. Large tensors are
+split into chunks of ``chunk_size`` bytes, so memory stays bounded and
+unchanged regions are stored once; how each new chunk is stored (a delta, byte
+planes or raw) is :class:`~coral_core.chunk_encoder.ChunkEncoder`'s choice.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from enum import IntEnum
 from functools import partial
 from typing import Any, TypeVar
 
 import numpy as np
-import xxhash
-import zstandard
 
-from coral_core.compression import decompress_exact
+from coral_core.chunk_encoder import RECENT_BYTES, ChunkEncoder, Recent
 from coral_core.delta import (
     MAX_CHAIN_LENGTH,
     DeltaConfig,
-    DeltaType,
     apply_delta,
     codec_of,
-    encode_arrays,
     kind_name,
     supports,
 )
@@ -46,40 +36,29 @@ from coral_core.errors import (
     CoralError,
     CorruptObjectError,
     MissingObjectError,
-    TensorMismatchError,
 )
 from coral_core.fingerprints import worth_fingerprint
 from coral_core.hashing import chunk_id, document_id, is_object_id, tensor_hasher
-from coral_core.planes import decode_planes, decode_planes_into, encode_planes
+from coral_core.object_format import (
+    HEADER_SIZE,
+    Codec,
+    ObjectHeader,
+    ObjectKind,
+    canonical_json,
+    decode_payload,
+    encode_object,
+    object_key,
+    pack_object,
+    parse_header,
+    unpack_object,
+)
+from coral_core.planes import decode_planes_into
 from coral_core.scratch import scratch
 from coral_core.similarity import simhash
 from coral_core.store.base import WeightStore, WriteBatch
 from coral_core.tensor import WeightTensor
 
-MAGIC = b"CRL1"
-_HEADER = struct.Struct("<4sBBHQQQ")
-HEADER_SIZE = _HEADER.size
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
-_MIN_SAVING = 0.98  # keep the compressed form only when it saves at least 2%
-_DELTA_GOOD_ENOUGH = 0.6  # a delta this small is kept without trying the standalone codec
-#: A delta this much smaller than its keyframe base (relative sizes) is kept
-#: without compressing the chunk's byte planes too: they would come out about
-#: as large as that keyframe's.
-_PLANES_MARGIN = 0.95
-#: Each link of a delta chain costs a read one more decode, so a delta at depth
-#: d is kept only when it is at most 1 - d * _LINK_COST of the chunk's
-#: standalone size: deeper links must save more, and a delta that saves little
-#: (training from scratch moves every weight) loses to a keyframe, which also
-#: starts a fresh, shorter chain. On benchmarks/storage.py this cuts the
-#: from-scratch run's newest checkout from 5.9x to 3.0x of load_file for 2%
-#: more bytes; fine-tune deltas, half the standalone size, are unaffected.
-_LINK_COST = 0.075
-_MIN_WORTH = 0.1  # however deep: a delta a tenth of the standalone size always pays
-#: Bytes of the caller's arrays the last write keeps a reference to, so that
-#: the next write finds its delta bases without decoding them (a training run
-#: commits fresh copies of its weights; arrays changed in place since are
-#: noticed by their hash and decoded as usual). Bounded, and no copy is made.
-RECENT_BYTES = 256 << 20
 #: Bytes read past a chunk's header for its parameters (a delta's are ~300).
 _PARAMS_PROBE = 4096
 #: The largest chunk: a header claiming more is damage, not a reason to allocate.
@@ -87,40 +66,8 @@ MAX_CHUNK_SIZE = 1 << 30
 _MAX_DECODE_DEPTH = MAX_CHAIN_LENGTH  # longer chains can only come from damaged parameters
 _GRAPH_ENTRIES = 1 << 17  # documents and tensors whose references are remembered
 MAX_TAG_CHAIN = 8  # tags of tags followed to their commit
-_BASE_SLOT = 2  # scratch slot of delta bases (the delta codecs use 0 and 1)
 _READ_SLOT = 3  # scratch slots of chunk objects read, one per link of a chain from here
 T = TypeVar("T")
-
-
-class ObjectKind(IntEnum):
-    """What an object holds."""
-
-    CHUNK = 1
-    TENSOR = 2
-    TREE = 3
-    COMMIT = 4
-    TAG = 5
-
-
-class Codec(IntEnum):
-    """How a payload is encoded."""
-
-    RAW = 0
-    ZSTD = 1
-    PLANES = 2  # byte planes, each zstd-compressed (planes.py)
-    DELTA = 3  # a lossless delta against another chunk (delta.py); params name the base
-
-
-@dataclass(frozen=True)
-class ObjectHeader:
-    """The fixed part of an object, readable without the payload."""
-
-    kind: ObjectKind
-    codec: Codec
-    params_size: int
-    raw_size: int
-    payload_size: int
-    checksum: int
 
 
 @dataclass(frozen=True)
@@ -134,29 +81,6 @@ class TensorDescriptor:
     chunks: tuple[str, ...]
     chunk_size: int
     simhash: int | None = None  # for float tensors worth a delta (fingerprints.py)
-
-
-@dataclass(frozen=True)
-class _Base:
-    """A chunk a delta is made against, with its raw bytes and chain position."""
-
-    chunk_id: str
-    raw: np.ndarray  # uint8, in this thread's scratch: use before the next base
-    depth: int  # deltas decoded to rebuild it (0 for a keyframe)
-    root: str  # the keyframe at the bottom of its chain
-    stored: float | None = None  # stored / raw size, when it is a keyframe itself
-    borrowed: bool = False  # ``raw`` is a caller's array: check it again after use
-
-
-@dataclass(frozen=True)
-class _Recent:
-    """A chunk the last write stored, still in the caller's memory: the raw
-    bytes of the next write's delta base without decoding anything."""
-
-    piece: memoryview
-    depth: int
-    root: str
-    stored: float | None
 
 
 @dataclass(frozen=True)
@@ -230,118 +154,6 @@ class _TensorPlan:
     fingerprint: bool = True
 
 
-def object_key(object_id: str) -> str:
-    """Store key of an object: ``ab/cdef...`` (256 folders keep listings short)."""
-    return f"{object_id[:2]}/{object_id[2:]}"
-
-
-def pack_object(
-    kind: ObjectKind,
-    codec: Codec,
-    payload: bytes | memoryview,
-    raw_size: int,
-    params: dict[str, Any] | None = None,
-) -> bytes:
-    """Frame an encoded payload as an object: header, parameters, payload."""
-    params_bytes = json.dumps(params, sort_keys=True).encode() if params else b""
-    checksum = xxhash.xxh3_64(params_bytes)
-    checksum.update(payload)
-    header = _HEADER.pack(
-        MAGIC, kind, codec, len(params_bytes), raw_size, len(payload), checksum.intdigest()
-    )
-    return b"".join((header, params_bytes, payload))
-
-
-def encode_object(kind: ObjectKind, raw: bytes | memoryview, level: int = 1) -> bytes:
-    """Encode ``raw`` as an object, compressed with zstd when that saves space."""
-    codec, payload = Codec.RAW, raw
-    if len(raw) > 64:
-        compressed = zstandard.ZstdCompressor(level=level).compress(raw)
-        if len(compressed) < _MIN_SAVING * len(raw):
-            codec, payload = Codec.ZSTD, compressed
-    return pack_object(kind, codec, payload, len(raw))
-
-
-def parse_header(object_id: str, blob: bytes | memoryview) -> ObjectHeader:
-    """Read and sanity-check an object's header.
-
-    Raises:
-        CorruptObjectError: when the header is damaged or the object truncated.
-    """
-    if len(blob) < HEADER_SIZE:
-        raise CorruptObjectError(
-            f"object {object_id} is truncated ({len(blob)} bytes, header needs {HEADER_SIZE})"
-        )
-    magic, kind, codec, params_size, raw_size, payload_size, checksum = _HEADER.unpack_from(blob)
-    if magic != MAGIC:
-        raise CorruptObjectError(f"object {object_id} has no Coral header (magic {magic!r})")
-    try:
-        header = ObjectHeader(
-            ObjectKind(kind), Codec(codec), params_size, raw_size, payload_size, checksum
-        )
-    except ValueError:
-        raise CorruptObjectError(
-            f"object {object_id} has an unknown kind {kind} or codec {codec}; "
-            "it is damaged or was written by a newer Coral"
-        ) from None
-    return header
-
-
-def unpack_object(
-    object_id: str, blob: bytes | memoryview
-) -> tuple[ObjectHeader, dict[str, Any], memoryview]:
-    """Check an object's header, size and checksum; return header, params and payload.
-
-    Raises:
-        CorruptObjectError: on a bad header, wrong size or checksum.
-    """
-    header = parse_header(object_id, blob)
-    expected = HEADER_SIZE + header.params_size + header.payload_size
-    if len(blob) != expected:
-        raise CorruptObjectError(
-            f"object {object_id} has {len(blob)} bytes, its header says {expected} (truncated?)"
-        )
-    body = memoryview(blob)[HEADER_SIZE:]
-    if xxhash.xxh3_64_intdigest(body) != header.checksum:
-        raise CorruptObjectError(f"object {object_id} fails its checksum (bit rot or tampering)")
-    params: dict[str, Any] = {}
-    if header.params_size:
-        try:
-            params = json.loads(bytes(body[: header.params_size]))
-        except ValueError as exc:
-            raise CorruptObjectError(
-                f"object {object_id} has unreadable parameters: {exc}"
-            ) from None
-    return header, params, body[header.params_size :]
-
-
-def decode_payload(object_id: str, header: ObjectHeader, payload: memoryview) -> bytes:
-    """Decode a payload that needs no other object (every codec but DELTA).
-
-    Raises:
-        CorruptObjectError: when it does not decode to ``header.raw_size`` bytes.
-    """
-    if header.codec == Codec.ZSTD:
-        try:
-            raw = decompress_exact(payload, header.raw_size)
-        except CorruptObjectError as exc:
-            raise CorruptObjectError(f"object {object_id}: {exc}") from None
-    elif header.codec == Codec.PLANES:
-        try:
-            raw = decode_planes(payload, header.raw_size)
-        except CorruptObjectError as exc:
-            raise CorruptObjectError(f"object {object_id}: {exc}") from None
-    elif header.codec == Codec.RAW:
-        raw = bytes(payload)
-    else:
-        raise CorruptObjectError(f"object {object_id}: codec {header.codec.name} needs its base")
-    if len(raw) != header.raw_size:
-        raise CorruptObjectError(
-            f"object {object_id} decodes to {len(raw)} bytes, its header says {header.raw_size}"
-        )
-    return raw
-
-
 def _missing(object_id: str, kind: ObjectKind) -> MissingObjectError:
     """A store's MissingObjectError, said for a user."""
     return MissingObjectError(
@@ -393,11 +205,6 @@ def _check_layout(descriptor: TensorDescriptor, itemsize: int) -> None:
         raise CorruptObjectError(f"tensor object {descriptor.tensor_id} {problem}")
 
 
-def canonical_json(document: dict[str, Any]) -> bytes:
-    """The one byte form of a document, so equal documents get equal ids."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 class ObjectDatabase:
     """Content-addressed objects on top of any :class:`WeightStore`.
 
@@ -427,10 +234,13 @@ class ObjectDatabase:
         self.store = store
         self.chunk_size = chunk_size
         self.compression_level = compression_level
-        self.delta_config = delta_config or DeltaConfig(compression_level=compression_level)
+        self.encoder = ChunkEncoder(
+            self,
+            delta_config or DeltaConfig(compression_level=compression_level),
+            compression_level,
+        )
         self.threads = threads or min(2, os.cpu_count() or 1)
         self._pool: ThreadPoolExecutor | None = None
-        self._recent: dict[str, _Recent] = {}  # chunks of the last write, by id
         self._graph: dict[str, list[tuple[str, ObjectKind]]] = {}  # see references()
 
     def _map(self, function: Callable[[Any], T], items: Sequence[Any]) -> list[T]:
@@ -464,6 +274,15 @@ class ObjectDatabase:
         for worker in workers:
             worker.result()
         return results
+
+    @property
+    def delta_config(self) -> DeltaConfig:
+        """The delta strategy of new chunks, and the longest chain a read decodes."""
+        return self.encoder.delta_config
+
+    @delta_config.setter
+    def delta_config(self, config: DeltaConfig) -> None:
+        self.encoder.delta_config = config
 
     # -- raw objects -------------------------------------------------------------
 
@@ -627,7 +446,7 @@ class ObjectDatabase:
             )
         # Every chunk is durable and visible before a descriptor naming it is: a
         # barrier in one batch where the store orders a batch, two batches otherwise.
-        recent: dict[str, _Recent] = {}
+        recent: dict[str, Recent] = {}
         with self.store.write_batch() as batch:
             stored = self._map(partial(self._store_chunk, batch, recent), tasks)
             if batch.ordered:
@@ -636,7 +455,7 @@ class ObjectDatabase:
         if not batch.ordered:
             with self.store.write_batch() as batch:
                 results = self._store_descriptors(batch, plans, stored)
-        self._recent = recent
+        self.encoder.recent = recent
         return results
 
     def _store_descriptors(
@@ -676,7 +495,7 @@ class ObjectDatabase:
         return WriteResult(tensor_id, written, False, fingerprint, lossy)
 
     def _store_chunk(
-        self, batch: WriteBatch, recent: dict[str, _Recent], task: _ChunkTask
+        self, batch: WriteBatch, recent: dict[str, Recent], task: _ChunkTask
     ) -> _StoredChunk:
         """Encode and store one chunk unless present; remember it in ``recent``."""
         if task.lossy is not None:
@@ -691,52 +510,31 @@ class ObjectDatabase:
         if self.store.has(key):
             return _StoredChunk(piece_id, 0)
         base = task.base if task.base != piece_id else None
-        blob, depth, root = self._encode_chunk(task.piece, task.dtype, base)
-        if not batch.put_if_absent(key, blob):
+        encoded = self.encoder.encode(task.piece, task.dtype, base)
+        if not batch.put_if_absent(key, encoded.blob):
             return _StoredChunk(piece_id, 0)
         if task.remember and task.lossy is None:  # (what it stores is ``piece`` exactly)
-            ratio = len(blob) / len(task.piece) if depth == 0 and task.piece else None
-            recent[piece_id] = _Recent(task.piece, depth, root or piece_id, ratio)
-        return _StoredChunk(piece_id, len(blob))
+            recent[piece_id] = encoded.recent(task.piece, piece_id)
+        return _StoredChunk(piece_id, len(encoded.blob))
 
     def _store_lossy_chunk(
         self, batch: WriteBatch, task: _ChunkTask
     ) -> tuple[_StoredChunk, np.ndarray] | None:
         """Store a chunk as a lossy delta against its base; returns it with its
-        rebuilt bytes, or None when it has to be kept exactly (no readable base,
-        unchanged, or values the lossy codec cannot take such as NaN)."""
+        rebuilt bytes, or None when it has to be kept exactly."""
         assert task.base is not None
-        base = self._delta_base(task.base, len(task.piece), borrow=False)
-        if base is None or base.raw.data == task.piece:
+        lossy = self.encoder.encode_lossy(task.piece, task.dtype, task.base, task.rows)
+        if lossy is None:
             return None
-        np_dtype = numpy_dtype(task.dtype)
-        kind = self.delta_config.delta_type
-        reference = base.raw.view(np_dtype)
-        try:
-            data, meta = encode_arrays(
-                kind, np.frombuffer(task.piece, np_dtype), reference, self.delta_config, task.rows
-            )
-        except TensorMismatchError:
-            return None
-        rebuilt = np.empty(len(task.piece), dtype=np.uint8)
-        target = rebuilt.view(np_dtype)
-        target[:] = reference
-        apply_delta(kind, data, meta, target)
-        piece_id = chunk_id(rebuilt.data)
+        piece_id = chunk_id(lossy.rebuilt.data)
         key = object_key(piece_id)
         if self.store.has(key):
-            return _StoredChunk(piece_id, 0, meta["max_abs_error"]), rebuilt
-        params = {
-            "base": base.chunk_id,
-            "root": base.root,
-            "depth": base.depth + 1,
-            "type": kind_name(kind),
-            "dtype": task.dtype,
-            "meta": meta,
-        }
-        blob = pack_object(ObjectKind.CHUNK, Codec.DELTA, data, len(task.piece), params)
+            return _StoredChunk(piece_id, 0, lossy.max_abs_error), lossy.rebuilt
+        blob = pack_object(
+            ObjectKind.CHUNK, Codec.DELTA, lossy.payload, len(task.piece), lossy.params
+        )
         written = len(blob) if batch.put_if_absent(key, blob) else 0
-        return _StoredChunk(piece_id, written, meta["max_abs_error"]), rebuilt
+        return _StoredChunk(piece_id, written, lossy.max_abs_error), lossy.rebuilt
 
     def aligned_chunks(
         self, reference: str | None, dtype: str, nbytes: int, count: int
@@ -755,57 +553,19 @@ class ObjectDatabase:
         return list(descriptor.chunks)
 
     def encode_chunk(self, piece: memoryview, dtype: str, base_id: str | None) -> bytes:
-        """The smallest of: a lossless delta against ``base_id``, byte planes, raw bytes."""
-        return self._encode_chunk(piece, dtype, base_id)[0]
+        """The object of a new chunk: the smallest of a lossless delta against
+        ``base_id``, byte planes and raw bytes (see :class:`ChunkEncoder`)."""
+        return self.encoder.encode(piece, dtype, base_id).blob
 
-    def _encode_chunk(
-        self, piece: memoryview, dtype: str, base_id: str | None, borrow: bool = True
-    ) -> tuple[bytes, int, str | None]:
-        """:meth:`encode_chunk`, with the chain depth of the result and its keyframe
-        (None for a keyframe itself)."""
-        np_dtype = numpy_dtype(dtype)
-        Candidate = tuple[float, Codec, bytes | memoryview, dict[str, Any] | None]
-        candidates: list[Candidate] = []
-        base = self._delta_base(base_id, len(piece), borrow) if base_id else None
-        if base is not None:
-            kind = self.delta_config.delta_type
-            if not codec_of(kind).lossless:  # what a lossy write keeps exactly stays exact
-                kind = DeltaType.COMPRESSED
-            elif not supports(kind, dtype):
-                kind = DeltaType.XOR_FLOAT32
-            data, meta = encode_arrays(
-                kind,
-                np.frombuffer(piece, np_dtype),
-                base.raw.view(np_dtype),
-                self.delta_config,
-            )
-            if base.borrowed and chunk_id(base.raw.data) != base.chunk_id:
-                return self._encode_chunk(piece, dtype, base_id, borrow=False)  # changed meanwhile
-            params: dict[str, Any] = {
-                "base": base.chunk_id,
-                "root": base.root,
-                "depth": base.depth + 1,
-                "type": kind_name(kind),
-                "dtype": dtype,
-                "meta": meta,
-            }
-            worth = max(_MIN_WORTH, 1.0 - _LINK_COST * (base.depth + 1))
-            good_enough = _DELTA_GOOD_ENOUGH
-            if base.stored is not None:  # a keyframe of this tensor: planes would be about as big
-                good_enough = max(good_enough, _PLANES_MARGIN * worth * base.stored)
-            if len(data) <= good_enough * len(piece):  # no need to try the rest
-                blob = pack_object(ObjectKind.CHUNK, Codec.DELTA, data, len(piece), params)
-                return blob, base.depth + 1, base.root
-            candidates.append((len(data) / worth, Codec.DELTA, data, params))
-        itemsize = min(np_dtype.itemsize, 8)
-        planes = encode_planes(piece, itemsize, self.compression_level)
-        candidates.append((len(planes), Codec.PLANES, planes, None))
-        candidates.append((len(piece), Codec.RAW, piece, None))
-        _, codec, payload, chosen = min(candidates, key=lambda c: c[0])
-        blob = pack_object(ObjectKind.CHUNK, codec, payload, len(piece), chosen)
-        if chosen is None:
-            return blob, 0, None
-        return blob, int(chosen["depth"]), str(chosen["root"])
+    def read_base(self, object_id: str) -> tuple[ObjectHeader, dict[str, Any], memoryview]:
+        """A chunk's object, checked, in a scratch buffer of this thread (a delta base)."""
+        return self._read(object_id, ObjectKind.CHUNK, _READ_SLOT)
+
+    def decode_chunk(
+        self, object_id: str, out: np.ndarray, read: tuple[ObjectHeader, dict[str, Any], memoryview]
+    ) -> np.ndarray:
+        """Chunk ``object_id`` decoded into ``out`` from its object ``read``, verified."""
+        return self._decode_chunk(object_id, out, read=read)
 
     def chunk_params(
         self, object_id: str, head: bytes | None = None
@@ -829,40 +589,6 @@ class ObjectDatabase:
                 f"chunk {object_id} has unreadable parameters: {exc}"
             ) from None
         return header.codec, params
-
-    def _delta_base(self, reference_chunk: str, size: int, borrow: bool = True) -> _Base | None:
-        """The chunk a new delta of ``size`` bytes should be made against: the
-        reference chunk, or its keyframe when the chain below it is already
-        ``max_chain_length`` long. With ``borrow``, straight from the caller's
-        memory when the last write stored it and it is unchanged since."""
-        table = self._recent  # (another write may swap it meanwhile)
-        reference = table.get(reference_chunk) if borrow else None
-        if reference is not None:
-            target, depth, root = reference_chunk, reference.depth, reference.root
-            if depth >= self.delta_config.max_chain_length:
-                target, depth = root, 0
-            found = table.get(target)
-            if found is not None and len(found.piece) == size:
-                raw = np.frombuffer(found.piece, np.uint8)
-                # Unchanged since it was stored, and still stored (not collected since):
-                if chunk_id(raw.data) == target and self.has(target):
-                    return _Base(target, raw, depth, root, found.stored, borrowed=True)
-        try:
-            read = self._read(reference_chunk, ObjectKind.CHUNK, _READ_SLOT)  # params and payload
-            params = read[1] if read[0].codec == Codec.DELTA else {}
-            depth = int(params.get("depth", 0))
-            root = str(params.get("root", reference_chunk))
-            if depth >= self.delta_config.max_chain_length:
-                reference_chunk, depth = root, 0
-                read = self._read(root, ObjectKind.CHUNK, _READ_SLOT)
-            stored = None
-            if read[0].codec != Codec.DELTA and read[0].raw_size:
-                stored = (HEADER_SIZE + read[0].payload_size) / read[0].raw_size
-            out = scratch(_BASE_SLOT, size, np.uint8)
-            raw = self._decode_chunk(reference_chunk, out, read=read)
-            return _Base(reference_chunk, raw, depth, root, stored)
-        except CoralError:
-            return None  # an unreadable reference: store the chunk without it
 
     def tensor_descriptor(self, tensor_id: str, blob: bytes | None = None) -> TensorDescriptor:
         """Read a tensor's descriptor (dtype, shape, chunk ids) without its data

@@ -56,7 +56,8 @@ from coral_core.files import write_file_atomic
 from coral_core.hashing import is_object_id
 from coral_core.maintenance import GCResult, delete_objects, live_objects, ref_roots
 from coral_core.maintenance import Progress as MaintenanceProgress
-from coral_core.objects import ObjectDatabase, ObjectKind, object_key
+from coral_core.object_format import ObjectKind, object_key
+from coral_core.objects import ObjectDatabase
 from coral_core.refnames import validate_ref_name
 from coral_core.refs import HEADS, PINS, PRUNED, REMOTES, RUNS, TAGS, RefDatabase
 from coral_core.remote_locks import LEASE_SECONDS, gc_lock, push_lock

@@ -89,7 +89,8 @@ from coral_core.model import (
     clean_metrics,
     compare_metric,
 )
-from coral_core.objects import ObjectDatabase, ObjectKind
+from coral_core.object_format import ObjectKind
+from coral_core.objects import ObjectDatabase
 from coral_core.refnames import validate_ref_name
 from coral_core.refs import (
     HEADS,
