@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -581,6 +581,13 @@ def main() -> None:
     print(f"\nwrote {args.json}")
 
 
+def scenarios(results: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The results of each scenario (the rest of ``results`` is machine and trade-off)."""
+    for name, r in results.items():
+        if isinstance(r, dict) and "ratio" in r:
+            yield name, r
+
+
 def _against(value: float | None, target: float | None, most: bool = True) -> str:
     """``value`` beside its target: ``1.20x (<= 1.0: no)``."""
     if value is None:
@@ -603,9 +610,7 @@ def report_targets(results: dict[str, Any]) -> None:
         "| ratio | XOR+planes+zstd-3 |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, r in results.items():
-        if not isinstance(r, dict) or "ratio" not in r:
-            continue
+    for name, r in scenarios(results):
         big = r["model_bytes"] >= 50e6  # the save_file target is for models of 50 MB and more
         ratio_target = max(r["xor_baseline_ratio"], 2.4 if name == "finetune" else 0.0)
         cells = [
@@ -631,9 +636,7 @@ def report(results: dict[str, Any]) -> None:
     print(
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
     )
-    for name, r in results.items():
-        if not isinstance(r, dict) or "ratio" not in r:
-            continue
+    for name, r in scenarios(results):
         target = f">= {r['target_ratio']}x" if r["target_ratio"] else "-"
         zipnn = f"{r['zipnn_ratio']:.2f}x" if r["zipnn_ratio"] else "not installed"
         print(
@@ -647,9 +650,7 @@ def report(results: dict[str, Any]) -> None:
     print("\nspeed, MB of model per second (of the checkpoint at hand: the family's differ)")
     print("| run | commit | save_file + fsync | checkout newest | checkout oldest | load_file |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for name, r in results.items():
-        if not isinstance(r, dict) or "ratio" not in r:
-            continue
+    for name, r in scenarios(results):
         median, newest, oldest = r["median_bytes"], r["newest_bytes"], r["model_bytes"]
         rates = (
             (median, r["commit_s"]),

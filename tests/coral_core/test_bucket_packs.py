@@ -202,3 +202,17 @@ def test_a_damaged_cached_index_is_read_from_the_remote_again(tmp_path: Path) ->
     cached.write_bytes(b"damaged")
     assert RemoteRefs(bucket, cache).objects.has(commit)
     assert cached.read_bytes() != b"damaged"
+
+
+def test_a_damaged_index_on_the_remote_is_rebuilt_from_its_pack(tmp_path: Path) -> None:
+    repo = Repository(tmp_path / "repo", init=True)
+    repo.commit("one", weights=checkpoints(1)[0])
+    bucket = LocalStore(tmp_path / "bucket")
+    commit = repo.resolve("main")
+    roots = [(commit, ObjectKind.COMMIT)]
+    copy_objects(repo.objects, RemoteRefs(bucket).objects, roots, verify=False)
+    (index,) = [k for k in bucket.list("objects/packs/") if k.endswith(".idx")]
+    bucket.put(index, bucket.get(index)[:-3])  # cut: its checksum fails
+    fresh = Repository(tmp_path / "fresh", init=True)
+    copy_objects(RemoteRefs(bucket).objects, fresh.objects, roots, verify=True)
+    assert fresh.objects.has(commit)

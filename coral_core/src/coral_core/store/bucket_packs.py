@@ -209,9 +209,13 @@ class BucketPacks(WeightStore):
                 write_file_atomic(self.cache / index.removeprefix(f"{PACKS}/"), data, fsync=False)
 
     def _rebuilt_index(self, index: str) -> Entries:
+        """The entries of a damaged index, from its pack: none when that is
+        damaged too, or bigger than a writer makes one (it is read whole)."""
+        pack = index.removesuffix(".idx") + ".pack"
         try:
-            pack = self.inner.get(index.removesuffix(".idx") + ".pack")
-            return scan_pack(io.BytesIO(pack), index)
+            if self.inner.size(pack) > 2 * PACK_SIZE:
+                return {}
+            return scan_pack(io.BytesIO(self.inner.get(pack)), index)
         except (MissingObjectError, CorruptObjectError):
             return {}
 
