@@ -216,3 +216,26 @@ def test_a_damaged_index_on_the_remote_is_rebuilt_from_its_pack(tmp_path: Path) 
     fresh = Repository(tmp_path / "fresh", init=True)
     copy_objects(RemoteRefs(bucket).objects, fresh.objects, roots, verify=True)
     assert fresh.objects.has(commit)
+
+
+def test_gc_of_a_bucket_packs_its_loose_objects_and_small_packs(tmp_path: Path) -> None:
+    repo = Repository(tmp_path / "repo", init=True)
+    steps = checkpoints(3)
+    bucket = LocalStore(tmp_path / "bucket")
+    legacy = ObjectDatabase(PrefixStore(bucket, "objects/"))  # pushed before packs: loose
+    repo.commit("one", weights=steps[0])
+    copy_objects(repo.objects, legacy, [(repo.resolve("main"), ObjectKind.COMMIT)], verify=False)
+    for index, weights in enumerate(steps[1:]):  # two pushes since: a small pack each
+        repo.commit(f"step {index}", weights=weights)
+        roots = [(repo.resolve("main"), ObjectKind.COMMIT)]
+        copy_objects(repo.objects, RemoteRefs(bucket).objects, roots, verify=False)
+    loose = [k for k in bucket.list("objects/") if not k.startswith("objects/packs/")]
+    assert len(loose) > 80
+    assert RemoteRefs(bucket).objects.store.consolidate() > len(loose)  # what gc --remote calls
+    assert [k for k in bucket.list("objects/") if not k.startswith("objects/packs/")] == []
+    assert len([k for k in bucket.list("objects/packs/") if k.endswith(".pack")]) == 1
+    assert bucket.has(f"objects/{PACKED_ONLY}")  # lookups stop asking for loose keys
+    fresh = Repository(tmp_path / "fresh", init=True)
+    roots = [(repo.resolve("main"), ObjectKind.COMMIT)]
+    copy_objects(RemoteRefs(bucket).objects, fresh.objects, roots, verify=True)
+    assert len(list(fresh.iter_commits([repo.resolve("main")]))) == 3

@@ -16,7 +16,6 @@ from coral_core.object_format import ObjectKind, object_key
 from coral_core.objects import ObjectDatabase
 from coral_core.refs import HEADS, PINS, REMOTES, RUNS, TAGS
 from coral_core.store.local import GC_LOCK, LocalStore
-from coral_core.store.packs import PackedStore
 
 if TYPE_CHECKING:
     from coral_core.model import TreeEntry
@@ -405,9 +404,8 @@ def repack(repo: Repository, progress: Progress | None = None) -> RepackResult:
                         )
                     _repack_tensor(repo, entry.tensor, parent_tree.get(name), done, totals)
         repo.fingerprints.rewrite(list(fingerprints.values()))
-        if isinstance(objects.store, PackedStore):  # rewritten chunks and small packs: big packs
-            objects.store.reclaim()
-            objects.store.consolidate()
+        objects.store.reclaim()  # where the store packs: rewritten chunks and small packs,
+        objects.store.consolidate()  # into big packs
     return RepackResult(
         totals.rewritten, totals.before, totals.after, objects.delta_config.max_chain_length
     )

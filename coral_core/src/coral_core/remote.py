@@ -952,6 +952,7 @@ def collect_remote_garbage(
         )
         if not dry_run:
             target.objects.store.reclaim()  # packed garbage: its space, packs cut off
+            target.objects.store.consolidate()  # loose objects and a push's small packs
     return GCResult(removed, freed, len(stored) - removed, 0, dry_run)
 
 

@@ -216,6 +216,12 @@ class WeightStore(ABC):
         """Look again at what other processes stored; a writer calls it once it
         holds the lock that keeps gc out."""
 
+    def consolidate(self) -> int:
+        """Move objects stored one by one (and small packs) into packs, where the
+        store packs; how many objects moved. ``repack`` calls it, and
+        ``gc --remote`` on a remote."""
+        return 0
+
     def reclaim(self) -> None:  # noqa: B027 (a no-op hook; gc calls it after deleting)
         """Give back the space of deleted objects where deleting alone does not (HDF5)."""
 

@@ -28,7 +28,7 @@ import io
 import re
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -425,23 +425,65 @@ class BucketPacks(WeightStore):
             self._orphans.clear()
 
     def _rewrite(self, index: str, gone: set[str]) -> None:
-        """Write the objects of a pack but ``gone`` into a new one; then the old
-        index goes, then the old pack."""
-        pack = index.removesuffix(".idx") + ".pack"
-        data = self.inner.get(pack)
+        self._merge([index], {(index, key) for key in gone}, [])
+
+    def consolidate(self, small: int = PACK_SIZE // 2) -> int:
+        """Write the loose objects (a bucket from before packs) and the packs
+        holding less than ``small`` bytes (a push each) into as few packs as
+        they fill; the old keys go once the new packs are up, and then a
+        bucket of packs only gets its marker. Under the remote's gc lock.
+        Returns how many objects moved."""
+        if self.read_only:
+            return 0
+        with self._guard:
+            self._refresh()
+            small_packs = [
+                index
+                for index, entries in self._indexes.items()
+                if index not in self._damaged and sum(s for _, s in entries.values()) < small
+            ]
+            if len(small_packs) < 2:
+                small_packs = []  # one small pack merged with nothing gains nothing
+            loose: Sequence[str] = []
+            if not self._packed_only:
+                loose = [k for k in self.inner.list("") if not k.startswith(f"{PACKS}/")]
+            moved = self._merge(small_packs, set(self._deleted), loose)
+            for key in loose:
+                self.inner.delete(key)
+            if not self._packed_only:  # only now: every object is in a pack
+                self.inner.put(PACKED_ONLY, b"every object of this remote is in a pack\n")
+                self._packed_only = True
+            self._write_hidden()
+        return moved
+
+    def _merge(
+        self, indexes: Sequence[str], hidden: set[tuple[str, str]], loose: Sequence[str]
+    ) -> int:
+        """Write the objects of the packs ``indexes`` (but the ``hidden`` ones) and
+        the ``loose`` ones (unless packed already) into new packs, then remove
+        those packs, the index first. Returns how many objects the new packs hold."""
         batch = BucketPackBatch(self)
-        for key, (offset, size) in sorted(self._indexes[index].items(), key=lambda kv: kv[1]):
-            if key not in gone:
-                batch.append(key, data[offset : offset + size])
+        moved = 0
+        for index in indexes:
+            data = self.inner.get(index.removesuffix(".idx") + ".pack")
+            for key, (offset, size) in sorted(self._indexes[index].items(), key=lambda kv: kv[1]):
+                if (index, key) not in hidden:
+                    moved += batch.append(key, data[offset : offset + size])
+        for key in loose:
+            if all(i in indexes for i in self._where.get(key, ())):  # not in a pack that stays
+                with contextlib.suppress(MissingObjectError):
+                    moved += batch.append(key, self.inner.get(key))
         batch.finish()
-        self.inner.delete(index)
-        self.inner.delete(pack)
-        del self._indexes[index]
+        for index in indexes:
+            self.inner.delete(index)
+            self.inner.delete(index.removesuffix(".idx") + ".pack")
+            del self._indexes[index]
         self._where = {}
         for other, entries in self._indexes.items():
             for key in entries:
                 self._where.setdefault(key, []).append(other)
-        self._deleted = {(i, k) for i, k in self._deleted if i != index}
+        self._deleted = {(i, k) for i, k in self._deleted if i in self._indexes}
+        return moved
 
     def close(self) -> None:
         self.inner.close()

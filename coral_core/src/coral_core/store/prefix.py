@@ -63,6 +63,9 @@ class PrefixStore(WeightStore):
     def reclaim(self) -> None:
         self.inner.reclaim()
 
+    def consolidate(self) -> int:
+        return self.inner.consolidate()
+
     def _new_batch(self) -> WriteBatch:
         return _PrefixWriteBatch(self, self.inner._new_batch())
 
