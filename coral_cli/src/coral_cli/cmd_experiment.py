@@ -77,9 +77,13 @@ def _chosen(repo: Repository, name: str) -> list[Run]:
     return runs
 
 
-@click.group()
-def experiment() -> None:
-    """Training runs that committed checkpoints (CoralTrainer, the callbacks)."""
+@click.group(invoke_without_command=True)
+@click.pass_context
+def experiment(context: click.Context) -> None:
+    """Training runs that committed checkpoints (CoralTrainer, the callbacks);
+    alone, it lists them (``experiment list``)."""
+    if context.invoked_subcommand is None:
+        context.invoke(list_experiments)
 
 
 @experiment.command("list")

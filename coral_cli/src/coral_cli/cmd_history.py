@@ -195,10 +195,11 @@ def diff(env: Env, ref_a: str, ref_b: str | None, show_all: bool, plot: Path | N
 
 @click.command()
 @click.argument("ref_a")
-@click.argument("ref_b")
+@click.argument("ref_b", default="HEAD")
 @pass_env
 def compare(env: Env, ref_a: str, ref_b: str) -> None:
-    """Two commits side by side: metrics, and how much the weights changed.
+    """Two commits side by side (REF_B is HEAD by default): metrics, and how
+    much the weights changed.
 
     Example: coral-ml compare experiment-a experiment-b
     """

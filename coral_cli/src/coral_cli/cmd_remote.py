@@ -15,6 +15,7 @@ from coral_cli.main import Env, pass_env
 from coral_cli.output import Output, human_bytes, table, user_errors
 from coral_core import Repository, TransferResult
 from coral_core import clone as clone_repository
+from coral_core.remote import pull_every_branch
 
 
 @contextmanager
@@ -174,12 +175,29 @@ def fetch(
 @click.argument("remote_name", default="origin")
 @click.argument("branch", required=False)
 @click.option("-s", "--strategy", default="fail", show_default=True, help="For conflicts.")
+@click.option(
+    "--all",
+    "every",
+    is_flag=True,
+    help="Every branch: made here, moved forward, the current one merged; diverged ones stay.",
+)
 @pass_env
-def pull(env: Env, remote_name: str, branch: str | None, strategy: str) -> None:
-    """Fetch, then merge the remote's branch into the current one.
+def pull(env: Env, remote_name: str, branch: str | None, strategy: str, every: bool) -> None:
+    """Fetch, then merge the remote's branch into the current one (or, with
+    ``--all``, bring every branch of the remote here).
 
-    Example: coral-ml pull origin main --strategy average
+    Example: coral-ml pull origin main --strategy average; coral-ml pull --all
     """
+    if every:
+        if branch is not None:
+            raise click.UsageError("pull --all brings every branch; name none")
+        with user_errors():
+            outcome = pull_every_branch(env.repo(), remote_name, strategy)
+        env.output.emit(
+            outcome,
+            lambda d: table(("branch", "pulled"), sorted(d.items())) if d else "no branches",
+        )
+        return
     with user_errors():
         repo = env.repo()
         with transfer_progress(env.output, "fetching") as progress:

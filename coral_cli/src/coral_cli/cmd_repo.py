@@ -240,7 +240,24 @@ def repack(env: Env, max_chain_length: int | None) -> None:
 
     Example: coral-ml repack --max-chain-length 4
     """
-    with user_errors(), env.output.counter("commits repacked") as progress:
+    _repack(env, max_chain_length, "commits repacked")
+
+
+@click.command()
+@pass_env
+def deduplicate(env: Env) -> None:
+    """Deduplicate by hand: every commit stores an identical tensor once and
+    a near-identical one as a delta already; this goes over the whole history
+    again (``repack``), storing each chunk as the smallest of a delta against
+    the same chunk of its parent commit, byte planes and raw bytes.
+
+    Example: coral-ml deduplicate
+    """
+    _repack(env, None, "commits deduplicated")
+
+
+def _repack(env: Env, max_chain_length: int | None, counting: str) -> None:
+    with user_errors(), env.output.counter(counting) as progress:
         result = env.repo().repack(max_chain_length, progress)
     env.output.emit(
         dataclasses.asdict(result),
@@ -251,4 +268,4 @@ def repack(env: Env, max_chain_length: int | None) -> None:
     )
 
 
-COMMANDS = [init, status, config, stats, verify, gc, repack]
+COMMANDS = [init, status, config, stats, verify, gc, repack, deduplicate]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,15 @@ from coral_cli.views import (
     weights_marker,
     when,
 )
-from coral_core import Commit, Repository, TensorMismatchError, format_for
+from coral_core import (
+    Commit,
+    CoralError,
+    RefNotFoundError,
+    Repository,
+    TensorMismatchError,
+    TensorNotFoundError,
+    format_for,
+)
 from coral_core.exports import exporter_for, with_aliases
 from coral_core.files import confined_path
 from coral_core.formats import regular_file
@@ -109,14 +118,25 @@ def commit(
 
 @click.command()
 @click.argument("ref", default="HEAD")
+@click.option(
+    "-c",
+    "--commit",
+    "commit_ref",
+    metavar="COMMIT",
+    help="Show the weight named REF in COMMIT instead (the book's `show <weight> -c COMMIT`).",
+)
 @pass_env
-def show(env: Env, ref: str) -> None:
-    """A commit's details: message, metrics, tags, tensor count and size.
+def show(env: Env, ref: str, commit_ref: str | None) -> None:
+    """A commit's details: message, metrics, tags, tensor count and size; or,
+    for a weight's name (of HEAD, or of ``-c COMMIT``), that weight's.
 
-    Example: coral-ml show v1.0
+    Example: coral-ml show v1.0; coral-ml show encoder.weight -c HEAD~1
     """
     with user_errors():
         repo = env.repo()
+        if commit_ref is not None or not _names_commit(repo, ref):
+            show_weight(env, repo, ref, commit_ref or "HEAD")
+            return
         found = repo.show(ref)
         weights = repo.weights_status(found.commit_hash)
         rows = tree_data(repo, found) if weights == "kept" else []
@@ -155,6 +175,46 @@ def show(env: Env, ref: str) -> None:
                 f"Lossy: {d['lossy']['type']} (max error {d['lossy']['max_abs_error']:.3g})"
             )
         return "\n".join(lines)
+
+    env.output.emit(data, render)
+
+
+def _names_commit(repo: Repository, ref: str) -> bool:
+    """Whether ``ref`` names a commit; else it may be a weight of HEAD."""
+    try:
+        repo.resolve(ref)
+    except RefNotFoundError:
+        with contextlib.suppress(CoralError):  # no HEAD commit, or its weights pruned
+            if ref in repo.tree_at("HEAD"):
+                return False
+        raise
+    return True
+
+
+def show_weight(env: Env, repo: Repository, name: str, ref: str) -> None:
+    """One weight of a commit: shape, dtype, size, stored size and how, its id."""
+    found = repo.show(ref)
+    rows = {row["name"]: row for row in tree_data(repo, found)}
+    if name not in rows:
+        raise TensorNotFoundError(
+            f"commit {found.short_hash} has no weight {name!r}; `coral-ml ls-tree "
+            f"{ref}` lists its weights"
+        )
+    data = {**rows[name], "commit": found.commit_hash}
+
+    def render(d: dict[str, Any]) -> str:
+        return table(
+            ("weight", d["name"]),
+            [
+                ("commit", d["commit"][:12]),
+                ("shape", "x".join(map(str, d["shape"])) or "scalar"),
+                ("dtype", d["dtype"]),
+                ("size", human_bytes(d["bytes"])),
+                ("stored", human_bytes(d["stored_bytes"])),
+                ("how", d["storage"]),
+                ("tensor id", d["tensor"]),
+            ],
+        )
 
     env.output.emit(data, render)
 

@@ -202,7 +202,7 @@ class RemoteRefs:
     def swap(self, ref: str, old: str | None, new: str | None) -> bool:
         """Compare-and-swap ``ref`` from ``old`` to ``new`` (None: absent / delete)."""
         if self.live is not None:
-            return self.live.set_if_equals(ref, old, new, push_author(), "push")
+            return self.live.set_if_equals(ref, old, new, transfer_author("push"), "push")
         expected = None if old is None else f"{old}\n".encode()
         if new is None:
             return expected is not None and self.store.compare_and_delete(ref, expected)
@@ -211,7 +211,7 @@ class RemoteRefs:
     def mark(self, ref: str, commit: str) -> None:
         """Write an immutable ref that names its own commit (a pin or prune mark)."""
         if self.live is not None:
-            self.live.set_if_equals(ref, None, commit, push_author(), "push")
+            self.live.set_if_equals(ref, None, commit, transfer_author("push"), "push")
             return
         self.store.put_if_absent(ref, f"{commit}\n".encode())
 
@@ -225,11 +225,11 @@ class RemoteRefs:
         )
 
 
-def push_author() -> str:
-    """Who a reflog line of a push into a live repository names."""
+def transfer_author(action: str) -> str:
+    """Who a reflog line of a transfer names: ``alice (push)``, ``alice (pull)``."""
     from coral_core.repository import default_author
 
-    return f"{default_author()} (push)"
+    return f"{default_author()} ({action})"
 
 
 # -- the object walk -----------------------------------------------------------------
@@ -855,6 +855,36 @@ def pull(
         raise RefNotFoundError(f"remote {remote!r} has no branch {name!r}")
     repo.merge(tracking, strategy, f"Merge {remote}/{name}")
     return result
+
+
+def pull_every_branch(
+    repo: Repository, remote: str = "origin", strategy: str = "fail"
+) -> dict[str, str]:
+    """Fetch, then bring every branch of the remote here: a branch only there
+    is made here, one behind here moves forward to it, the current one merges
+    it (conflicts go to ``strategy``); one that has diverged is left as it is,
+    to merge by hand. Returns what happened to each branch: ``created``,
+    ``fast-forward``, ``merged``, ``up to date``, ``ahead`` or ``diverged``."""
+    fetch(repo, remote)
+    outcome: dict[str, str] = {}
+    current = repo.current_branch
+    for branch, theirs in repo.refs.list_refs(f"{REMOTES}{remote}/").items():
+        ours = repo.refs.read(HEADS + branch)
+        if branch == current:
+            before = repo.resolve("HEAD")
+            repo.merge(f"{REMOTES}{remote}/{branch}", strategy, f"Merge {remote}/{branch}")
+            after = repo.resolve("HEAD")
+            outcome[branch] = "up to date" if after == before else "merged"
+        elif ours == theirs:
+            outcome[branch] = "up to date"
+        elif ours is None or is_ancestor(repo, ours, theirs):
+            ref, author = HEADS + branch, transfer_author("pull")
+            moved = repo.refs.set_if_equals(ref, ours, theirs, author, f"pull: {remote}")
+            made = "created" if ours is None else "fast-forward"
+            outcome[branch] = made if moved else "diverged"  # (it moved meanwhile)
+        else:
+            outcome[branch] = "ahead" if is_ancestor(repo, theirs, ours) else "diverged"
+    return outcome
 
 
 def clone(
