@@ -52,10 +52,10 @@ from coral_core.model import Branch, Commit, CommitMetadata, Tag, TreeEntry
 from coral_core.refs import ReflogEntry
 from coral_core.remote import PushRejectedError, TransferResult, clone
 from coral_core.repository import Repository, find_repository
-from coral_core.similarity import Deduplicator, LSHIndex, simhash
+from coral_core.similarity import DeduplicationResult, Deduplicator, LSHIndex, simhash
 from coral_core.store import LocalStore, MemoryStore, WeightStore
 from coral_core.store.packs import PackedStore
-from coral_core.tensor import WeightMetadata, WeightTensor
+from coral_core.tensor import WeightMetadata, WeightTensor, as_weight
 from coral_core.training_state import TrainingState
 
 if TYPE_CHECKING:
@@ -92,6 +92,7 @@ __all__ = [
     "DeltaConfig",
     "DeltaEncoder",
     "DeltaType",
+    "DeduplicationResult",
     "Deduplicator",
     "DirtyIndexError",
     "DiskError",
@@ -144,6 +145,7 @@ __all__ = [
     "WeightStore",
     "WeightTensor",
     "WeightsMismatchError",
+    "as_weight",
     "available_formats",
     "bit_view",
     "clone",

@@ -34,7 +34,7 @@ import numpy as np
 import zstandard
 
 from coral_core.codecs import DeltaCodec, codec_named
-from coral_core.dtypes import numpy_dtype
+from coral_core.dtypes import dtype_name, numpy_dtype
 from coral_core.errors import CorruptObjectError, TensorMismatchError
 from coral_core.tensor import WeightMetadata, WeightTensor
 
@@ -129,7 +129,7 @@ class DeltaConfig:
             raise ValueError(f"sparse_threshold must be >= 0, got {self.sparse_threshold}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Delta:
     """A tensor encoded against a reference tensor.
 
@@ -163,6 +163,13 @@ class Delta:
     @property
     def is_lossless(self) -> bool:
         return codec_of(self.delta_type).lossless
+
+    def __repr__(self) -> str:  # without its bytes, which may be megabytes
+        return (
+            f"Delta({kind_name(self.delta_type)}, {self.nbytes} bytes for "
+            f"{self.original_shape} {self.original_dtype}, against {self.reference_hash[:12]}, "
+            f"compression_ratio={self.compression_ratio:.3f})"
+        )
 
 
 class DeltaEncoder:
@@ -234,6 +241,24 @@ class DeltaEncoder:
         name = reference.name
         metadata = WeightMetadata(name, delta.original_shape, numpy_dtype(delta.original_dtype))
         return WeightTensor(array.reshape(delta.original_shape), metadata)
+
+    def reconstruct(self, delta: Delta, reference: np.ndarray | WeightTensor) -> np.ndarray:
+        """The array ``delta`` encodes, rebuilt from its reference's data (the
+        book's ``reconstruct(delta, reference.data)``).
+
+        Raises:
+            TensorMismatchError: when ``reference`` has another shape or dtype.
+            CorruptObjectError: when the delta's bytes are damaged.
+        """
+        array = np.asarray(reference)
+        if array.shape != delta.original_shape or dtype_name(array.dtype) != delta.original_dtype:
+            raise TensorMismatchError(
+                f"delta encodes {delta.original_shape} {delta.original_dtype}; the reference "
+                f"is {array.shape} {dtype_name(array.dtype)}"
+            )
+        return decode_arrays(delta.delta_type, delta.data, delta.metadata, array).reshape(
+            delta.original_shape
+        )
 
     def encode(self, reference: WeightTensor, current: WeightTensor) -> Delta:
         """``encode(original, similar)``: the book's argument order (base first)."""

@@ -11,16 +11,16 @@ stored tensor, and only those get an exact cosine check.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-from coral_core.delta import DeltaConfig, DeltaEncoder, cosine_similarity, kind_name
+from coral_core.delta import Delta, DeltaConfig, DeltaEncoder, cosine_similarity, kind_name
 from coral_core.errors import CoralError
-from coral_core.tensor import WeightTensor
+from coral_core.tensor import WeightTensor, as_weight
 
 FINGERPRINT_BITS = 64
 _SAMPLE = 4096  # positions projected per tensor
@@ -101,6 +101,17 @@ class _Entry:
     weight: WeightTensor | None
     fingerprint: int
     names: list[str] = field(default_factory=list)
+
+
+class DeduplicationResult(dict[str, tuple[str, dict[str, Any] | None]]):
+    """What :meth:`Deduplicator.deduplicate` found: by name, ``(ref_hash,
+    delta_info)`` as :meth:`Deduplicator.add_weight` returns them."""
+
+    @property
+    def deltas(self) -> dict[str, Delta]:
+        """The deltas found, by the id of the tensor each encodes (the book's
+        ``result.deltas``: store them with ``HDF5Store.store_delta``)."""
+        return {key: info["delta"] for key, info in self.values() if info is not None}
 
 
 class Deduplicator:
@@ -193,16 +204,17 @@ class Deduplicator:
         entry.names.append(name or weight.name)
         return key
 
-    def add_weight(
-        self, weight: WeightTensor, name: str | None = None
-    ) -> tuple[str, dict[str, Any] | None]:
-        """Register a tensor; return ``(ref_hash, delta_info)``.
+    def add_weight(self, weight: Any, name: str | None = None) -> tuple[str, dict[str, Any] | None]:
+        """Register a tensor (a :class:`WeightTensor`, an array, or a framework's
+        tensor such as those of a PyTorch ``state_dict()``); return ``(ref_hash,
+        delta_info)``.
 
         ``ref_hash`` is the id the tensor is stored under: its own, or that of an
         identical tensor seen before. ``delta_info`` is set when a similar
         tensor was found: ``is_delta``, ``reference_hash``, ``similarity``,
         ``compression_ratio`` (fraction saved) and ``bytes_saved``.
         """
+        weight = as_weight(weight, name or "")
         self.stats.total_weights += 1
         self.stats.bytes_seen += weight.nbytes
         key = weight.compute_hash()
@@ -231,12 +243,10 @@ class Deduplicator:
             "delta": delta,
         }
 
-    def deduplicate(
-        self, weights: dict[str, WeightTensor]
-    ) -> dict[str, tuple[str, dict[str, Any] | None]]:
+    def deduplicate(self, weights: Mapping[str, Any]) -> DeduplicationResult:
         """``add_weight`` for every tensor of a model, in batches of ``batch_size``."""
         names = list(weights)
-        results = {}
+        results = DeduplicationResult()
         for start in range(0, len(names), self.batch_size):
             for name in names[start : start + self.batch_size]:
                 results[name] = self.add_weight(weights[name], name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,8 +119,33 @@ class WeightTensor:
         hasher.update(self.raw_bytes())
         return hasher.hexdigest()
 
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        """The array protocol: ``np.asarray(weight)``, ``np.array_equal(weight, array)``."""
+        if dtype is not None and np.dtype(dtype) != self._data.dtype:
+            return self._data.astype(dtype)
+        return self._data.copy() if copy else self._data
+
     def __repr__(self) -> str:
         return (
             f"WeightTensor(name={self.name!r}, shape={self.shape}, "
             f"dtype={self.metadata.dtype_name})"
         )
+
+
+def as_weight(value: Any, name: str = "") -> WeightTensor:
+    """``value`` as a :class:`WeightTensor`: one already, a numpy array, or a
+    framework's tensor (a PyTorch tensor of a ``state_dict()``, bfloat16
+    included, is copied off its device; anything else with the array protocol
+    is read through it)."""
+    if isinstance(value, WeightTensor):
+        return value
+    detach = getattr(value, "detach", None)
+    if detach is not None and hasattr(value, "cpu"):  # a PyTorch tensor
+        tensor = detach().cpu().contiguous()
+        if str(tensor.dtype) == "torch.bfloat16":  # numpy has no bfloat16: through its bits
+            torch = sys.modules["torch"]  # (imported by whoever made the tensor)
+            array = tensor.view(torch.int16).numpy().view(numpy_dtype("bfloat16"))
+        else:
+            array = tensor.numpy()
+        return WeightTensor(array.copy(), name=name)
+    return WeightTensor(np.asarray(value), name=name)
