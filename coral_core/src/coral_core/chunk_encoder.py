@@ -134,7 +134,8 @@ class ChunkEncoder:
         np_dtype = numpy_dtype(dtype)
         Candidate = tuple[float, Codec, bytes | memoryview, dict[str, Any] | None]
         candidates: list[Candidate] = []
-        base = self.base(base_id, len(piece), borrow) if base_id else None
+        wanted = base_id if self.delta_config.enabled else None
+        base = self.base(wanted, len(piece), borrow) if wanted else None
         if base is not None:
             kind = self.delta_config.delta_type
             if not codec_of(kind).lossless:  # what a lossy write keeps exactly stays exact

@@ -29,6 +29,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "user": {"name": None, "email": None},
     "delta": {
+        "enabled": True,
         "type": kind_name(DeltaConfig().delta_type),
         "max_chain_length": DeltaConfig().max_chain_length,
         "similarity_threshold": DeltaConfig().similarity_threshold,
@@ -44,11 +45,24 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "core.fsync": bool,
     "user.name": (str, type(None)),
     "user.email": (str, type(None)),
+    "delta.enabled": bool,
     "delta.type": str,
     "delta.max_chain_length": int,
     "delta.similarity_threshold": (float, int),
     "delta.sparse_threshold": (float, int),
 }
+
+
+#: The Coral book's names of settings, and the settings they are here.
+ALIASES = {
+    "core.delta_encoding": "delta.enabled",
+    "core.similarity_threshold": "delta.similarity_threshold",
+}
+
+
+def canonical_key(key: str) -> str:
+    """``key``, or the setting a book name of it stands for."""
+    return ALIASES.get(key, key)
 
 
 #: What each setting may hold beyond its type, and how to say it.
@@ -111,6 +125,11 @@ class RepoConfig:
         values = copy.deepcopy(DEFAULTS)
         for section, items in stored.items():
             values.setdefault(section, {}).update(items)
+        for alias, key in ALIASES.items():  # a book's name written into the file by hand
+            section, _, name = alias.partition(".")
+            if name in values.get(section, {}):
+                target, _, setting = key.partition(".")
+                values[target][setting] = values[section].pop(name)
         config = cls(path, values)
         for key in _TYPES:
             try:
@@ -123,6 +142,7 @@ class RepoConfig:
         write_file_atomic(self.path, json.dumps(self._values, indent=2).encode() + b"\n")
 
     def _check(self, key: str, value: Any) -> None:
+        key = canonical_key(key)
         self._check_type(key, value)
         allowed, says = _RANGES.get(key, (lambda v: True, ""))
         if not allowed(value):
@@ -150,6 +170,8 @@ class RepoConfig:
         return found
 
     def get(self, key: str) -> Any:
+        """A setting by its dotted key (or the book's name of it, see :data:`ALIASES`)."""
+        key = canonical_key(key)
         section, _, name = key.partition(".")
         if key not in _TYPES:
             raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(_TYPES)}")
@@ -159,6 +181,7 @@ class RepoConfig:
         """Change a setting and save; ``core.format_version`` cannot be changed."""
         if key == "core.format_version":
             raise ConfigError("core.format_version is set by Coral, not by hand")
+        key = canonical_key(key)
         self._check(key, value)
         section, _, name = key.partition(".")
         self._values[section][name] = value
@@ -177,6 +200,7 @@ class RepoConfig:
         """
         try:
             return DeltaConfig(
+                enabled=self.get("delta.enabled"),
                 delta_type=self.get("delta.type"),
                 compression_level=self.get("core.compression_level"),
                 max_chain_length=self.get("delta.max_chain_length"),
@@ -188,6 +212,7 @@ class RepoConfig:
 
     def set_delta_config(self, config: DeltaConfig) -> None:
         """Save delta settings (a lossy ``delta.type`` is an explicit opt-in)."""
+        self._values["delta"]["enabled"] = config.enabled
         self._values["delta"]["type"] = kind_name(config.delta_type)
         self._values["delta"]["max_chain_length"] = config.max_chain_length
         self._values["delta"]["similarity_threshold"] = config.similarity_threshold

@@ -100,6 +100,8 @@ class DeltaConfig:
 
     Args:
         delta_type: the strategy; lossy ones must be chosen explicitly.
+        enabled: store chunks as deltas at all (False: each chunk on its own,
+            the book's ``core.delta_encoding false``).
         similarity_threshold: cosine similarity a reference needs (0..1).
         compression_level: zstd level (-7..22; 1 is fast and good on weights).
         max_chain_length: most deltas decoded to rebuild one tensor (>= 1).
@@ -111,6 +113,7 @@ class DeltaConfig:
     compression_level: int = 1
     max_chain_length: int = 2
     sparse_threshold: float = 1e-6
+    enabled: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "delta_type", as_kind(self.delta_type))

@@ -416,7 +416,7 @@ class ObjectDatabase:
         plans: list[_TensorPlan] = []
         tasks: list[_ChunkTask] = []
         kind = self.delta_config.delta_type
-        lossy_kind = None if codec_of(kind).lossless else kind
+        lossy_kind = None if codec_of(kind).lossless or not self.delta_config.enabled else kind
         budget = RECENT_BYTES if lossy_kind is None else 0
         for tensor, reference in items:
             tensor_id = tensor.compute_hash()

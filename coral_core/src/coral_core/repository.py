@@ -89,7 +89,7 @@ from coral_core.model import (
     clean_metrics,
     compare_metric,
 )
-from coral_core.object_format import ObjectKind
+from coral_core.object_format import Codec, ObjectKind
 from coral_core.objects import ObjectDatabase
 from coral_core.refnames import validate_ref_name
 from coral_core.refs import (
@@ -1423,6 +1423,32 @@ class Repository:
         if self.refs.head().commit:
             starts.append(self.refs.head().commit)  # type: ignore[arg-type]
         return list(dict.fromkeys(starts))
+
+    def get_all_referenced_weights(self) -> set[str]:
+        """The id of every tensor that a commit whose weights are here names
+        (its model and its training state); the book's name. Ids are the
+        tensors' content hashes, the keys ``HDF5Store.store`` gives them too."""
+        view = self.weights_view()
+        found: set[str] = set()
+        for commit in self.iter_commits(self.ref_commits()):
+            trees = list(commit.trees.values())
+            if view.status(commit.commit_hash, trees) == KEPT:
+                for tree in trees:
+                    found.update(entry.tensor for entry in self.read_tree(tree).values())
+        return found
+
+    def get_all_referenced_deltas(self) -> set[str]:
+        """Of :meth:`get_all_referenced_weights`, the tensors stored here with a
+        chunk as a delta against another (the book's name; a delta stored with
+        ``HDF5Store.store_delta(delta, tensor_id)`` goes by the same id)."""
+        return {
+            tensor
+            for tensor in self.get_all_referenced_weights()
+            if any(
+                self.objects.chunk_params(chunk)[0] == Codec.DELTA
+                for chunk in self.objects.tensor_descriptor(tensor).chunks
+            )
+        }
 
     def find_commits(
         self,

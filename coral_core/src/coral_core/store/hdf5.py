@@ -38,7 +38,9 @@ OBJECTS, WEIGHTS, DELTAS = "objects", "weights", "deltas"
 #: Written as a root attribute, so a later Coral can tell the layout it reads.
 FORMAT_ATTRIBUTE, FORMAT_VERSION = "coral_hdf5_format", 1
 
-Compression = Literal["gzip", "lzf"] | None
+Compression = Literal["gzip", "lzf", "szip"] | None
+#: szip's options when none are given: nearest-neighbour coding, 16 pixels a block.
+SZIP_DEFAULTS = ("nn", 16)
 Mode = Literal["r", "a", "w"]
 
 
@@ -67,31 +69,53 @@ class HDF5Store(WeightStore):
 
     Args:
         filepath: the file; created (with its folder) unless ``mode="r"``.
-        compression: ``"gzip"``, ``"lzf"`` or None, for weights (with the
-            byte-shuffle filter, which helps floats compress). Objects are stored
-            as they come: Coral has compressed them already.
-        compression_opts: the gzip level (1-9).
+        compression: ``"gzip"``, ``"lzf"``, ``"szip"`` (where h5py has it) or None,
+            for weights (with the byte-shuffle filter, which helps floats
+            compress). Objects are stored as they come: Coral has compressed
+            them already.
+        compression_opts: the gzip level (1-9); szip's ``(coding, pixels per
+            block)``, ``("nn", 16)`` by default.
         mode: ``"a"`` read and write, ``"r"`` read-only, ``"w"`` start empty.
+        chunk_cache_mem_size: bytes of HDF5's chunk cache for each dataset
+            (h5py's ``rdcc_nbytes``; HDF5's default is 1 MiB).
 
     Raises:
-        CoralError: when h5py is not installed or the file is not an HDF5 file.
+        CoralError: when h5py is not installed, lacks the compression asked
+            for, or the file is not an HDF5 file.
     """
 
     def __init__(
         self,
         filepath: str | os.PathLike[str],
         compression: Compression = "gzip",
-        compression_opts: int | None = 4,
+        compression_opts: int | tuple[str, int] | None = 4,
         mode: Mode = "a",
+        chunk_cache_mem_size: int | None = None,
     ) -> None:
-        if compression not in ("gzip", "lzf", None):
-            raise ValueError(f"compression must be 'gzip', 'lzf' or None; got {compression!r}")
+        if compression not in ("gzip", "lzf", "szip", None):
+            raise ValueError(
+                f"compression must be 'gzip', 'lzf', 'szip' or None; got {compression!r}"
+            )
         if mode not in ("r", "a", "w"):
             raise ValueError(f"mode must be 'r', 'a' or 'w'; got {mode!r}")
+        if chunk_cache_mem_size is not None and chunk_cache_mem_size < 0:
+            raise ValueError(f"chunk_cache_mem_size must be >= 0; got {chunk_cache_mem_size}")
         self._h5py = _import_h5py()
+        if compression == "szip" and "szip" not in self._h5py.filters.encode:
+            raise CoralError(
+                "this h5py was built without szip encoding; use compression='gzip' or 'lzf' "
+                "(or an h5py built with libaec)"
+            )
         self.filepath = Path(filepath)
         self.compression = compression
-        self.compression_opts = compression_opts if compression == "gzip" else None
+        self.compression_opts: int | tuple[str, int] | None = None
+        if compression == "gzip":
+            self.compression_opts = compression_opts
+        elif compression == "szip":
+            self.compression_opts = (
+                compression_opts if isinstance(compression_opts, tuple) else SZIP_DEFAULTS
+            )
+        self.chunk_cache_mem_size = chunk_cache_mem_size
         self.mode = mode
         self.read_only = mode == "r"
         self._lock = threading.RLock()
@@ -102,7 +126,10 @@ class HDF5Store(WeightStore):
 
     def _open(self, mode: str) -> Any:
         try:
-            handle = self._h5py.File(self.filepath, mode)
+            cache = self.chunk_cache_mem_size
+            handle = self._h5py.File(
+                self.filepath, mode, **({} if cache is None else {"rdcc_nbytes": cache})
+            )
         except (OSError, ValueError) as error:
             raise CoralError(f"cannot open HDF5 store {self.filepath}: {error}") from error
         if not self.read_only and FORMAT_ATTRIBUTE not in handle.attrs:
@@ -446,6 +473,7 @@ class HDF5Store(WeightStore):
             info: dict[str, Any] = {
                 "filepath": str(self.filepath),
                 "file_size": self.filepath.stat().st_size,
+                "total_size": self.filepath.stat().st_size,  # the book's name of file_size
                 "compression": self.compression,
                 "total_weights": len(weights),
                 "total_bytes": total,
