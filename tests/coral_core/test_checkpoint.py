@@ -108,13 +108,13 @@ def test_best_is_tracked_by_a_pointer_and_saves_on_improvement(repo: Repository)
 def test_retention_prunes_weights_and_keeps_every_commit(repo: Repository) -> None:
     repo.commit("base model", weights=make_weights(100))  # not a checkpoint: never pruned
     config = CheckpointConfig(
-        save_on_best_metric="acc", keep_best_n_checkpoints=2, max_checkpoints=2
+        save_on_best_metric="acc", keep_best_n_checkpoints=2, max_checkpoints=4
     )
     manager = CheckpointManager(repo, config, "exp")
     accuracies = [0.5, 0.9, 0.6, 0.8, 0.55, 0.52]
     ids = [save(manager, step, acc=acc) for step, acc in enumerate(accuracies)]
     kept = [(c.step, c.metrics["acc"]) for c in manager.checkpoints]
-    assert kept == [(1, 0.9), (3, 0.8), (4, 0.55), (5, 0.52)]  # best two + last two
+    assert kept == [(1, 0.9), (3, 0.8), (4, 0.55), (5, 0.52)]  # best two + last two: four
     history = repo.log()
     assert [c.commit_hash for c in history[:-1]] == ids[::-1]  # nothing rewritten
     assert history[-1].message == "base model"

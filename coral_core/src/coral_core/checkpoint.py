@@ -71,10 +71,11 @@ class CheckpointConfig:
         mode: ``"min"``, ``"max"``, or ``"auto"`` (max for accuracy-like names,
             min for the rest, as Keras does).
         keep_best_n_checkpoints: keep the n best checkpoints by the metric.
-        max_checkpoints: keep the n most recent checkpoints. The kept set is
-            the union of both rules and always holds the newest checkpoint
-            (and the tagged best); with neither set, every checkpoint stays.
-            A pruned checkpoint keeps its commit; its weights are freed.
+        max_checkpoints: with ``keep_best_n_checkpoints``, keep at most n in all
+            (as the Coral book reads it): the newest and the tagged best always,
+            then the best ones, then the most recent. Alone, keep the n most
+            recent (and the tagged best). With neither set, every checkpoint
+            stays. A pruned checkpoint keeps its commit; its weights are freed.
         save_last: commit once more when training ends, unless the last
             checkpoint already holds the final step.
         auto_commit: commit on the schedule above; False commits only when asked.
@@ -508,17 +509,26 @@ class CheckpointManager:
         return commit
 
     def kept(self) -> list[Checkpoint]:
-        """The checkpoints the retention rules keep: the newest, the
-        ``max_checkpoints`` most recent, the ``keep_best_n_checkpoints`` best,
-        and the run's best."""
-        recent_n, best_n = self.config.max_checkpoints, self.config.keep_best_n_checkpoints
-        if recent_n is None and best_n is None:
+        """The checkpoints the retention rules keep: the newest and the run's
+        best always; with ``keep_best_n_checkpoints``, the n best, then the
+        most recent up to ``max_checkpoints`` in all; with ``max_checkpoints``
+        alone, that many most recent."""
+        total, best_n = self.config.max_checkpoints, self.config.keep_best_n_checkpoints
+        if total is None and best_n is None:
             return self.checkpoints
-        keep = {c.commit_hash for c in self._history[-(recent_n or 1) :]}
-        if best_n is not None:
-            keep |= {c.commit_hash for c in self._ranked()[:best_n]}
-        if self._best_id is not None:
-            keep.add(self._best_id)
+        keep = {self._best_id} if self._best_id is not None else set()
+        recent = [c.commit_hash for c in reversed(self._history)]  # newest first
+        if best_n is None:  # max_checkpoints alone: that many most recent
+            keep.update(recent[: total or 1])
+        elif total is None:
+            keep.update(recent[:1])
+            keep.update(c.commit_hash for c in self._ranked()[:best_n])
+        else:  # both: the book's reading, max_checkpoints in all
+            keep.update(recent[:1])
+            for commit in [*(c.commit_hash for c in self._ranked()[:best_n]), *recent]:
+                if len(keep) >= total:
+                    break
+                keep.add(commit)
         return [c for c in self._history if c.commit_hash in keep and c.kept]
 
     def _retain(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,15 +98,20 @@ class TreeEntry:
 
 @dataclass(frozen=True)
 class CommitMetadata:
-    """Who made a commit, when, why, and what it scored."""
+    """Who made a commit, when (now, unless given), why, and what it scored;
+    ``tags`` are labels (any sequence of strings; kept as a tuple)."""
 
     message: str
     author: str
-    timestamp: float
+    timestamp: float = field(default_factory=time.time)
     metrics: dict[str, MetricValue] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tags, tuple):  # the book passes a list
+            object.__setattr__(self, "tags", tuple(self.tags))
 
 
 @dataclass(frozen=True)
