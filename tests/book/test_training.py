@@ -86,3 +86,35 @@ def test_commit_metadata_as_the_book_writes_it() -> None:
     assert before <= commit_metadata.timestamp <= time.time()  # recorded automatically
     assert commit_metadata.tags == ("experiment", "resnet50")
     assert commit_metadata.metrics["val_accuracy"] == 0.923
+
+
+def test_fit_with_the_developer_guide_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """03-developer-guide.md: ``CoralTrainer(model, repo_path=..., config=config)``
+    then ``trainer.fit(train_loader, val_loader, epochs=10)``: no optimizer given."""
+    torch = pytest.importorskip("torch")
+    from coral_torch import CoralTrainer
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    inputs, targets = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    train_loader = [(inputs[i : i + 16], targets[i : i + 16]) for i in range(0, 64, 16)]
+    val_loader = [(inputs[:32], targets[:32])]
+    config = CheckpointConfig(
+        save_every_n_epochs=1,
+        save_on_best_metric="val_loss",
+        keep_best_n_checkpoints=3,
+    )
+    trainer = CoralTrainer(model, repo_path="./checkpoints", config=config)
+    trainer.fit(train_loader, val_loader, epochs=10)
+    assert isinstance(trainer.optimizer, torch.optim.AdamW)  # made as the HF Trainer makes one
+    manager = trainer.manager
+    assert len(manager.history) == 10
+    losses = [c.metrics["val_loss"] for c in manager.history]
+    assert losses[-1] < losses[0]  # it trained
+    assert manager.hyperparameters["optimizer"] == "AdamW"
+    newest = Repository("./checkpoints").training_state(manager.history[-1].commit_hash)
+    assert newest is not None
+    assert newest.optimizer_state  # saved with the checkpoints

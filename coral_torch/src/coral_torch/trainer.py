@@ -113,6 +113,7 @@ class CoralTrainer:
         self.scheduler = scheduler
         self.grad_scaler = grad_scaler
         self.config = config or CheckpointConfig()
+        self._hyperparameters_given = hyperparameters is not None
         if hyperparameters is None:
             hyperparameters = optimizer_hyperparameters(optimizer)
         self.manager = CheckpointManager(
@@ -351,11 +352,19 @@ class CoralTrainer:
         All of it resumes exactly: the scaler's and the scheduler's state are
         in every checkpoint, and checkpoints fall on optimizer steps.
 
+        Without an optimizer, it makes one as the Hugging Face Trainer does:
+        AdamW over the trainable parameters, with PyTorch's defaults (lr 1e-3),
+        kept as ``optimizer`` and saved with the checkpoints.
+
         Raises:
-            ConfigError: without an optimizer, or for a bad setting.
+            ConfigError: for a bad setting.
         """
-        if self.optimizer is None:
-            raise ConfigError("fit needs an optimizer: CoralTrainer(..., optimizer=...)")
+        if self.optimizer is None:  # as the Hugging Face Trainer does: AdamW by default
+            self.optimizer = torch.optim.AdamW(
+                [p for p in self.model.parameters() if p.requires_grad]
+            )
+            if not self._hyperparameters_given:  # recorded from the optimizer
+                self.manager.hyperparameters = optimizer_hyperparameters(self.optimizer)
         if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
             raise ConfigError(f"accumulate must be a positive int, not {accumulate!r}")
         if scheduler_interval not in ("epoch", "step"):
