@@ -29,7 +29,6 @@ import platform
 import statistics
 import tempfile
 import time
-import urllib.parse
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,14 @@ from coral_core import (
     clone,
 )
 from coral_core import remote as remote_module
-from coral_core.testing.s3_server import ACCESS_KEY, REGION, SECRET_KEY, S3Server, missing_packages
+from coral_core.testing.s3_server import (
+    ACCESS_KEY,
+    REGION,
+    SECRET_KEY,
+    S3Server,
+    count_requests,
+    missing_packages,
+)
 from coral_torch import state_dict_to_weights
 
 MB = 1024 * 1024
@@ -146,16 +152,7 @@ def counting_remotes() -> None:
 
     def counted(url: str, base: Path | None = None) -> WeightStore:
         store = opener(url, base)
-        client = getattr(store, "_client", None)
-        if client is not None:
-
-            def hook(request: Any, **_: Any) -> None:
-                url = urllib.parse.unquote(request.url)
-                where = url if "list-type" in url else url.split("?")[0]
-                area = "objects" if "/objects" in where else "refs+locks"
-                REQUESTS[f"{request.method} {area}"] += 1
-
-            client.meta.events.register("before-send.s3", hook)
+        count_requests(store, REQUESTS)
         return store
 
     remote_module.open_store = counted  # type: ignore[assignment]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from coral_core.remote import RemoteRefs, copy_objects
 from coral_core.store.bucket_packs import PACKED_ONLY, BucketPacks
 from coral_core.store.pack_format import encode_index
 from coral_core.store.prefix import PrefixStore
+from coral_core.testing.s3_server import count_requests
 from coral_core.testing.store_tests import StoreTests
 
 
@@ -55,14 +55,7 @@ def counted_requests(monkeypatch: pytest.MonkeyPatch) -> collections.Counter[str
 
     def counting(url: str, base: Path | None = None) -> WeightStore:
         store = opener(url, base)
-
-        def hook(request: Any, **_: Any) -> None:
-            path = request.url.split("?")[0]
-            listing = "list-type" in request.url
-            area = "objects" if "/objects" in (request.url if listing else path) else "other"
-            calls[f"{request.method} {area}"] += 1
-
-        store._client.meta.events.register("before-send.s3", hook)  # type: ignore[attr-defined]
+        count_requests(store, calls)
         return store
 
     monkeypatch.setattr(remote_module, "open_store", counting)

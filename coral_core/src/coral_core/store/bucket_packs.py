@@ -168,18 +168,23 @@ class BucketPacks(WeightStore):
                 del self._indexes[index]
             for index in sorted(indexes - set(self._indexes)):
                 self._indexes[index] = self._read_index(index)
-            self._where = {}
-            for index, entries in self._indexes.items():
-                for key in entries:
-                    self._where.setdefault(key, []).append(index)
+            self._forget_gone()
             self._packed_only = PACKED_ONLY in names
             if not self._packed_only and not self._indexes and not self._loose_seen:
                 self._loose_seen = any(not k.startswith(f"{PACKS}/") for k in self.inner.list(""))
                 self._packed_only = not self._loose_seen  # empty: its marker comes with a pack
             if _HIDDEN in names:
                 self._read_hidden()
-            self._deleted = {(i, k) for i, k in self._deleted if i in self._indexes}
             self._listed = True
+
+    def _forget_gone(self) -> None:
+        """Rebuild the lookups from ``_indexes`` after indexes left or came
+        (caller holds the guard)."""
+        self._where = {}
+        for index, entries in self._indexes.items():
+            for key in entries:
+                self._where.setdefault(key, []).append(index)
+        self._deleted = {(i, k) for i, k in self._deleted if i in self._indexes}
 
     def refresh(self) -> None:
         """List the packs again now (a writer calls it once it holds the remote's lock)."""
@@ -254,7 +259,9 @@ class BucketPacks(WeightStore):
     def _publish(self, pack: bytearray, entries: Entries) -> None:
         """Send a pack, then its index: the objects visible from then on."""
         self._refresh()
-        self._mark_packed_only()
+        with self._guard:
+            if self._packed_only and not self._indexes:  # a remote that was empty
+                self._mark_packed_only()
         name = f"{PACKS}/pack-{uuid.uuid4().hex}"
         self.inner.put(f"{name}.pack", memoryview(pack))
         index = encode_index(entries)
@@ -266,10 +273,10 @@ class BucketPacks(WeightStore):
                 self._where.setdefault(key, []).insert(0, f"{name}.idx")  # the newest copy first
 
     def _mark_packed_only(self) -> None:
-        """Write the marker with the first pack of a remote that was empty."""
-        with self._guard:
-            if self._packed_only and not self._indexes:
-                self.inner.put(PACKED_ONLY, b"every object of this remote is in a pack\n")
+        """Write the marker, from now on (the first pack of a remote that was
+        empty, or a gc that packed every loose object)."""
+        self.inner.put(PACKED_ONLY, b"every object of this remote is in a pack\n")
+        self._packed_only = True
 
     # -- the store's surface -------------------------------------------------------------
 
@@ -451,8 +458,7 @@ class BucketPacks(WeightStore):
             for key in loose:
                 self.inner.delete(key)
             if not self._packed_only:  # only now: every object is in a pack
-                self.inner.put(PACKED_ONLY, b"every object of this remote is in a pack\n")
-                self._packed_only = True
+                self._mark_packed_only()
             self._write_hidden()
         return moved
 
@@ -478,11 +484,7 @@ class BucketPacks(WeightStore):
             self.inner.delete(index)
             self.inner.delete(index.removesuffix(".idx") + ".pack")
             del self._indexes[index]
-        self._where = {}
-        for other, entries in self._indexes.items():
-            for key in entries:
-                self._where.setdefault(key, []).append(other)
-        self._deleted = {(i, k) for i, k in self._deleted if i in self._indexes}
+        self._forget_gone()
         return moved
 
     def close(self) -> None:

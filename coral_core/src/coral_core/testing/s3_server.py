@@ -22,8 +22,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -31,6 +33,7 @@ from typing import Any
 
 import pytest
 
+from coral_core.store.base import WeightStore
 from coral_core.store.s3 import S3Config
 
 #: The credentials and region every client of the test server uses (moto accepts any).
@@ -146,6 +149,23 @@ class S3Server:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def count_requests(store: WeightStore, counts: Counter[str]) -> None:
+    """Count every HTTP request ``store`` (an S3 store; others send none) sends
+    from now on into ``counts``, by ``"METHOD area"``: ``objects`` for a
+    remote's objects and packs, ``refs+locks`` for the rest. botocore's own
+    events, so retries and the parts of an upload count too."""
+    client = getattr(store, "_client", None)
+    if client is None:
+        return
+
+    def hook(request: Any, **_: Any) -> None:
+        url = urllib.parse.unquote(request.url)
+        where = url if "list-type" in url else url.split("?")[0]  # a listing: its prefix
+        counts[f"{request.method} {'objects' if '/objects' in where else 'refs+locks'}"] += 1
+
+    client.meta.events.register("before-send.s3", hook)
 
 
 def skip_without_s3() -> None:
